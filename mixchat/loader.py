@@ -1,0 +1,345 @@
+"""Loading and writing checkpoints: safetensors only, Mistral-native or Hugging Face layout.
+
+Weights are never unpickled: a `.pth`/`.bin` file is refused, because unpickling can run arbitrary code.
+The model is built on the meta device, its storage allocated once in the target dtype, and each checkpoint
+tensor is copied into place one at a time, so peak memory is the model plus a single tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mixchat.model.args import ConfigError, ModelArgs, read_json
+from mixchat.model.transformer import Transformer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
+
+
+class LoadError(RuntimeError):
+    """A model folder that cannot be loaded; the message is meant for the user, on one line."""
+
+
+@dataclass
+class Checkpoint:
+    """Where a model folder keeps its pieces."""
+
+    folder: Path
+    layout: str  # "mistral" or "hf"
+    args: ModelArgs
+    weight_files: list[Path]
+    tokenizer_file: Path | None
+
+
+def inspect_folder(folder: str | Path, max_context: int | None = None) -> Checkpoint:
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise LoadError(f"model folder not found: {folder}")
+    if not folder.is_dir():
+        if folder.suffix in PICKLE_SUFFIXES:
+            raise LoadError(f"{folder.name} is a pickle checkpoint; mixchat loads only safetensors (pickle can run code)")
+        raise LoadError(f"not a folder: {folder} (give the folder that holds the model's files)")
+    try:
+        if (folder / "params.json").is_file():
+            layout = "mistral"
+            args = ModelArgs.from_params(read_json(folder / "params.json"))
+            files = sorted(folder.glob("consolidated*.safetensors"))
+        elif (folder / "config.json").is_file():
+            layout = "hf"
+            config = read_json(folder / "config.json")
+            args = ModelArgs.from_hf_config(config)
+            files = _hf_weight_files(folder)
+        else:
+            raise LoadError(f"{folder} has no params.json (Mistral layout) or config.json (Hugging Face layout)")
+    except ConfigError as e:
+        raise LoadError(str(e)) from None
+    if max_context:
+        args.max_context = max_context
+    if not files:
+        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise LoadError(
+                f"{folder} holds only pickle weights ({pickles[0]}); mixchat loads only safetensors "
+                "(pickle can run code) - convert the checkpoint to safetensors first"
+            )
+        raise LoadError(f"{folder} has no .safetensors weights")
+    return Checkpoint(folder, layout, args, files, find_tokenizer(folder))
+
+
+def _hf_weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = read_json(index)["weight_map"]
+        except (ConfigError, KeyError):
+            raise LoadError(f"{index.name} is malformed (no weight_map)") from None
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise LoadError(f"{index.name} names {missing[0]}, which is not in {folder}")
+        return [folder / n for n in names]
+    return sorted(folder.glob("model*.safetensors"))
+
+
+def find_tokenizer(folder: Path) -> Path | None:
+    for name in ("tokenizer.model", "tokenizer.model.v3", "tokenizer.model.v1"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("tokenizer.model.v*"))
+    return found[0] if found else None
+
+
+# ---- name mapping --------------------------------------------------------------------------------------
+# Each mapping returns (parameter name, expert index or None, transform) for a checkpoint tensor name,
+# or None for tensors the model does not use (e.g. rotary inv_freq buffers).
+Target = tuple[str, int | None, Callable[[torch.Tensor], torch.Tensor] | None]
+
+_NATIVE_EXPERT = re.compile(r"^layers\.(\d+)\.(?:feed_forward|block_sparse_moe)\.experts\.(\d+)\.(w[123])\.weight$")
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_HF_EXPERT = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w[123])\.weight$")
+_HF_SIMPLE = {
+    "self_attn.v_proj.weight": "attention.wv.weight",
+    "self_attn.o_proj.weight": "attention.wo.weight",
+    "input_layernorm.weight": "attention_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight",
+    "mlp.down_proj.weight": "feed_forward.w2.weight",
+    "mlp.up_proj.weight": "feed_forward.w3.weight",
+    "block_sparse_moe.gate.weight": "feed_forward.gate.weight",
+    "mlp.gate.weight": "feed_forward.gate.weight",
+}
+
+
+def _native_target(name: str) -> Target | None:
+    m = _NATIVE_EXPERT.match(name)
+    if m:
+        return f"layers.{m[1]}.feed_forward.{m[3]}", int(m[2]), None
+    name = name.replace(".block_sparse_moe.", ".feed_forward.")
+    return name, None, None
+
+
+def _unpermute(n_heads: int, head_dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Undo HF's q/k row order (half-split RoPE) back to Mistral's interleaved pairs."""
+
+    def f(w: torch.Tensor) -> torch.Tensor:
+        out_dim, in_dim = w.shape
+        return w.view(n_heads, 2, head_dim // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+    return f
+
+
+def _permute(n_heads: int, head_dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def f(w: torch.Tensor) -> torch.Tensor:
+        out_dim, in_dim = w.shape
+        return w.view(n_heads, head_dim // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+    return f
+
+
+def _hf_target(name: str, args: ModelArgs) -> Target | list[Target] | None:
+    if name == "model.embed_tokens.weight":
+        return "tok_embeddings.weight", None, None
+    if name == "model.norm.weight":
+        return "norm.weight", None, None
+    if name == "lm_head.weight":
+        return "output.weight", None, None
+    m = _HF_LAYER.match(name)
+    if not m:
+        return None
+    i, rest = m[1], m[2]
+    p = f"layers.{i}."
+    if rest == "self_attn.q_proj.weight":
+        return p + "attention.wq.weight", None, _unpermute(args.n_heads, args.head_dim)
+    if rest == "self_attn.k_proj.weight":
+        return p + "attention.wk.weight", None, _unpermute(args.n_kv_heads, args.head_dim)
+    if rest in _HF_SIMPLE:
+        return p + _HF_SIMPLE[rest], None, None
+    e = _HF_EXPERT.match(rest)
+    if e:
+        return p + f"feed_forward.{e[2]}", int(e[1]), None
+    if rest == "mlp.experts.down_proj":  # transformers >= 5 fused layout
+        return p + "feed_forward.w2", None, None
+    if rest == "mlp.experts.gate_up_proj":
+        return [
+            (p + "feed_forward.w1", None, lambda w: w.chunk(2, dim=1)[0]),
+            (p + "feed_forward.w3", None, lambda w: w.chunk(2, dim=1)[1]),
+        ]
+    return None
+
+
+def _iter_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
+    for path in files:
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as e:
+            raise LoadError(f"{path.name} is not a readable safetensors file ({_short(e)})") from None
+        with handle as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                yield name, (lambda f=f, name=name: f.get_tensor(name))
+
+
+def _short(e: BaseException) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+def build_model(
+    ckpt: Checkpoint,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    layers: range | None = None,
+) -> Transformer:
+    """Materialise the model of `ckpt` on `device`; `layers` restricts loading to a pipeline stage's slice."""
+    args = ckpt.args
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to(dtype).to_empty(device=device)
+    params = dict(model.named_parameters())
+    filled: set[str] = set()
+    expert_fill: dict[str, set[int]] = {}
+    keep_layers = layers if layers is not None else range(args.n_layers)
+
+    def wanted(pname: str) -> bool:
+        m = re.match(r"layers\.(\d+)\.", pname)
+        return m is None or int(m[1]) in keep_layers
+
+    for name, get in _iter_tensors(ckpt.weight_files):
+        targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, args)
+        if targets is None:
+            continue
+        for pname, expert, transform in targets if isinstance(targets, list) else [targets]:
+            if pname not in params:
+                if ckpt.layout == "mistral" and name.startswith(("layers.", "tok_", "norm", "output")):
+                    raise LoadError(f"unexpected tensor {name!r} in {ckpt.folder.name} (does params.json match?)")
+                continue
+            if not wanted(pname):
+                continue
+            tensor = get()
+            if transform is not None:
+                try:
+                    tensor = transform(tensor)
+                except RuntimeError:
+                    raise LoadError(f"tensor {name!r} has shape {tuple(tensor.shape)}, which does not fit") from None
+            dest = params[pname].data if expert is None else params[pname].data[expert]
+            if tuple(tensor.shape) != tuple(dest.shape):
+                raise LoadError(
+                    f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)} "
+                    "from the config"
+                )
+            with torch.no_grad():
+                dest.copy_(tensor)
+            if expert is None:
+                filled.add(pname)
+            else:
+                expert_fill.setdefault(pname, set()).add(expert)
+    n_exp = args.moe.num_experts if args.moe else 0
+    for pname, got in expert_fill.items():
+        if len(got) == n_exp:
+            filled.add(pname)
+    if "output.weight" not in filled and "tok_embeddings.weight" in filled and ckpt.layout == "hf":
+        config = read_json(ckpt.folder / "config.json")
+        if config.get("tie_word_embeddings"):
+            with torch.no_grad():
+                params["output.weight"].data.copy_(params["tok_embeddings.weight"].data)
+            filled.add("output.weight")
+    missing = [p for p in params if p not in filled and wanted(p)]
+    if missing:
+        raise LoadError(f"checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing in all)")
+    return model.eval().requires_grad_(False)
+
+
+# ---- writing -------------------------------------------------------------------------------------------
+def native_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """The model's weights under Mistral-native names (experts unstacked)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, p in model.state_dict().items():
+        m = re.match(r"^(layers\.\d+\.feed_forward)\.(w[123])$", name)
+        if m:
+            for j in range(p.shape[0]):
+                out[f"{m[1]}.experts.{j}.{m[2]}.weight"] = p[j].contiguous()
+        else:
+            out[name] = p.contiguous()
+    return out
+
+
+def save_native(model: Transformer, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = native_state_dict(model)
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    save_file({k: v.cpu() for k, v in state.items()}, str(folder / "consolidated.safetensors"))
+    (folder / "params.json").write_text(json.dumps(model.args.to_params_json(), indent=2) + "\n")
+    return folder
+
+
+def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """The model's weights under Hugging Face Mistral/Mixtral names (q/k permuted for half-split RoPE)."""
+    a = model.args
+    out: dict[str, torch.Tensor] = {}
+    rename = {v: k for k, v in _HF_SIMPLE.items() if not k.startswith("mlp.gate.")}
+    for name, p in model.state_dict().items():
+        if name == "tok_embeddings.weight":
+            out["model.embed_tokens.weight"] = p
+        elif name == "norm.weight":
+            out["model.norm.weight"] = p
+        elif name == "output.weight":
+            out["lm_head.weight"] = p
+        else:
+            m = re.match(r"^layers\.(\d+)\.(.+)$", name)
+            assert m
+            pre, rest = f"model.layers.{m[1]}.", m[2]
+            if rest == "attention.wq.weight":
+                out[pre + "self_attn.q_proj.weight"] = _permute(a.n_heads, a.head_dim)(p)
+            elif rest == "attention.wk.weight":
+                out[pre + "self_attn.k_proj.weight"] = _permute(a.n_kv_heads, a.head_dim)(p)
+            elif rest in ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3"):
+                for j in range(p.shape[0]):
+                    out[pre + f"block_sparse_moe.experts.{j}.{rest[-2:]}.weight"] = p[j]
+            elif a.moe is not None and rest == "feed_forward.gate.weight":
+                out[pre + "block_sparse_moe.gate.weight"] = p
+            else:
+                out[pre + rename[rest]] = p
+    return {k: v.contiguous().cpu() for k, v in out.items()}
+
+
+def save_hf(model: Transformer, folder: str | Path, shards: int = 1) -> Path:
+    """Write config.json + model*.safetensors (with an index when sharded)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = hf_state_dict(model)
+    (folder / "config.json").write_text(json.dumps(model.args.to_hf_config(), indent=2) + "\n")
+    if shards == 1:
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+    names = list(state)
+    per = -(-len(names) // shards)
+    weight_map: dict[str, str] = {}
+    for s in range(shards):
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: state[n] for n in names[s * per : (s + 1) * per]}
+        save_file(part, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, fname))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return folder
+
+
+def random_model(args: ModelArgs, seed: int = 0, std: float = 0.02) -> Transformer:
+    """A model with seeded random weights (tests, benchmarks of named shapes)."""
+    g = torch.Generator().manual_seed(seed)
+    model = Transformer(args)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval().requires_grad_(False)
