@@ -1,0 +1,268 @@
+"""The engine: chunked pre-fill, decode, sampling, packed sequences, routing trace, cancellation.
+
+Work is exposed as an iterator of events so every front end (CLI, REPL, TUI worker thread) consumes the
+same stream and decides for itself what to show. Cancellation is checked between forward passes only, never
+inside one, so the cache always describes whole passes.
+
+Cache contract after a run: a sequence's cache holds its prompt and every generated token except the last
+one. That last token is "pending": the caller feeds it first in the next run (a chat session prepends it to
+the next turn). This keeps a stopped reply and the cache consistent without an extra forward pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from mixchat.cache import RollingCache
+from mixchat.model.layers import Routing
+from mixchat.model.transformer import Transformer
+from mixchat.sampling import Sampler, SamplingSettings
+
+FinishReason = Literal["eos", "length", "cancelled"]
+
+
+@dataclass
+class TokenRouting:
+    """Per layer, the k experts chosen at the position that produced a token, and their weights."""
+
+    experts: list[list[int]]  # [n_layers][k]
+    weights: list[list[float]]  # [n_layers][k]
+
+    def to_json(self) -> list[dict[str, list]]:
+        return [{"experts": e, "weights": [round(w, 6) for w in ws]} for e, ws in zip(self.experts, self.weights, strict=False)]
+
+
+@dataclass
+class PrefillProgressed:
+    done: int  # tokens pre-filled so far, summed over sequences
+    total: int
+
+
+@dataclass
+class TokenGenerated:
+    seq: int
+    token: int
+    text: str  # new text to show (may be empty while a multi-byte character is incomplete)
+    routing: TokenRouting | None
+
+
+@dataclass
+class CacheChanged:
+    seq: int
+    live: int  # tokens in the buffer
+    capacity: int  # slots (window size, or max context)
+    position: int  # absolute tokens seen
+    wraps: int
+    nbytes: int  # whole cache (all rows)
+
+
+@dataclass
+class RunStats:
+    prompt_tokens: int = 0
+    prefill_seconds: float = 0.0
+    first_token_seconds: float = 0.0  # from the start of the run to the first sampled token
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+@dataclass
+class SequenceFinished:
+    seq: int
+    reason: FinishReason
+    ids: list[int]  # generated ids, including a final end-of-sequence token
+    stats: RunStats = field(default_factory=RunStats)
+
+
+Event = PrefillProgressed | TokenGenerated | CacheChanged | SequenceFinished
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: object | None = None,
+        chunk_size: int = 512,
+        eos_id: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chunk_size = chunk_size
+        self.eos_id = eos_id if eos_id is not None else getattr(tokenizer, "eos_id", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def new_cache(self, batch: int = 1, max_context: int | None = None) -> RollingCache:
+        return RollingCache(self.model.args, batch, self.device, self.model.dtype, max_context=max_context)
+
+    # ---- building blocks ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(
+        self,
+        cache: RollingCache,
+        rows: Sequence[int],
+        chunks: Sequence[Sequence[int]],
+        router_out: list[Routing] | None = None,
+    ) -> torch.Tensor:
+        """One pass feeding `chunks[i]` to cache row `rows[i]`; returns each sequence's last logits [B, V]."""
+        layout = cache.plan([len(c) for c in chunks], rows)
+        tokens = torch.tensor([t for c in chunks for t in c], dtype=torch.long, device=self.device)
+        logits = self.model(tokens, layout, cache, router_out=router_out, last_only=True)
+        cache.advance(layout)
+        return logits
+
+    def prefill(
+        self,
+        cache: RollingCache,
+        rows: Sequence[int],
+        token_lists: Sequence[Sequence[int]],
+        cancel: threading.Event | None = None,
+        final_routing: dict[int, TokenRouting] | None = None,
+    ) -> Iterator[PrefillProgressed | torch.Tensor]:
+        """Feed each list in passes of at most `chunk_size` tokens per sequence; all sequences share passes.
+
+        Yields progress after every pass, then (unless cancelled) one tensor: the last logits per sequence,
+        in `rows` order. With `final_routing`, it receives the routing at each sequence's last position.
+        """
+        if any(len(t) == 0 for t in token_lists):
+            raise ValueError("nothing to pre-fill for one of the sequences")
+        total = sum(len(t) for t in token_lists)
+        offsets = [0] * len(token_lists)
+        last: list[torch.Tensor | None] = [None] * len(token_lists)
+        done = 0
+        while True:
+            active = [i for i, t in enumerate(token_lists) if offsets[i] < len(t)]
+            if not active:
+                break
+            if cancel is not None and cancel.is_set():
+                return
+            chunks = [token_lists[i][offsets[i] : offsets[i] + self.chunk_size] for i in active]
+            routing: list[Routing] | None = [] if final_routing is not None else None
+            logits = self.forward(cache, [rows[i] for i in active], chunks, routing)
+            for j, i in enumerate(active):
+                offsets[i] += len(chunks[j])
+                if offsets[i] == len(token_lists[i]):
+                    last[i] = logits[j]
+                    if final_routing is not None and routing:
+                        end = sum(len(c) for c in chunks[: j + 1]) - 1
+                        final_routing[i] = _routing_at(routing, [end])[0]
+            done += sum(len(c) for c in chunks)
+            yield PrefillProgressed(done, total)
+        yield torch.stack([x for x in last if x is not None])
+
+    # ---- a whole run ------------------------------------------------------------------------------------
+    def run(
+        self,
+        cache: RollingCache,
+        rows: Sequence[int],
+        token_lists: Sequence[Sequence[int]],
+        settings: SamplingSettings,
+        cancel: threading.Event | None = None,
+        trace: bool = True,
+    ) -> Iterator[Event]:
+        """Pre-fill `token_lists[i]` on top of row `rows[i]`, then generate until each sequence stops."""
+        rows = list(rows)
+        n = len(rows)
+        start = time.perf_counter()
+        stats = [RunStats(prompt_tokens=len(t)) for t in token_lists]
+        sampler = Sampler(settings, self.device)
+        decoders = [self._stream_decoder() for _ in range(n)]
+        generated: list[list[int]] = [[] for _ in range(n)]
+
+        traced = trace and self.model.args.moe is not None
+        prefill_routing: dict[int, TokenRouting] | None = {} if traced else None
+        logits: torch.Tensor | None = None
+        with torch.inference_mode():
+            for item in self.prefill(cache, rows, token_lists, cancel, prefill_routing):
+                if isinstance(item, PrefillProgressed):
+                    yield item
+                    yield from self._cache_events(cache, rows)
+                else:
+                    logits = item
+        if logits is None:  # cancelled during pre-fill
+            for i in range(n):
+                yield SequenceFinished(i, "cancelled", [], stats[i])
+            return
+        t_prefill = time.perf_counter() - start
+        for s in stats:
+            s.prefill_seconds = t_prefill
+
+        live = list(range(n))
+        routing_now = [prefill_routing[i] for i in range(n)] if prefill_routing else None
+        while True:
+            with torch.inference_mode():
+                next_ids = sampler(logits).tolist()
+            now = time.perf_counter()
+            still: list[int] = []
+            for j, i in enumerate(live):
+                tok = int(next_ids[j])
+                generated[i].append(tok)
+                if len(generated[i]) == 1:
+                    stats[i].first_token_seconds = now - start
+                text = decoders[i].push(tok) if decoders[i] is not None else ""
+                yield TokenGenerated(i, tok, text, routing_now[j] if routing_now is not None else None)
+                if tok == self.eos_id:
+                    yield from self._finish(i, "eos", generated, decoders, stats)
+                elif len(generated[i]) >= settings.max_tokens:
+                    yield from self._finish(i, "length", generated, decoders, stats)
+                else:
+                    still.append(i)
+            live = still
+            if not live:
+                break
+            if cancel is not None and cancel.is_set():
+                for i in live:
+                    yield from self._finish(i, "cancelled", generated, decoders, stats)
+                break
+            routing: list[Routing] | None = [] if traced else None
+            t0 = time.perf_counter()
+            logits = self.forward(cache, [rows[i] for i in live], [[generated[i][-1]] for i in live], routing)
+            routing_now = _routing_at(routing, list(range(len(live)))) if routing else None
+            dt = time.perf_counter() - t0
+            for i in live:
+                stats[i].decode_tokens += 1
+                stats[i].decode_seconds += dt
+            yield from self._cache_events(cache, [rows[i] for i in live])
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], settings: SamplingSettings, trace: bool = True
+    ) -> Iterator[Event]:
+        """Packed generation for independent prompts, one cache row each."""
+        cache = self.new_cache(batch=len(prompts))
+        yield from self.run(cache, list(range(len(prompts))), prompts, settings, trace=trace)
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+    def _stream_decoder(self):  # type: ignore[no-untyped-def]
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.stream()  # type: ignore[attr-defined]
+
+    def _finish(self, i, reason, generated, decoders, stats) -> Iterator[Event]:  # type: ignore[no-untyped-def]
+        if decoders[i] is not None:
+            tail = decoders[i].flush()
+            if tail:
+                yield TokenGenerated(i, -1, tail, None)
+        yield SequenceFinished(i, reason, generated[i], stats[i])
+
+    def _cache_events(self, cache: RollingCache, rows: Sequence[int]) -> Iterator[CacheChanged]:
+        for i, r in enumerate(rows):
+            yield CacheChanged(i, cache.live(r), cache.capacity, cache.seen[r], cache.wraps(r), cache.nbytes)
+
+
+def _routing_at(layers: list[Routing], positions: list[int]) -> list[TokenRouting]:
+    """The routing of the given positions of a pass, copied to the host in one transfer per tensor."""
+    idx = torch.tensor(positions, device=layers[0].experts.device)
+    experts = torch.stack([r.experts.index_select(0, idx) for r in layers], 1).tolist()  # [P][L][k]
+    weights = torch.stack([r.weights.index_select(0, idx) for r in layers], 1).tolist()
+    return [TokenRouting(e, w) for e, w in zip(experts, weights, strict=True)]

@@ -1,0 +1,269 @@
+"""SentencePiece tokenizer for Mistral-family models, plus a streaming detokenizer.
+
+Two facts about SentencePiece decoding shape this module:
+
+* ``decode`` drops the leading space of the first visible piece (``▁Hello`` at the start of a sequence
+  reads "Hello"), but only there: the same piece later in the sequence keeps its space. Control tokens
+  before it do not count as "visible".
+* With byte fallback, one character may be spread over several ``<0xNN>`` pieces. Decoding an
+  unfinished run yields one U+FFFD per byte, which turns into the real character once the run completes.
+
+So decoding tokens one at a time and concatenating the pieces is wrong in both directions; the
+``StreamDecoder`` below emits text only where it is certain the full decode will agree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import sentencepiece
+
+__all__ = ["StreamDecoder", "Tokenizer", "TokenizerError"]
+
+_REPLACEMENT = "\ufffd"
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_SPACE_SYMBOL = "\u2581"  # "▁", SentencePiece's visible space
+_INST, _INST_END = "[INST]", "[/INST]"
+_SYSTEM_PROMPT = "[SYSTEM_PROMPT]"
+_VERSION_SUFFIX = re.compile(r"\.v(\d+)(m\d+)?$")
+# File suffixes whose chat layout is the v3 one: v2 differs from v3 only in how tool calls are written,
+# which a plain chat never uses.
+_V3_LAYOUT_SUFFIXES = {2, 3}
+
+
+class TokenizerError(Exception):
+    """A tokenizer file that cannot be used, or ids that do not belong to it.
+
+    The message is one line, fit to print as is: the CLI shows it instead of a traceback.
+    """
+
+
+class Tokenizer:
+    """A Mistral SentencePiece tokenizer and the chat-template version its vocabulary implies.
+
+    The version decides how a conversation is laid out (see ``chat_template``): "v1" writes ``[INST]``
+    as plain text, "v3" uses the ``[INST]``/``[/INST]`` control tokens.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._sp = _load_processor(self.path)
+        self.vocab_size: int = self._sp.get_piece_size()
+        self.bos_id: int = self._required_id(self._sp.bos_id(), "beginning-of-sequence")
+        self.eos_id: int = self._required_id(self._sp.eos_id(), "end-of-sequence")
+        has_inst = self._control_id(_INST) is not None and self._control_id(_INST_END) is not None
+        self.version: str = _detect_version(self.path, has_inst, self._control_id(_SYSTEM_PROMPT) is not None)
+        self.inst_id: int | None = self._control_id(_INST) if self.version == "v3" else None
+        self.inst_end_id: int | None = self._control_id(_INST_END) if self.version == "v3" else None
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({str(self.path)!r}, version={self.version!r}, vocab_size={self.vocab_size})"
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+        """Token ids of ``text``; control-token names in the text stay plain text, never control ids."""
+        ids: list[int] = self._sp.encode(text)
+        if bos:
+            ids.insert(0, self.bos_id)
+        if eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; control tokens (BOS, EOS, ``[INST]``...) contribute nothing."""
+        return self._sp.decode(self._checked(ids))
+
+    def id_to_piece(self, token_id: int) -> str:
+        """The raw vocabulary entry, e.g. ``▁Hello`` or ``<0x0A>``."""
+        return self._sp.id_to_piece(self._checked([token_id])[0])
+
+    def is_control(self, token_id: int) -> bool:
+        return bool(self._sp.is_control(self._checked([token_id])[0]))
+
+    def is_byte(self, token_id: int) -> bool:
+        return bool(self._sp.is_byte(self._checked([token_id])[0]))
+
+    def token_text(self, token_id: int) -> str:
+        """A short, printable label for one token, for views that show tokens one by one.
+
+        A single token is not always text: a byte piece may be a third of a character. Rather than show
+        U+FFFD, such bytes keep their ``<0xNN>`` name; ASCII bytes and whitespace are shown as the
+        character or its escape (``\\n``), and ``▁`` as a space.
+        """
+        piece = self.id_to_piece(token_id)
+        if self._sp.is_control(token_id) or self._sp.is_unknown(token_id):
+            return piece
+        match = _BYTE_PIECE.fullmatch(piece) if self._sp.is_byte(token_id) else None
+        if match is not None:
+            value = int(match.group(1), 16)
+            return _printable(chr(value)) if value < 0x80 else piece
+        return _printable(piece.replace(_SPACE_SYMBOL, " "))
+
+    def stream(self) -> StreamDecoder:
+        """A fresh incremental decoder for one generated sequence."""
+        return StreamDecoder(self)
+
+    def _control_id(self, piece: str) -> int | None:
+        token_id = self._sp.piece_to_id(piece)
+        if token_id == self._sp.unk_id() or not self._sp.is_control(token_id):
+            return None
+        return token_id
+
+    def _required_id(self, token_id: int, what: str) -> int:
+        if token_id < 0:
+            raise TokenizerError(f"tokenizer {self.path} defines no {what} token; it is not a chat tokenizer")
+        return token_id
+
+    def _checked(self, ids: Iterable[int]) -> list[int]:
+        # Accept numpy/torch integers, and turn SentencePiece's bare IndexError into a message that names
+        # the id: a model whose output layer is larger than the vocabulary can produce such ids.
+        out = [int(i) for i in ids]
+        for token_id in out:
+            if not 0 <= token_id < self.vocab_size:
+                raise TokenizerError(
+                    f"token id {token_id} is outside the vocabulary of {self.path} (0..{self.vocab_size - 1})"
+                )
+        return out
+
+
+def _load_processor(path: Path) -> sentencepiece.SentencePieceProcessor:
+    if not path.exists():
+        raise TokenizerError(f"tokenizer file not found: {path}")
+    if path.is_dir():
+        raise TokenizerError(f"tokenizer path is a directory, not a file: {path}")
+    try:
+        return sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TokenizerError(f"cannot read tokenizer {path}: not a SentencePiece model ({reason})") from exc
+
+
+def _detect_version(path: Path, has_inst_controls: bool, has_system_prompt_control: bool) -> str:
+    """The chat-template version: the file suffix when it names one, else the vocabulary decides.
+
+    The suffix wins because mistral-common picks its template from the file name, and matching it id for
+    id is the point; a bare ``tokenizer.model`` (Hugging Face layout) carries no suffix, so the
+    vocabulary is the only evidence there.
+    """
+    match = _VERSION_SUFFIX.search(path.name)
+    if match is None:
+        if has_system_prompt_control:
+            raise TokenizerError(
+                f"tokenizer {path} has [SYSTEM_PROMPT] tokens (chat template v7 or later); "
+                "mixchat supports v1 and v3"
+            )
+        return "v3" if has_inst_controls else "v1"
+    number = int(match.group(1))
+    if number == 1:
+        return "v1"
+    if number not in _V3_LAYOUT_SUFFIXES:
+        raise TokenizerError(f"tokenizer {path} is chat template v{number}; mixchat supports v1 and v3")
+    if not has_inst_controls:
+        raise TokenizerError(f"tokenizer {path} is named v{number} but has no [INST]/[/INST] control tokens")
+    return "v3"
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
+class StreamDecoder:
+    """Turns token ids, one at a time, into text that can be shown at once.
+
+    Invariant: the concatenation of everything ``push`` and ``flush`` return equals
+    ``tokenizer.decode`` of all pushed ids, character for character.
+
+    Only the ids not yet shown are kept ("pending"). They are decoded behind a fixed anchor token: a
+    plain piece with no leading space, so the decode of the pending ids reads exactly as it would in the
+    middle of the sequence (no dropped leading space), and the anchor's own text is cut off again. Until
+    the first visible text the anchor is left out, because there the leading space *is* dropped. Pending
+    ids are released when their text does not end in U+FFFD, i.e. no byte run is left unfinished; a
+    finished character cannot change when more bytes follow (UTF-8 is self-synchronising). Each push
+    thus decodes a handful of ids: O(1) per token.
+    """
+
+    # Past this many held ids (only possible with long runs of invalid bytes), the safe head is released.
+    _MAX_PENDING = 16
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tok = tokenizer
+        self._anchor_id, self._anchor_text = _find_anchor(tokenizer)
+        self._pending: list[int] = []
+        self._started = False  # True once visible text went out: no more leading-space stripping
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text that became certain (often "", never a half character)."""
+        token_id = int(token_id)
+        if not self._pending and self._tok.is_control(token_id):
+            return ""  # nothing to finish and it decodes to nothing: keep the window small
+        self._pending.append(token_id)
+        text = self._decode(self._pending)
+        if text and not text.endswith(_REPLACEMENT):
+            self._pending.clear()
+            self._started = True
+            return text
+        if len(self._pending) > self._MAX_PENDING:
+            return self._release_head()
+        return ""
+
+    def flush(self) -> str:
+        """End the sequence: return whatever is left, then start afresh for a new sequence.
+
+        An unfinished byte run stays unfinished now, so it reads as U+FFFD, as ``decode`` writes it.
+        """
+        text = self._decode(self._pending)
+        self._pending.clear()
+        self._started = False
+        return text
+
+    def _decode(self, ids: list[int]) -> str:
+        if not self._started:
+            return self._tok.decode(ids)
+        return self._tok.decode([self._anchor_id, *ids])[len(self._anchor_text) :]
+
+    def _release_head(self) -> str:
+        """Emit the pending ids up to the last point no character can straddle; keep the rest."""
+        for split in range(len(self._pending) - 1, 0, -1):
+            if self._is_char_boundary(split):
+                head = self._pending[:split]
+                text = self._decode(head)
+                del self._pending[:split]
+                if text:
+                    self._started = True
+                return text
+        return ""
+
+    def _is_char_boundary(self, split: int) -> bool:
+        # A character crossing `split` would need a continuation byte at `split` and its lead byte at
+        # most three ids earlier.
+        if not _is_continuation_byte(self._tok, self._pending[split]):
+            return True
+        before = self._pending[max(0, split - 3) : split]
+        return not any(_byte_value(self._tok, i) is not None and _byte_value(self._tok, i) >= 0xC0 for i in before)
+
+
+def _byte_value(tok: Tokenizer, token_id: int) -> int | None:
+    if not tok.is_byte(token_id):
+        return None
+    match = _BYTE_PIECE.fullmatch(tok.id_to_piece(token_id))
+    return int(match.group(1), 16) if match else None
+
+
+def _is_continuation_byte(tok: Tokenizer, token_id: int) -> bool:
+    value = _byte_value(tok, token_id)
+    return value is not None and 0x80 <= value < 0xC0
+
+
+def _find_anchor(tok: Tokenizer) -> tuple[int, str]:
+    """A plain piece without a leading space whose decode is itself: it absorbs the start-of-text rules."""
+    candidates = [tok.encode(c, bos=False) for c in "ab.x"]
+    ids = [pieces[-1] for pieces in candidates if pieces] + list(range(tok.vocab_size))
+    for token_id in ids:
+        piece = tok.id_to_piece(token_id)
+        if tok.is_control(token_id) or tok.is_byte(token_id) or piece.startswith(_SPACE_SYMBOL):
+            continue
+        text = tok.decode([token_id])
+        if text and text == piece and _REPLACEMENT not in text and text != tok.decode([tok.eos_id]):
+            return token_id, text
+    raise TokenizerError(f"tokenizer {tok.path} has no plain text piece to decode a stream with")
