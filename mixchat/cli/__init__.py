@@ -1,0 +1,1 @@
+"""Command-line front ends: argument parsing, one-line errors, and the subcommands."""

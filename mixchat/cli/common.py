@@ -1,0 +1,96 @@
+"""Pieces shared by the subcommands: model options, one-line errors, progress on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mixchat.runtime import Runtime, UserError, load_runtime
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2), as for every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_model_options(p: argparse.ArgumentParser, chunk: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="DIR", help="model folder (Mistral-native or Hugging Face layout, "
+                   "safetensors); default: the built-in model")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weight dtype (default: bfloat16 on cuda, float32 on cpu)")
+    g.add_argument("--max-context", type=positive_int, metavar="N",
+                   help="context limit for models without a sliding window (default 32768)")
+    if chunk:
+        g.add_argument("--chunk-size", type=positive_int, default=512, metavar="N",
+                       help="pre-fill at most N tokens per sequence per forward pass (default 512)")
+
+
+def add_sampling_options(p: argparse.ArgumentParser, temperature: float = 0.7, max_tokens: int = 256) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=non_negative_float, default=temperature, metavar="T",
+                   help=f"0 = greedy (default {temperature})")
+    g.add_argument("--top-p", type=unit_float, default=0.95, metavar="P", help="nucleus sampling mass (default 0.95)")
+    g.add_argument("--max-tokens", type=positive_int, default=max_tokens, metavar="N",
+                   help=f"stop a reply after N tokens (default {max_tokens})")
+    g.add_argument("--seed", type=int, metavar="S", help="random seed for reproducible sampling")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    value = non_negative_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+@contextmanager
+def stderr_status(message: str, quiet: bool = False) -> Iterator[None]:
+    """A spinner on stderr while slow work runs, only when stderr is a terminal (scripts stay clean)."""
+    if quiet or not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
+
+
+def load_from_args(args: argparse.Namespace, quiet: bool = False) -> Runtime:
+    with stderr_status("Loading model…", quiet):
+        return load_runtime(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            chunk_size=getattr(args, "chunk_size", 512),
+            max_context=args.max_context,
+        )
+
+
+def fail(message: str) -> None:
+    raise UserError(message)

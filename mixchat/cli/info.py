@@ -1,0 +1,103 @@
+"""`mixchat info`: what a model is, without loading its weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from safetensors import safe_open
+
+from mixchat.loader import inspect_folder
+from mixchat.runtime import load_tokenizer, resolve_model_path
+
+DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="summarise a model: shape, parameters, cache size, tokenizer",
+                       description="Summarise a model folder from its config and file headers "
+                       "(weights are not loaded).")
+    p.add_argument("--model", metavar="DIR", help="model folder (default: the built-in model)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.1f}{unit}" if unit else f"{n:.0f}"
+        n /= 1000
+    return f"{n:.1f}P"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpt = inspect_folder(resolve_model_path(args.model))
+    a = ckpt.args
+    tok = load_tokenizer(ckpt)
+    with safe_open(str(ckpt.weight_files[0]), framework="pt") as f:
+        first = next(iter(f.keys()))
+        stored = f.get_slice(first).get_dtype()
+    elem = DTYPE_BYTES.get(stored, 2)
+    total, active = a.param_counts()
+    per_tok = a.kv_bytes_per_token(elem)
+    window = a.sliding_window
+    summary = {
+        "folder": str(ckpt.folder),
+        "layout": "Mistral native" if ckpt.layout == "mistral" else "Hugging Face",
+        "architecture": "Mixtral (sparse MoE)" if a.moe else "Mistral (dense)",
+        "dim": a.dim,
+        "n_layers": a.n_layers,
+        "n_heads": a.n_heads,
+        "n_kv_heads": a.n_kv_heads,
+        "head_dim": a.head_dim,
+        "hidden_dim": a.hidden_dim,
+        "vocab_size": a.vocab_size,
+        "experts": a.moe.num_experts if a.moe else None,
+        "experts_per_token": a.moe.num_experts_per_tok if a.moe else None,
+        "rope_theta": a.rope_theta,
+        "sliding_window": window,
+        "params_total": total,
+        "params_active_per_token": active,
+        "weights_dtype": stored,
+        "kv_cache_bytes_per_token": per_tok,
+        "kv_cache_bytes_full_window": per_tok * a.cache_capacity,
+        "cache_slots": a.cache_capacity,
+        "tokenizer": ckpt.tokenizer_file.name if ckpt.tokenizer_file else None,
+        "tokenizer_vocab": tok.vocab_size,
+        "chat_template": tok.version,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    rows = [
+        ("model", f"{ckpt.folder}  ({summary['layout']} layout)"),
+        ("architecture", summary["architecture"]),
+        ("layers × dim", f"{a.n_layers} × {a.dim}  (ffn hidden {a.hidden_dim})"),
+        ("attention", f"{a.n_heads} query heads, {a.n_kv_heads} KV heads (GQA), head_dim {a.head_dim}, "
+                      f"RoPE θ={a.rope_theta:g}"),
+        ("experts", f"{a.moe.num_experts}, top-{a.moe.num_experts_per_tok} per token" if a.moe else "dense"),
+        ("parameters", f"{_human(total)} total, {_human(active)} active per token"),
+        ("sliding window", f"{window} tokens" if window else f"none (full attention, cache {a.cache_capacity})"),
+        ("KV cache", f"{_bytes(per_tok)} per token ({stored}), {_bytes(per_tok * a.cache_capacity)} for "
+                     f"{'a full window' if window else 'the full context'}"),
+        ("vocabulary", f"{a.vocab_size} (tokenizer {tok.vocab_size}, {summary['tokenizer']})"),
+        ("chat template", tok.version),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+    return 0

@@ -1,0 +1,110 @@
+"""A loaded model ready to talk: weights, tokenizer and engine, on a chosen device and dtype.
+
+Front ends and the session layer get everything from here, so device/dtype rules and the built-in model's
+location are decided in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mixchat.engine import Engine
+from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder
+from mixchat.model.transformer import Transformer
+from mixchat.tokenizer import Tokenizer, TokenizerError
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+class UserError(RuntimeError):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def builtin_model_path() -> Path | None:
+    """The model shipped inside the package, if this install has it."""
+    if (BUILTIN_DIR / "params.json").is_file():
+        return BUILTIN_DIR
+    return None
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    if path is not None:
+        return Path(path).expanduser()
+    builtin = builtin_model_path()
+    if builtin is None:
+        raise UserError("no --model given and this install has no built-in model; pass --model DIR")
+    return builtin
+
+
+def resolve_device(name: str) -> torch.device:
+    name = name.lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for, but torch finds no CUDA device here; use --device cpu")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"unknown device {name!r}: use cpu, cuda or auto")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}: use float32, bfloat16 or float16")
+    return DTYPES[name]
+
+
+@dataclass
+class Runtime:
+    checkpoint: Checkpoint
+    model: Transformer
+    tokenizer: Tokenizer
+    engine: Engine
+    load_seconds: float
+
+    @property
+    def name(self) -> str:
+        if self.checkpoint.folder.resolve() == BUILTIN_DIR.resolve():
+            return "built-in"
+        return self.checkpoint.folder.name
+
+
+def load_tokenizer(ckpt: Checkpoint) -> Tokenizer:
+    if ckpt.tokenizer_file is None:
+        raise LoadError(f"{ckpt.folder} has no tokenizer.model (or tokenizer.model.v1/.v3)")
+    try:
+        tok = Tokenizer(ckpt.tokenizer_file)
+    except TokenizerError as e:
+        raise LoadError(str(e)) from None
+    if tok.vocab_size > ckpt.args.vocab_size:
+        raise LoadError(
+            f"the tokenizer has {tok.vocab_size} tokens but the model only {ckpt.args.vocab_size}: "
+            "they do not belong together"
+        )
+    return tok
+
+
+def load_runtime(
+    model: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    chunk_size: int = 512,
+    max_context: int | None = None,
+) -> Runtime:
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if chunk_size < 1:
+        raise UserError("--chunk-size must be at least 1")
+    ckpt = inspect_folder(resolve_model_path(model), max_context=max_context)
+    tok = load_tokenizer(ckpt)
+    net = build_model(ckpt, dev, dt)
+    engine = Engine(net, tok, chunk_size=chunk_size)
+    return Runtime(ckpt, net, tok, engine, time.perf_counter() - start)
