@@ -57,6 +57,7 @@ class Tokenizer:
         self.version: str = _detect_version(self.path, has_inst, self._control_id(_SYSTEM_PROMPT) is not None)
         self.inst_id: int | None = self._control_id(_INST) if self.version == "v3" else None
         self.inst_end_id: int | None = self._control_id(_INST_END) if self.version == "v3" else None
+        self._anchor: tuple[int, str] | None = None
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.path)!r}, version={self.version!r}, vocab_size={self.vocab_size})"
@@ -79,9 +80,11 @@ class Tokenizer:
         return self._sp.id_to_piece(self._checked([token_id])[0])
 
     def is_control(self, token_id: int) -> bool:
+        """True for BOS, EOS, ``[INST]`` and the like: ids that ``decode`` turns into no text."""
         return bool(self._sp.is_control(self._checked([token_id])[0]))
 
     def is_byte(self, token_id: int) -> bool:
+        """True for byte-fallback pieces (``<0xNN>``), which may hold only part of a character."""
         return bool(self._sp.is_byte(self._checked([token_id])[0]))
 
     def token_text(self, token_id: int) -> str:
@@ -91,6 +94,7 @@ class Tokenizer:
         U+FFFD, such bytes keep their ``<0xNN>`` name; ASCII bytes and whitespace are shown as the
         character or its escape (``\\n``), and ``▁`` as a space.
         """
+        token_id = int(token_id)
         piece = self.id_to_piece(token_id)
         if self._sp.is_control(token_id) or self._sp.is_unknown(token_id):
             return piece
@@ -103,6 +107,12 @@ class Tokenizer:
     def stream(self) -> StreamDecoder:
         """A fresh incremental decoder for one generated sequence."""
         return StreamDecoder(self)
+
+    def _stream_anchor(self) -> tuple[int, str]:
+        # Searched once per tokenizer, not once per stream: a session opens a stream for every reply.
+        if self._anchor is None:
+            self._anchor = _find_anchor(self)
+        return self._anchor
 
     def _control_id(self, piece: str) -> int | None:
         token_id = self._sp.piece_to_id(piece)
@@ -150,8 +160,7 @@ def _detect_version(path: Path, has_inst_controls: bool, has_system_prompt_contr
     if match is None:
         if has_system_prompt_control:
             raise TokenizerError(
-                f"tokenizer {path} has [SYSTEM_PROMPT] tokens (chat template v7 or later); "
-                "mixchat supports v1 and v3"
+                f"tokenizer {path} has [SYSTEM_PROMPT] tokens (chat template v7 or later); mixchat supports v1 and v3"
             )
         return "v3" if has_inst_controls else "v1"
     number = int(match.group(1))
@@ -188,9 +197,9 @@ class StreamDecoder:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tok = tokenizer
-        self._anchor_id, self._anchor_text = _find_anchor(tokenizer)
+        self._anchor_id, self._anchor_text = tokenizer._stream_anchor()
         self._pending: list[int] = []
-        self._started = False  # True once visible text went out: no more leading-space stripping
+        self._started = False  # True once a non-control piece is behind us: no more leading-space stripping
 
     def push(self, token_id: int) -> str:
         """Add one id; return the text that became certain (often "", never a half character)."""
@@ -229,8 +238,8 @@ class StreamDecoder:
                 head = self._pending[:split]
                 text = self._decode(head)
                 del self._pending[:split]
-                if text:
-                    self._started = True
+                # The head may hold a lone "▁" that decodes to nothing yet used up the leading-space rule.
+                self._started = self._started or not all(self._tok.is_control(i) for i in head)
                 return text
         return ""
 
@@ -240,7 +249,7 @@ class StreamDecoder:
         if not _is_continuation_byte(self._tok, self._pending[split]):
             return True
         before = self._pending[max(0, split - 3) : split]
-        return not any(_byte_value(self._tok, i) is not None and _byte_value(self._tok, i) >= 0xC0 for i in before)
+        return not any(_is_lead_byte(self._tok, i) for i in before)
 
 
 def _byte_value(tok: Tokenizer, token_id: int) -> int | None:
@@ -250,6 +259,11 @@ def _byte_value(tok: Tokenizer, token_id: int) -> int | None:
     return int(match.group(1), 16) if match else None
 
 
+def _is_lead_byte(tok: Tokenizer, token_id: int) -> bool:
+    value = _byte_value(tok, token_id)
+    return value is not None and value >= 0xC0
+
+
 def _is_continuation_byte(tok: Tokenizer, token_id: int) -> bool:
     value = _byte_value(tok, token_id)
     return value is not None and 0x80 <= value < 0xC0
@@ -257,13 +271,12 @@ def _is_continuation_byte(tok: Tokenizer, token_id: int) -> bool:
 
 def _find_anchor(tok: Tokenizer) -> tuple[int, str]:
     """A plain piece without a leading space whose decode is itself: it absorbs the start-of-text rules."""
-    candidates = [tok.encode(c, bos=False) for c in "ab.x"]
-    ids = [pieces[-1] for pieces in candidates if pieces] + list(range(tok.vocab_size))
-    for token_id in ids:
+    likely = [tok._sp.piece_to_id(c) for c in "a.x"]
+    for token_id in [*likely, *range(tok.vocab_size)]:
         piece = tok.id_to_piece(token_id)
         if tok.is_control(token_id) or tok.is_byte(token_id) or piece.startswith(_SPACE_SYMBOL):
             continue
         text = tok.decode([token_id])
-        if text and text == piece and _REPLACEMENT not in text and text != tok.decode([tok.eos_id]):
+        if text and text == piece and _REPLACEMENT not in text:
             return token_id, text
     raise TokenizerError(f"tokenizer {tok.path} has no plain text piece to decode a stream with")

@@ -39,8 +39,9 @@ SOURCE_FILES: dict[str, str] = {
 MAX_TURN_CHARS = 400
 """Longest turn kept. Longer turns are cut at a sentence end, or end the dialogue (see `_clip`)."""
 
-MIN_TURN_CHARS = 2
-"""Shorter messages ("", ".", "k") carry nothing to learn and are dropped before turns are paired."""
+MIN_DIALOGUE_MEAN_CHARS = 3
+"""Dialogues whose messages average fewer characters are noise (one source has a sentence typed one
+letter per message) and are dropped."""
 
 WORDNET_CAP = 40_000
 """At most this many WordNet question/answer turns, so that chit-chat dominates the mixture."""
@@ -134,54 +135,62 @@ def read_xz(path: Path) -> str:
 def parse_speaker_blocks(text: str, labels: Sequence[str]) -> Iterator[list[tuple[int, str]]]:
     """Yield each paragraph of a speaker-line file as [(speaker index, message), ...].
 
-    A line `"<label>: text"` starts a message, other lines continue the current one. A blank line ends
-    the paragraph, except inside a ``` code fence (the chatterbot file holds code answers whose blank
-    lines are part of the message).
+    A line `"<label>: text"` starts a message, other lines continue the current one. Blank lines end
+    the paragraph only when the next non-blank line starts a message (or the file ends): the chatterbot
+    file holds answers like "Here's a stack:", a blank line, then a code block with blank lines of its
+    own, and all of that is one message. Inside a ``` fence nothing starts a message.
     """
     prefixes = [(i, f"{label}:") for i, label in enumerate(labels)]
+
+    def speaker_of(line: str) -> int | None:
+        return next((i for i, prefix in prefixes if line.startswith(prefix)), None)
+
     block: list[tuple[int, str]] = []
+    pending_blank = 0  # blank lines seen since the last non-blank line
     in_fence = False
     for line in text.split("\n"):
-        if not in_fence and not line.strip():
-            if block:
+        if not line.strip():
+            pending_blank += 1
+            continue
+        speaker = None if in_fence else speaker_of(line)
+        if speaker is not None:
+            if pending_blank and block:
                 yield block
                 block = []
-            continue
-        for i, prefix in prefixes:
-            if not in_fence and line.startswith(prefix):
-                block.append((i, line[len(prefix) :]))
-                break
-        else:
-            if block:
-                speaker, msg = block[-1]
-                block[-1] = (speaker, msg + "\n" + line)
-            # else: a stray line before any speaker label; nothing to attach it to
+            prefix_len = len(prefixes[speaker][1])
+            block.append((speaker, line[prefix_len:]))
+        elif block:
+            last, msg = block[-1]
+            block[-1] = (last, msg + "\n" * (pending_blank + 1) + line)
+        # else: a stray line before any speaker label; nothing to attach it to
+        pending_blank = 0
         if line.strip().startswith("```"):
             in_fence = not in_fence
     if block:
         yield block
 
 
-def messages_to_dialogue(
+def messages_to_dialogues(
     messages: Sequence[tuple[int, str]],
     source: str,
     *,
     skip_first: bool = False,
     max_chars: int = MAX_TURN_CHARS,
-    min_chars: int = MIN_TURN_CHARS,
-) -> Dialogue | None:
-    """Pair a speaker-labelled message list into (user, assistant) turns.
+) -> list[Dialogue]:
+    """Pair a speaker-labelled message list into dialogues of (user, assistant) turns.
 
     Whoever speaks first is the user. Consecutive messages of one speaker are joined (people often send
     two short lines in a row). With `skip_first`, the opening message is dropped, so the *other* speaker
     becomes the user: used on part of the chit-chat so the model sees both sides of a conversation. A
-    trailing user message with no reply is dropped; an over-long turn that cannot be clipped ends the
-    dialogue there. Returns None when no complete turn is left.
+    trailing user message with no reply is dropped, and so are messages without a letter or digit ("",
+    "...", but not "7", a fine answer to a trivia question). A message too long to clip (see `_clip`) is
+    dropped and splits the conversation: the turns before it form one dialogue, and pairing starts afresh
+    after it, so long human chats are not lost to one monologue in the middle.
     """
     merged: list[tuple[int, str]] = []
     for speaker, raw in messages:
         msg = normalize(raw)
-        if len(msg) < min_chars:
+        if not any(c.isalnum() for c in msg):
             continue
         if merged and merged[-1][0] == speaker:
             merged[-1] = (speaker, merged[-1][1] + " " + msg)
@@ -189,13 +198,25 @@ def messages_to_dialogue(
             merged.append((speaker, msg))
     if skip_first:
         merged = merged[1:]
+    out: list[Dialogue] = []
     turns: list[tuple[str, str]] = []
-    for k in range(0, len(merged) - 1, 2):
+
+    def flush() -> None:
+        if turns and sum(len(u) + len(a) for u, a in turns) >= MIN_DIALOGUE_MEAN_CHARS * 2 * len(turns):
+            out.append(Dialogue(list(turns), source))
+        turns.clear()
+
+    k = 0
+    while k + 1 < len(merged):
         user, reply = _clip(merged[k][1], max_chars), _clip(merged[k + 1][1], max_chars)
-        if user is None or reply is None:
-            break
-        turns.append((user, reply))
-    return Dialogue(turns, source) if turns else None
+        if user is not None and reply is not None:
+            turns.append((user, reply))
+            k += 2
+            continue
+        flush()
+        k += 1 if user is None else 2
+    flush()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -276,11 +297,10 @@ def parse_chat(
                 continue
             block = filled
         swap = swap_per_10k > 0 and stable_hash("swap:" + key) % 10_000 < swap_per_10k
-        d = messages_to_dialogue(block, source, skip_first=swap, max_chars=max_chars)
-        if d is None:
+        ds = messages_to_dialogues(block, source, skip_first=swap, max_chars=max_chars)
+        if not ds:
             dropped["no complete turn"] += 1
-            continue
-        out.append(d)
+        out += ds
     return out, dropped
 
 
@@ -333,6 +353,21 @@ def _sense_score(sense: Sense, freq: Counter[str]) -> float:
     return familiarity + (1.0 if sense.examples else 0.0) - (2.0 if sense.gloss.startswith("(") else 0.0)
 
 
+def _pick_senses(senses: Sequence[Sense], freq: Counter[str], k: int) -> list[Sense]:
+    """The `k` senses to teach for one word, the one to give first at the front.
+
+    The first answer comes from the part of speech with the most synsets for this word: that is usually
+    the word's main use ("great" is mostly an adjective, though WordNet also has the noun "a great").
+    Within it, and for the follow-ups, senses are ranked by `_sense_score`.
+    """
+    ranked = sorted(senses, key=lambda s: -_sense_score(s, freq))
+    per_pos = Counter(s.pos for s in senses)
+    order = ("noun", "verb", "adjective", "adverb")
+    main_pos = max(per_pos, key=lambda p: (per_pos[p], -order.index(p)))
+    first = next(s for s in ranked if s.pos == main_pos)
+    return [first, *(s for s in ranked if s is not first)][:k]
+
+
 _POS_ARTICLE = {"noun": "a noun", "verb": "a verb", "adjective": "an adjective", "adverb": "an adverb"}
 _QUESTIONS = (
     "What does {w} mean?",
@@ -352,10 +387,16 @@ _FOLLOW_UPS = (
 )
 
 
-def _answer(sense: Sense, variant: int, follow_up: bool, max_chars: int) -> str | None:
-    """A fluent one- or two-sentence definition, with the first example if it fits in `max_chars`."""
+def _answer(sense: Sense, variant: int, previous_pos: str | None, max_chars: int) -> str | None:
+    """A fluent one- or two-sentence definition, with the first example if it fits in `max_chars`.
+
+    `previous_pos` is the part of speech of the previous answer about the same word (None for the first
+    answer): a follow-up in the same part of speech just says "It can also mean".
+    """
     w, pos, gloss = sense.lemma, sense.pos, sense.gloss
-    if follow_up:
+    if previous_pos == pos:
+        head = f"It can also mean: {gloss}."
+    elif previous_pos is not None:
         head = f"It can also be {_POS_ARTICLE[pos]}, meaning: {gloss}."
     elif variant % 2 == 0:
         head = f'"{w}" ({pos}) means: {gloss}.'
@@ -397,11 +438,12 @@ def wordnet_dialogues(
     for w in lemmas:
         if n_items >= cap:
             break
-        senses = sorted(by_lemma[w], key=lambda s: -_sense_score(s, freq))[: min(max_senses, cap - n_items)]
+        senses = _pick_senses(by_lemma[w], freq, min(max_senses, cap - n_items))
         h = stable_hash("wordnet:" + w)
         turns: list[tuple[str, str]] = []
         for k, sense in enumerate(senses):
-            answer = _answer(sense, h >> 8, follow_up=k > 0, max_chars=max_chars)
+            previous_pos = senses[k - 1].pos if k else None
+            answer = _answer(sense, h >> 8, previous_pos=previous_pos, max_chars=max_chars)
             if answer is None:
                 break
             if k == 0:
