@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Source name -> file name. The source name is what statistics are keyed by.
 SOURCE_FILES: dict[str, str] = {
@@ -37,7 +38,7 @@ SOURCE_FILES: dict[str, str] = {
 }
 
 MAX_TURN_CHARS = 400
-"""Longest turn kept. Longer turns are cut at a sentence end, or end the dialogue (see `_clip`)."""
+"""Longest turn kept. Longer turns are cut at a sentence end, or split the dialogue (see `_clip`)."""
 
 MIN_DIALOGUE_MEAN_CHARS = 3
 """Dialogues whose messages average fewer characters are noise (one source has a sentence typed one
@@ -60,9 +61,21 @@ FIRST_NAMES: tuple[str, ...] = (
 # Closed-class English words. WordNet has entries for some of them, but only in surprising senses ("in"
 # = inch, "he" = helium, "do" = a musical note): as the answer to "what does 'in' mean?" those teach the
 # model something misleading, so such lemmas never become questions.
-STOPWORDS: frozenset[str] = frozenset(
-    ["a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "didn", "do", "does", "doesn", "doing", "don", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "isn", "it", "its", "itself", "just", "ll", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "re", "s", "same", "she", "should", "so", "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "us", "ve", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves", "ok", "okay", "oh", "yeah", "yes", "lol", "haha", "hi", "hey", "hello", "bye", "m", "d", "o", "y", "ma", "won", "wouldn", "shouldn", "couldn", "wasn", "weren", "aren", "hasn", "haven", "hadn", "mustn", "needn", "shan", "mightn"]
-)
+STOPWORDS: frozenset[str] = frozenset({
+    "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at",
+    "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could",
+    "did", "didn", "do", "does", "doesn", "doing", "don", "down", "during", "each", "few", "for", "from",
+    "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself",
+    "his", "how", "i", "if", "in", "into", "is", "isn", "it", "its", "itself", "just", "ll", "me", "more",
+    "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other",
+    "our", "ours", "ourselves", "out", "over", "own", "re", "s", "same", "she", "should", "so", "some",
+    "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these",
+    "they", "this", "those", "through", "to", "too", "under", "until", "up", "us", "ve", "very", "was",
+    "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would",
+    "you", "your", "yours", "yourself", "yourselves", "ok", "okay", "oh", "yeah", "yes", "lol", "haha",
+    "hi", "hey", "hello", "bye", "m", "d", "o", "y", "ma", "won", "wouldn", "shouldn", "couldn", "wasn",
+    "weren", "aren", "hasn", "haven", "hadn", "mustn", "needn", "shan", "mightn"
+})  # fmt: skip
 
 _WS_RE = re.compile(r"\s+")
 _QUOTES = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"'})
@@ -111,7 +124,8 @@ def _clip(text: str, max_chars: int) -> str | None:
     """Fit a turn into `max_chars`: cut at the last sentence end, or give up (None).
 
     Cutting mid-sentence would teach the model to stop replies mid-thought, so an over-long turn without
-    a sentence end in its first third..max_chars is rejected instead; the caller ends the dialogue there.
+    a sentence end between a third of `max_chars` and `max_chars` is rejected instead; the caller then
+    splits the dialogue around it.
     """
     if len(text) <= max_chars:
         return text
@@ -373,7 +387,7 @@ _QUESTIONS = (
     "What does {w} mean?",
     "What is the meaning of {w}?",
     "Define {w}.",
-    "What does the word \"{w}\" mean?",
+    'What does the word "{w}" mean?',
     "what does {w} mean",
     "Can you tell me what {w} means?",
     "What's the definition of {w}?",
@@ -482,7 +496,7 @@ def load_corpus(
         raise FileNotFoundError(f"no corpus files ({', '.join(SOURCE_FILES.values())}) in {data_dir}")
     dialogues: list[Dialogue] = []
     drops: dict[str, Counter[str]] = {}
-    chat_opts: dict[str, dict[str, object]] = {
+    chat_opts: dict[str, dict[str, Any]] = {
         "persona": {"swap_per_10k": 2500, "fill_names": True},
         "chitchat": {"swap_per_10k": 2500},
         "chatterbot": {"skip_code": True},
@@ -490,7 +504,7 @@ def load_corpus(
     }
     for name, opts in chat_opts.items():
         if name in found:
-            ds, dropped = parse_chat(read_xz(found[name]), name, max_chars=max_turn_chars, **opts)  # type: ignore[arg-type]
+            ds, dropped = parse_chat(read_xz(found[name]), name, max_chars=max_turn_chars, **opts)
             dialogues += ds
             drops[name] = dropped
     if "wordnet" in found:

@@ -31,6 +31,7 @@ from typing import Any
 
 import sentencepiece as spm
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mixchat.train.corpus import Dialogue, load_corpus, split
@@ -115,25 +116,41 @@ def unpack_bits(bits: torch.Tensor, n: int) -> torch.Tensor:
     return ((bits.unsqueeze(-1) >> shifts) & 1).flatten(-2)[..., :n].bool()
 
 
-def save_packed(path: Path, tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int, **meta: str) -> int:
+def save_packed(path: Path, tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int, **meta: Any) -> int:
     """Write packed rows as safetensors: `tokens` (int16 if the vocabulary fits, else int32) and
     `mask_bits` (see `pack_bits`). Returns the file size in bytes.
 
     int16 rather than uint16: uint16 is a late, partly supported torch dtype, while int16 holds every id
-    below 32768 and converts to int64 in one op on any device.
+    below 32768 and converts to int64 in one op on any device. The metadata is one JSON string under the
+    key "mixchat" (sorted keys): safetensors writes its metadata map in hash order, so several keys
+    would make two builds of the same data differ byte-wise.
     """
     dtype = torch.int16 if vocab_size <= 2**15 else torch.int32
     if tokens.numel() and int(tokens.max()) >= vocab_size:
         raise ValueError(f"token id {int(tokens.max())} outside the vocabulary ({vocab_size})")
-    metadata = {
+    info = {
         "format": PACKED_FORMAT,
-        "vocab_size": str(vocab_size),
-        "row_len": str(tokens.shape[1]),
+        "vocab_size": vocab_size,
+        "row_len": tokens.shape[1],
         "mask": "mask_bits: loss mask of tokens, 8 per byte, first token in the high bit",
         **meta,
     }
-    save_file({"tokens": tokens.to(dtype).contiguous(), "mask_bits": pack_bits(mask)}, str(path), metadata)
+    tensors = {"tokens": tokens.to(dtype).contiguous(), "mask_bits": pack_bits(mask)}
+    save_file(tensors, str(path), {"mixchat": json.dumps(info, sort_keys=True)})
     return Path(path).stat().st_size
+
+
+def packed_info(path: Path) -> dict[str, Any]:
+    """The metadata `save_packed` stored (format, vocab_size, row_len, split, ...)."""
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    try:
+        info = json.loads(meta["mixchat"])
+    except (KeyError, ValueError):
+        raise ValueError(f"{path}: not a mixchat packed dataset (no 'mixchat' metadata)") from None
+    if info.get("format") != PACKED_FORMAT:
+        raise ValueError(f"{path}: format {info.get('format')!r}, expected {PACKED_FORMAT!r}")
+    return info
 
 
 def load_packed(path: Path, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +159,7 @@ def load_packed(path: Path, device: str | torch.device = "cpu") -> tuple[torch.T
     Only needs torch and safetensors. Train on inputs `tokens[:, :-1]`, targets `tokens[:, 1:]`, loss
     weights `mask[:, 1:]`.
     """
+    packed_info(path)  # refuses files of another format before reading any tensor
     data = load_file(str(path), device=str(device))
     tokens = data["tokens"].long()
     return tokens, unpack_bits(data["mask_bits"], tokens.shape[1])
@@ -149,6 +167,11 @@ def load_packed(path: Path, device: str | torch.device = "cpu") -> tuple[torch.T
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# Training-split repeats per source. Definitions are facts to memorise, not style to pick up: at one
+# pass they are 7 % of the tokens and the model recalls few of them, so they are seen three times.
+TRAIN_REPEATS = {"wordnet": 3}
 
 
 def build_dataset(
@@ -176,6 +199,7 @@ def build_dataset(
         "seq_len": seq_len,
         "row_len": seq_len + 1,
         "seed": seed,
+        "train_repeats": TRAIN_REPEATS,
         "tokenizer": {"file": model_path.name, "sha256": _sha256(model_path), "model_type": "bpe"},
         "splits": {},
         "sources": {},
@@ -183,6 +207,8 @@ def build_dataset(
     }
     for name, dialogues in (("train", train), ("heldout", heldout)):
         order = list(dialogues)
+        if name == "train":
+            order += [d for d in dialogues for _ in range(TRAIN_REPEATS.get(d.source, 1) - 1)]
         random.Random(f"{seed}:{name}").shuffle(order)
         examples = [encode_dialogue_v3(sp, d) for d in order]
         per_source: dict[str, Counter[str]] = {}
@@ -196,7 +222,7 @@ def build_dataset(
             c["special_tokens"] += 1 + 3 * len(d.turns)  # <s>, then [INST] [/INST] </s> per turn
         tokens, mask = pack_examples(examples, seq_len)
         path = out_dir / f"{name}.safetensors"
-        size = save_packed(path, tokens, mask, vocab_size, split=name, seq_len=str(seq_len))
+        size = save_packed(path, tokens, mask, vocab_size, split=name, seq_len=seq_len)
         total = Counter[str]()
         for c in per_source.values():
             total.update(c)
