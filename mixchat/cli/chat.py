@@ -1,0 +1,402 @@
+"""`mixchat chat --plain`: a line REPL on stdin/stdout, for terminals, pipes and scripts.
+
+One line of stdin is one user turn; the reply streams to stdout as it is generated, followed by a newline.
+Everything else (status, /stats, /help, warnings) goes to stderr, so `... | mixchat chat --plain > out`
+captures exactly the replies. There are no prompts or colours unless stdin is a terminal.
+
+The conversation is saved after every turn. Generation runs in a worker thread: Ctrl-C then only sets the
+engine's cancel event (checked between forward passes), so an interrupted reply never leaves a half-written
+cache behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import unicodedata
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TextIO
+
+from mixchat.cli.common import add_model_options, load_from_args, non_negative_float, positive_int, unit_float
+from mixchat.cli.conversations import add_data_dir_option
+from mixchat.runtime import UserError
+
+DESCRIPTION = """\
+Chat with a model. With --plain, a line REPL: each line of stdin is a user turn, each reply streams to
+stdout, EOF ends the session; replies go to stdout, everything else to stderr, and Ctrl-C stops a reply.
+The conversation keeps its KV cache across turns, is saved after every turn, and can be resumed later
+without pre-filling it again (--resume)."""
+
+EPILOG = """\
+in-line commands (a line starting with '/'; start a message with '//' to send a literal '/'):
+  /save [NAME]     save now (as NAME: a copy under that name, which later turns are saved to)
+  /new             start a new conversation (the current one stays saved)
+  /system [TEXT]   show the system prompt, or set it ('-' clears it); once a conversation has turns,
+                   setting it starts a new conversation, since the prompt is part of the first turn
+  /stats           tokens in the cache, window fill, wraps, speed, experts used by the last reply
+  /help            this list
+  /quit            end the session (EOF does too)
+
+examples:
+  mixchat chat --plain
+  printf 'Hello\\nTell me more\\n' | mixchat chat --plain --temperature 0 > replies.txt
+  mixchat chat --plain --resume                 # continue the most recent conversation
+  mixchat chat --plain --conversation notes     # open 'notes', or start it"""
+
+HELP = EPILOG.split("\n\nexamples:")[0]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="chat with a model (--plain: a line REPL for pipes and scripts)",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plain", action="store_true", help="line REPL on stdin/stdout instead of the TUI")
+    g = p.add_argument_group("conversation")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--conversation", metavar="NAME", help="open NAME if it exists, else start it under NAME")
+    which.add_argument("--resume", nargs="?", const="", metavar="NAME",
+                       help="continue NAME, or without NAME the most recently updated conversation")
+    g.add_argument("--system", metavar="TEXT", help="system prompt of a new conversation")
+    add_data_dir_option(g)
+    # Defaults are None so that a resumed conversation keeps its saved settings unless a flag overrides them.
+    s = p.add_argument_group("generation (default: the conversation's saved settings, else the value shown)")
+    s.add_argument("--temperature", type=non_negative_float, metavar="T", help="0 = greedy (default 0.7)")
+    s.add_argument("--top-p", type=unit_float, metavar="P", help="nucleus sampling mass (default 0.95)")
+    s.add_argument("--max-tokens", type=positive_int, metavar="N", help="stop a reply after N tokens (default 512)")
+    s.add_argument("--seed", type=int, metavar="S", help="random seed (turn n samples with S + n)")
+    s.add_argument("--chunk-size", type=positive_int, metavar="N",
+                   help="pre-fill at most N tokens per forward pass (default 512)")
+    s.add_argument("--experts-per-token", type=positive_int, metavar="K",
+                   help="MoE models: route each token to K experts (default: the model's own, 2 for Mixtral)")
+    add_model_options(p, chunk=False)
+    p.set_defaults(func=run)
+
+
+_OVERRIDES = ("temperature", "top_p", "max_tokens", "seed", "chunk_size", "experts_per_token")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mixchat.session import ChatSettings, Conversation, ConversationStore, SettingsError
+    from mixchat.session.files import clean_name
+
+    if not args.plain:
+        raise UserError("the chat TUI is not available in this build; use `mixchat chat --plain`")
+    store = ConversationStore(args.data_dir)
+    target: str | None = None
+    resume = False
+    if args.resume is not None:
+        target = args.resume or store.latest()
+        if target is None:
+            raise UserError(f"no saved conversation to resume in {store.root}")
+        resume = True
+    elif args.conversation is not None:
+        target = clean_name(args.conversation)
+        resume = store.exists(target)
+    if resume:
+        assert target is not None
+        saved = store.read(target)  # an unreadable transcript fails here, before a model is loaded
+        if args.system is not None and saved.messages and (args.system or None) != saved.settings.system:
+            raise UserError(f"--system only applies to a new conversation; {saved.name!r} already has turns")
+    overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
+
+    # The conversation's own chunk size is applied before every turn; the engine's initial one does not matter.
+    rt = load_from_args(argparse.Namespace(**{**vars(args), "chunk_size": args.chunk_size or 512}))
+    moe = rt.model.args.moe
+    if args.experts_per_token is not None and (moe is None or args.experts_per_token > moe.num_experts):
+        limit = f"between 1 and {moe.num_experts}" if moe else "only for mixture-of-experts models"
+        raise UserError(f"--experts-per-token is {limit}")
+    try:
+        if resume:
+            assert target is not None
+            loaded = store.load_for(rt, target)
+            conv = loaded.conversation
+            if loaded.problem:
+                print(f"mixchat: {loaded.problem}", file=sys.stderr)
+            conv.settings = replace(conv.settings, **overrides)
+            if args.system is not None and not conv.messages:
+                conv.set_system(args.system)
+        else:
+            conv = Conversation.from_runtime(rt, ChatSettings(system=args.system or None, **overrides), name=target)
+    except SettingsError as e:
+        raise UserError(str(e)) from None
+    return PlainRepl(rt, store, conv, resumed=resume).loop()
+
+
+class _Done:
+    pass
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class PlainRepl:
+    """The read-send-print loop; streams are parameters so tests can drive it in-process."""
+
+    def __init__(
+        self,
+        runtime: Any,
+        store: Any,
+        conversation: Any,
+        resumed: bool = False,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
+        self.rt = runtime
+        self.store = store
+        self.conv = conversation
+        self.resumed = resumed
+        self.inp = stdin or sys.stdin
+        self.out = stdout or sys.stdout
+        self.err = stderr or sys.stderr
+        self.interactive = _isatty(self.inp)
+        self.terminal_out = _isatty(self.out)
+        self.announced: set[str] = set()  # conversation ids whose save location was already reported
+        self._progress_shown = False
+        for stream in (self.inp, self.out):
+            reconfigure: Callable[..., None] | None = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors="replace")
+
+    # ---- I/O ------------------------------------------------------------------------------------------------
+    def status(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+    def read_line(self) -> str | None:
+        try:
+            if self.interactive and self.terminal_out and self.inp is sys.stdin:
+                return input("> ")  # line editing where the terminal offers it
+            if self.interactive:
+                self.err.write("> ")
+                self.err.flush()
+            line = self.inp.readline()
+            return line if line else None
+        except EOFError:
+            return None
+        except KeyboardInterrupt:
+            return None
+
+    def progress(self, done: int, total: int) -> None:
+        """A long pre-fill (a pasted document, a cache being rebuilt) counts up on a terminal's stderr."""
+        if not _isatty(self.err):
+            return
+        if total > self.conv.settings.chunk_size and done < total:
+            self.err.write(f"\rpre-filling {done}/{total} tokens (Ctrl-C stops)")
+            self._progress_shown = True
+        elif self._progress_shown:
+            self.err.write("\r\x1b[K")
+            self._progress_shown = False
+        self.err.flush()
+
+    def write(self, text: str) -> None:
+        if self.terminal_out:
+            text = _printable(text)
+        self.out.write(text)
+        self.out.flush()
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def loop(self) -> int:
+        if self.interactive:
+            c = self.conv
+            what = f"resumed {c.name!r} ({c.turns} turns, {len(c.ids)} tokens)" if self.resumed else (
+                f"new conversation{f' {c.name!r}' if c.name else ''}")
+            self.status(f"mixchat · {self.rt.name} · {what} · /help for commands, Ctrl-D to quit")
+        while True:
+            line = self.read_line()
+            if line is None:
+                if self.interactive:
+                    self.status("")
+                return 0
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            if line.startswith("/") and not line.startswith("//"):
+                if not self.command(line):
+                    return 0
+                continue
+            self.turn(line[1:] if line.startswith("//") else line)
+
+    def turn(self, text: str) -> None:
+        from mixchat.cache import ContextFullError
+        from mixchat.engine import PrefillProgressed, SequenceFinished, TokenGenerated
+        from mixchat.session import SettingsError
+
+        cancel = threading.Event()
+        events: queue.Queue[Any] = queue.Queue()
+
+        def work() -> None:
+            try:
+                for ev in self.conv.send(text, cancel):
+                    events.put(ev)
+            except BaseException as e:
+                events.put(_Failed(e))
+            finally:
+                events.put(_Done())
+
+        before = len(self.conv.messages)
+        worker = threading.Thread(target=work, name="mixchat-generate", daemon=True)
+        worker.start()
+        reason: str | None = None
+        failure: BaseException | None = None
+        while True:
+            try:
+                try:
+                    item = events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if isinstance(item, _Done):
+                    break
+                if isinstance(item, _Failed):
+                    failure = item.error
+                elif isinstance(item, PrefillProgressed):
+                    self.progress(item.done, item.total)
+                elif isinstance(item, TokenGenerated) and item.text:
+                    self.progress(0, 0)
+                    self.write(item.text)
+                elif isinstance(item, SequenceFinished):
+                    reason = item.reason
+            except KeyboardInterrupt:
+                cancel.set()  # the worker stops after the current forward pass
+        worker.join()
+        self.progress(0, 0)
+        replied = len(self.conv.messages) > before
+        if replied:
+            self.write("\n")  # every reply ends with exactly one newline, even an empty one
+        if failure is not None:
+            if isinstance(failure, (ContextFullError, SettingsError)):
+                self.status(f"mixchat: error: {failure}")
+                self.autosave()  # a reply cut short by the context limit is kept
+                return
+            raise failure
+        if reason == "length":
+            self.status(f"[reply stopped at {self.conv.settings.max_tokens} tokens]")
+        elif reason == "cancelled":
+            self.status("[cancelled]" if replied else "[cancelled before the reply; the turn was dropped]")
+        self.autosave()
+
+    def autosave(self) -> None:
+        from mixchat.session import ConversationError
+
+        if not self.conv.dirty:
+            return
+        try:
+            folder = self.store.save(self.conv)
+        except ConversationError as e:
+            self.status(f"mixchat: {e}")
+            return
+        if self.conv.id not in self.announced:
+            self.announced.add(self.conv.id)
+            if not self.resumed or self.interactive:
+                self.status(f"mixchat: saved conversation {self.conv.name!r} in {folder}")
+
+    # ---- commands -------------------------------------------------------------------------------------------
+    def command(self, line: str) -> bool:
+        """Run an in-line command; False ends the session."""
+        from mixchat.session import ConversationError
+
+        name, _, rest = line[1:].partition(" ")
+        rest = rest.strip()
+        name = name.lower()
+        try:
+            if name in ("quit", "exit", "q"):
+                return False
+            if name in ("help", "h", "?"):
+                self.status(HELP)
+            elif name == "stats":
+                self.status("\n".join(format_stats(self.conv.stats())))
+            elif name == "save":
+                self.save_as(rest or None)
+            elif name == "new":
+                self.new_conversation(self.conv.settings.system)
+                self.status("new conversation")
+            elif name == "system":
+                self.system(rest)
+            else:
+                self.status(f"unknown command /{name}; /help lists the commands")
+        except ConversationError as e:
+            self.status(f"mixchat: {e}")
+        return True
+
+    def save_as(self, name: str | None) -> None:
+        from mixchat.session.files import clean_name
+
+        if not self.conv.messages:
+            if name is not None:
+                self.conv.name = clean_name(name)
+                self.status(f"this conversation will be saved as {self.conv.name!r} after its first turn")
+            else:
+                self.status("nothing to save yet")
+            return
+        folder = self.store.save(self.conv, name)
+        self.announced.add(self.conv.id)
+        self.status(f"saved {self.conv.name!r} in {folder}")
+
+    def new_conversation(self, system: str | None) -> None:
+        from mixchat.session import Conversation
+
+        self.autosave()
+        old = self.conv
+        settings = replace(old.settings, system=system)
+        old.invalidate_cache()  # the buffer is reused (a second one would double the memory); `old` is saved
+        self.conv = Conversation(self.rt.engine, self.rt.tokenizer, old.fingerprint, settings,
+                                 model_name=old.model_name, cache=old.cache)
+        self.resumed = False
+
+    def system(self, text: str) -> None:
+        if not text:
+            current = self.conv.settings.system
+            self.status(f"system prompt: {current}" if current else "no system prompt (set one with /system TEXT)")
+            return
+        new = None if text == "-" else text
+        if not self.conv.messages:
+            self.conv.set_system(new)
+            self.status("system prompt set" if new else "system prompt cleared")
+            return
+        old_name = self.conv.name
+        self.new_conversation(new)
+        self.status(f"started a new conversation with this system prompt; {old_name!r} stays saved")
+
+
+def format_stats(s: Any) -> list[str]:
+    """Conversation.stats() as a few lines of text."""
+    lines = [f"conversation: {s.turns} turns, {s.tokens} tokens; cache has seen {s.cached} "
+             f"({s.tokens - s.cached} pending)"]
+    kind = "window" if s.window is not None else "context"
+    lines.append(f"{kind}: {s.live}/{s.capacity} slots ({100 * s.fill:.0f}% full), wrapped {s.wraps} times, "
+                 f"cache {_bytes(s.cache_bytes)}")
+    if s.last is not None:
+        last = s.last
+        lines.append(f"last reply: {last.reply_tokens} tokens ({last.finish_reason}), {last.decode_tps:.1f} tok/s; "
+                     f"pre-filled {last.prompt_tokens} tokens in {last.prefill_seconds:.2f} s")
+    lines.append(f"this session: pre-filled {s.prefilled_tokens} tokens, decoded {s.decoded_tokens}")
+    if s.expert_usage is not None and s.last is not None:
+        n = len(s.last.routing)
+        lines.append(f"experts chosen for the last reply's {n} tokens (top-{s.experts_per_token}), "
+                     "expert:count per layer:")
+        for layer, counts in enumerate(s.expert_usage):
+            lines.append(f"  L{layer:<3}" + " ".join(f"{e}:{c}" for e, c in enumerate(counts)))
+    return lines
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _printable(text: str) -> str:
+    """Model output on a terminal: control characters (escape sequences!) shown as U+FFFD, not obeyed."""
+    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else "\ufffd" for ch in text)

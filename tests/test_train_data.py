@@ -1,0 +1,277 @@
+"""Corpus preparation, tokenizer training and v3 packing for the built-in model, on a tiny fake corpus.
+
+The fake corpus mimics the real files' formats (xz, paragraph per dialogue, `A:`/`B:`, `User:`/
+`Assistant:`, WordNet lines), so the parsers, the placeholder handling and the whole build run as they do
+on the real data, in a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixchat.train.corpus import (
+    FIRST_NAMES,
+    Dialogue,
+    load_corpus,
+    messages_to_dialogues,
+    split,
+    summarize,
+)
+from mixchat.train.spm import V3_CONTROL_SYMBOLS, load_processor, train_tokenizer
+from mixchat.train.tokens import (
+    build_dataset,
+    encode_dialogue_v3,
+    load_packed,
+    pack_bits,
+    pack_examples,
+    packed_info,
+    unpack_bits,
+)
+
+TOPICS = ["cooking", "hiking", "jazz music", "painting", "chess", "gardening", "running", "old movies"]
+PLACES = ["Portland", "Denver", "Boston", "Austin", "Seattle", "Chicago"]
+
+PLACEHOLDER_DIALOGUE = """A: Hi, I'm [user 1's name]. What's your name?
+B: Nice to meet you, [name]. I'm [name].
+A: Great to meet you too, [user 2]!
+B: Do you like music?"""
+DROPPED_DIALOGUE = """A: Hi! I live in [city].
+B: Cool, I have never been there."""
+
+
+def _write_xz(path: Path, text: str) -> None:
+    with lzma.open(path, "wt", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _persona_text() -> str:
+    items = [PLACEHOLDER_DIALOGUE, DROPPED_DIALOGUE]
+    for i in range(48):
+        topic, place = TOPICS[i % len(TOPICS)], PLACES[i % len(PLACES)]
+        other = TOPICS[(i * 3 + 1) % len(TOPICS)]
+        items.append(
+            f"A: Hi! How are you doing today?\n"
+            f"B: I'm doing well, thanks for asking. I just got back from {place}.\n"
+            f"A: Oh nice! What do you like to do for fun?\n"
+            f"B: I really enjoy {topic}, and sometimes {other} with my friends.\n"
+            f"A: That sounds like a lot of fun. I have never tried {topic} before.\n"
+            f"B: You should! It's a great way to relax after work.\n"
+            f"B: Number {i * 37} is my lucky number, by the way."
+        )
+    return "\n\n".join(items) + "\n"
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    _write_xz(d / "synthetic_persona_chat.txt.xz", _persona_text())
+    _write_xz(
+        d / "chitchat.txt.xz",
+        "A: hey whats up\nB: not much, just studying for finals lol\nA: same here haha\n"
+        "B: good luck with that!\n\nA: is anyone there?\n\n"
+        "A: do you like pizza?\nB: yes!! pepperoni is the best\n",
+    )
+    _write_xz(
+        d / "chatterbot_english.txt.xz",
+        "A: What is AI?\nB: Artificial intelligence is the science of making machines that think.\n\n"
+        "A: can you write a stack in Python?\nB: Here's a stack:\n\n```\nclass Stack:\n\n    pass\n```\n\n"
+        "A: Are you sentient?\nB: Sort of.\n",
+    )
+    _write_xz(
+        d / "taskmaster4_coffee.txt.xz",
+        "User: Can I get a mocha please?\nAssistant: Sure, does the order on the screen look right?\n"
+        "User: Yes.\nAssistant: Great, it will be ready in a few minutes.\n\n"
+        "User: What's in a cold brew?\nAssistant: It's coffee concentrate and ice.\n",
+    )
+    _write_xz(
+        d / "wordnet_glosses.txt.xz",
+        'music (noun): an artistic form of auditory communication; "she enjoys music"\n'
+        "music (noun): the sounds produced by singers or musical instruments\n"
+        'relax (verb): become less tense, rest, or take one\'s ease; "He relaxed in the hot tub"\n'
+        "in (noun): a unit of length equal to one twelfth of a foot\n"
+        "Portland (noun): a port city in northwestern Oregon\n",
+    )
+    return d
+
+
+@pytest.fixture(scope="module")
+def dialogues(corpus_dir: Path) -> list[Dialogue]:
+    return load_corpus(corpus_dir, wordnet_min_count=1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(dialogues: list[Dialogue], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    train, _ = split(dialogues)
+    return train_tokenizer(train, tmp_path_factory.mktemp("tok") / "tokenizer", vocab_size=400)
+
+
+def test_sources_are_parsed(dialogues: list[Dialogue]) -> None:
+    counts = summarize(dialogues)
+    assert set(counts) == {"persona", "chitchat", "chatterbot", "coffee", "wordnet", "total"}
+    chatter = [d.turns for d in dialogues if d.source == "chatterbot"]
+    # the code answer (with blank lines inside its fence) is dropped, not split into bogus items
+    assert sorted(t[0][0] for t in chatter) == ["Are you sentient?", "What is AI?"]
+    # a chat with no reply is dropped; a trailing unanswered user line is dropped
+    chit = [d.turns for d in dialogues if d.source == "chitchat"]
+    assert [("do you like pizza?", "yes!! pepperoni is the best")] in chit
+    coffee = next(d for d in dialogues if d.source == "coffee" and len(d.turns) == 2)
+    assert coffee.turns[1] == ("Yes.", "Great, it will be ready in a few minutes.")
+    # WordNet: common lower-case lemmas only, never closed-class words ("in") or proper nouns
+    words = [d for d in dialogues if d.source == "wordnet"]
+    asked = " ".join(d.turns[0][0] for d in words)
+    assert "music" in asked and "relax" in asked
+    assert " in " not in f" {asked} " and "Portland" not in asked
+    music = next(d for d in words if "music" in d.turns[0][0])
+    assert len(music.turns) == 2 and "auditory communication" in music.turns[0][1]
+    assert 'For example: "she enjoys music".' in music.turns[0][1]
+
+
+def test_placeholders_replaced_or_dropped(dialogues: list[Dialogue]) -> None:
+    persona = [d for d in dialogues if d.source == "persona"]
+    assert all("[" not in text for d in persona for turn in d.turns for text in turn)
+    assert not any("[city]" in t or "I live in" in t for d in persona for turn in d.turns for t in turn)
+    intro = next(d for d in persona if "What's your name?" in d.text())
+    if intro.turns[0][0].startswith("Hi, I'm"):  # A plays the user
+        (u1, a1), (u2, _) = intro.turns
+    else:  # role swap: B opened, so A's first line was dropped
+        pytest.skip("this dialogue was role-swapped by its hash")
+    name_a = u1.removeprefix("Hi, I'm ").split(".")[0]
+    name_b = a1.rsplit("I'm ", 1)[1].rstrip(".")
+    assert name_a in FIRST_NAMES and name_b in FIRST_NAMES and name_a != name_b
+    # "[name]" after "I'm" is the speaker's own name, elsewhere the other speaker's
+    assert a1 == f"Nice to meet you, {name_a}. I'm {name_b}."
+    assert u2 == f"Great to meet you too, {name_b}!"
+
+
+def test_role_swap_and_merging() -> None:
+    msgs = [(0, "Hi there"), (1, "hello"), (1, "how are   you?"), (0, "fine"), (1, "cool")]
+    (d,) = messages_to_dialogues(msgs, "x")
+    assert d.turns == [("Hi there", "hello how are you?"), ("fine", "cool")]
+    (d,) = messages_to_dialogues(msgs, "x", skip_first=True)
+    assert d.turns == [("hello how are you?", "fine")]
+    # an unclippable long turn splits the dialogue instead of truncating mid-sentence
+    long = "word " * 100
+    msgs = [(0, "Why?"), (1, "Because."), (0, long), (1, "I see."), (0, "Do you?"), (1, "Yes.")]
+    parts = messages_to_dialogues(msgs, "x")
+    assert [p.turns for p in parts] == [[("Why?", "Because.")], [("I see.", "Do you?")]]
+    # one-character answers are fine, messages without letters or digits are not
+    (d,) = messages_to_dialogues([(0, "How many sides does a square have?"), (1, "4"), (1, "...")], "x")
+    assert d.turns == [("How many sides does a square have?", "4")]
+    # a sentence typed one letter per message is noise
+    assert messages_to_dialogues([(i % 2, c) for i, c in enumerate("hello there")], "x") == []
+
+
+def test_split_deterministic_and_disjoint(dialogues: list[Dialogue]) -> None:
+    train, held = split(dialogues, per_10k=3000)
+    train2, held2 = split(list(reversed(dialogues)), per_10k=3000)
+    assert held and train
+    assert {d.text() for d in held} == {d.text() for d in held2}
+    assert {d.text() for d in train} == {d.text() for d in train2}
+    assert not {d.text() for d in train} & {d.text() for d in held}
+    assert len(train) + len(held) == len(dialogues) == len({d.text() for d in dialogues})
+
+
+def test_tokenizer_round_trips_and_layout(tokenizer_path: Path) -> None:
+    sp = load_processor(tokenizer_path)
+    assert sp.vocab_size() == 400
+    assert (sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2)
+    assert sp.id_to_piece(3) == "[INST]" and sp.id_to_piece(4) == "[/INST]"
+    for i, piece in enumerate(V3_CONTROL_SYMBOLS, start=3):
+        assert sp.is_control(i) and sp.piece_to_id(piece) == i
+    samples = [
+        "Hello there, how are you doing today?",
+        "  two  spaces,\ttabs and\nnewlines ",
+        "Numbers 12345 and [INST] as plain text",
+        "naïve café, Zürich — 日本語 🙂 ¿qué?",
+    ]
+    for text in samples:
+        ids = sp.encode(text)
+        assert sp.decode(ids) == text
+        assert 0 not in ids  # byte fallback: never <unk>
+        assert not {3, 4} & set(ids)  # control tokens never come out of plain text
+    assert [sp.id_to_piece(i) for i in sp.encode("2024")][-4:] == ["2", "0", "2", "4"]  # split_digits
+
+
+def test_tokenizer_is_reproducible(dialogues: list[Dialogue], tmp_path: Path, tokenizer_path: Path) -> None:
+    train, _ = split(dialogues)
+    again = train_tokenizer(train, tmp_path / "tokenizer", vocab_size=400)
+    assert again.read_bytes() == tokenizer_path.read_bytes()
+
+
+def test_loss_mask_is_replies_and_eos(tokenizer_path: Path) -> None:
+    sp = load_processor(tokenizer_path)
+    turns = [("Hi! How are you?", "I'm fine, thanks."), ("What's your hobby?", "I love chess.")]
+    ids, mask = encode_dialogue_v3(sp, Dialogue(turns))
+    expected: list[int] = [1]
+    expected_mask: list[bool] = [False]
+    for user, reply in turns:
+        prompt, answer = [3, *sp.encode(user), 4], [*sp.encode(reply), 2]
+        expected += prompt + answer
+        expected_mask += [False] * len(prompt) + [True] * len(answer)
+    assert ids == expected and mask == expected_mask
+    assert sp.id_to_piece(ids[2]).startswith("▁")  # the dummy-prefix space after [INST]
+    assert sp.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "I'm fine, thanks. I love chess."
+    # a plain ids function works too
+    assert encode_dialogue_v3(sp.encode, turns) == (ids, mask)
+
+
+def test_matches_mistral_common(tokenizer_path: Path, tmp_path: Path) -> None:
+    mc = pytest.importorskip("mistral_common.tokens.tokenizers.mistral")
+    from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
+    from mistral_common.protocol.instruct.request import InstructRequest
+
+    v3 = tmp_path / "tokenizer.model.v3"
+    v3.write_bytes(tokenizer_path.read_bytes())
+    tok = mc.MistralTokenizer.from_file(str(v3))
+    turns = [("Hi there!", "Hello, how can I help?"), ("Tell me a joke.", "Why did the chess player smile?")]
+    messages = [m for u, a in turns for m in (UserMessage(content=u), AssistantMessage(content=a))]
+    reference = tok.instruct_tokenizer.encode_instruct(InstructRequest(messages=messages)).tokens
+    assert encode_dialogue_v3(load_processor(tokenizer_path), turns)[0] == reference
+
+
+def test_packing_keeps_mask_aligned() -> None:
+    a = (list(range(10, 20)), [False] * 4 + [True] * 6)
+    b = ([1, 3, 30, 4, 31, 2], [False] * 4 + [True] * 2)
+    tokens, mask = pack_examples([a, b], seq_len=4)
+    stream = a[0] + b[0]
+    stream_mask = a[1] + b[1]
+    assert tokens.shape == mask.shape == (4, 5)  # ceil((16 - 1) / 4) rows of L + 1
+    for r in range(tokens.shape[0]):
+        for j in range(5):
+            k = r * 4 + j
+            assert tokens[r, j] == (stream[k] if k < len(stream) else 2)
+            assert bool(mask[r, j]) == (stream_mask[k] if k < len(stream) else False)
+    assert torch.equal(tokens[:-1, -1], tokens[1:, 0])  # rows overlap by one token
+    bits = torch.rand(3, 513) > 0.5
+    assert torch.equal(unpack_bits(pack_bits(bits), 513), bits)
+
+
+def test_build_dataset(corpus_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "built"
+    stats = build_dataset(corpus_dir, out, vocab_size=400, seq_len=32)
+    assert {p.name for p in out.iterdir()} == {
+        "tokenizer.model", "train.safetensors", "heldout.safetensors", "stats.json",
+    }  # fmt: skip
+    assert json.loads((out / "stats.json").read_text()) == stats
+    sp = load_processor(out / "tokenizer.model")
+    for name in ("train", "heldout"):
+        s = stats["splits"][name]
+        tokens, mask = load_packed(out / f"{name}.safetensors")
+        assert tokens.dtype == torch.int64 and mask.dtype == torch.bool and tokens.shape == (s["rows"], 33)
+        assert int(mask[0, 0]) + int(mask[:, 1:].sum()) == s["loss_tokens"]  # each token once
+        assert sum(v["tokens"] for v in stats["sources"][name].values()) == s["tokens"]
+        if s["dialogues"]:
+            assert sp.decode(tokens[0].tolist()).strip()
+    assert packed_info(out / "train.safetensors")["split"] == "train"
+    # no pickle anywhere: safetensors files start with their JSON header length + "{"
+    assert (out / "train.safetensors").read_bytes()[8:9] == b"{"
+    # a rebuild gives byte-identical files
+    again = build_dataset(corpus_dir, tmp_path / "again", vocab_size=400, seq_len=32)
+    assert again["splits"] == stats["splits"]
+    for name in ("tokenizer.model", "train.safetensors", "heldout.safetensors"):
+        assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
