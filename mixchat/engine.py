@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from mixchat.cache import RollingCache
+from mixchat.cache import ContextFullError, RollingCache
 from mixchat.model.layers import Routing
 from mixchat.model.transformer import Transformer
 from mixchat.sampling import Sampler, SamplingSettings
@@ -35,7 +35,8 @@ class TokenRouting:
     weights: list[list[float]]  # [n_layers][k]
 
     def to_json(self) -> list[dict[str, list]]:
-        return [{"experts": e, "weights": [round(w, 6) for w in ws]} for e, ws in zip(self.experts, self.weights, strict=False)]
+        pairs = zip(self.experts, self.weights, strict=True)
+        return [{"experts": e, "weights": [round(w, 6) for w in ws]} for e, ws in pairs]
 
 
 @dataclass
@@ -137,6 +138,14 @@ class Engine:
         """
         if any(len(t) == 0 for t in token_lists):
             raise ValueError("nothing to pre-fill for one of the sequences")
+        if cache.window is None:
+            # Checked for the whole pre-fill up front, so an overflow never leaves half a turn in the cache.
+            for r, t in zip(rows, token_lists, strict=True):
+                if cache.seen[r] + len(t) > cache.capacity:
+                    raise ContextFullError(
+                        f"the conversation would need {cache.seen[r] + len(t)} tokens but the context is "
+                        f"limited to {cache.capacity}; start a new conversation or raise --max-context"
+                    )
         total = sum(len(t) for t in token_lists)
         offsets = [0] * len(token_lists)
         last: list[torch.Tensor | None] = [None] * len(token_lists)

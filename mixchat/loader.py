@@ -45,7 +45,9 @@ def inspect_folder(folder: str | Path, max_context: int | None = None) -> Checkp
         raise LoadError(f"model folder not found: {folder}")
     if not folder.is_dir():
         if folder.suffix in PICKLE_SUFFIXES:
-            raise LoadError(f"{folder.name} is a pickle checkpoint; mixchat loads only safetensors (pickle can run code)")
+            raise LoadError(
+                f"{folder.name} is a pickle checkpoint; mixchat loads only safetensors (pickle can run code)"
+            )
         raise LoadError(f"not a folder: {folder} (give the folder that holds the model's files)")
     try:
         if (folder / "params.json").is_file():

@@ -44,7 +44,7 @@ MIN_DIALOGUE_MEAN_CHARS = 3
 """Dialogues whose messages average fewer characters are noise (one source has a sentence typed one
 letter per message) and are dropped."""
 
-WORDNET_CAP = 40_000
+WORDNET_CAP = 6_000
 """At most this many WordNet question/answer turns, so that chit-chat dominates the mixture."""
 
 HELDOUT_PER_10K = 200
