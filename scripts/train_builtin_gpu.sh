@@ -4,7 +4,7 @@
 # (Build DATASET_DIR first: python -m mixchat.train.tokens CORPUS_DIR DATASET_DIR, or let `mixchat train
 #  --corpus` do it.)  On one H200 the MoE run takes about 0.14 s per step of 64 x 512 tokens.
 set -euo pipefail
-DATA=$1; OUT=$2; STEPS=${3:-2800}
+DATA=$1; OUT=$2; STEPS=${3:-2000}
 mkdir -p "$OUT"
 python3 -m mixchat train --dataset "$DATA" --out "$OUT/moe" --steps "$STEPS" > "$OUT/moe.log" 2>&1 &
 python3 -m mixchat train --dataset "$DATA" --out "$OUT/dense" --dense --steps "$STEPS" > "$OUT/dense.log" 2>&1 &

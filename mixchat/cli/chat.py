@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from mixchat.session.files import clean_name
 
     if not args.plain:
-        raise UserError("the chat TUI is not available in this build; use `mixchat chat --plain`")
+        from mixchat.cli.tui_command import run as run_app
+
+        return run_app(args)
     store = ConversationStore(args.data_dir)
     target: str | None = None
     resume = False

@@ -1,0 +1,105 @@
+"""Messages the background workers post to the UI thread, named in the past tense (what happened).
+
+Workers never touch widgets: they run model code in a thread and describe the outcome with one of these.
+Token messages carry a *batch* of tokens (see `streaming.TurnStreamer`), so a fast model does not flood the
+UI with one message, one Markdown parse and one repaint per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual.message import Message
+
+from mixchat.tui.routing import RoutedToken
+
+
+class ModelLoadProgressed(Message):
+    def __init__(self, stage: str, step: int, steps: int) -> None:
+        super().__init__()
+        self.stage = stage
+        self.step = step
+        self.steps = steps
+
+
+class ModelLoaded(Message):
+    """The model is ready and the first conversation (new or resumed) is open."""
+
+    def __init__(self, runtime: Any, conversation: Any, problem: str | None, resumed: bool = False) -> None:
+        super().__init__()
+        self.resumed = resumed
+        self.runtime = runtime
+        self.conversation = conversation
+        self.problem = problem
+
+
+class ModelLoadFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error  # one line
+
+
+class PrefillProgressed(Message):
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__()
+        self.done = done
+        self.total = total
+
+
+class TokensGenerated(Message):
+    """Tokens generated since the last message, with their text and routing, and the speed so far."""
+
+    def __init__(self, tokens: list[RoutedToken], tokens_per_second: float | None, first_token: float | None) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.text = "".join(t.text for t in tokens)
+        self.tokens_per_second = tokens_per_second
+        self.first_token = first_token  # seconds from Enter to the first token
+
+
+@dataclass(frozen=True)
+class CacheState:
+    live: int  # tokens whose K/V are in the buffer
+    capacity: int  # slots: the window size, or the max context of a full-attention model
+    position: int  # absolute tokens seen
+    wraps: int  # times the rolling buffer went round
+    nbytes: int
+    window: bool = True  # a sliding-window buffer (False: full attention up to `capacity`)
+
+
+class CacheChanged(Message):
+    def __init__(self, state: CacheState) -> None:
+        super().__init__()
+        self.state = state
+
+
+class GenerationFinished(Message):
+    """A turn ended: normally, stopped (Esc), cancelled during pre-fill, or with an error."""
+
+    def __init__(
+        self,
+        reason: str | None,
+        replied: bool,
+        error: str | None = None,
+        saved_as: str | None = None,
+        save_error: str | None = None,
+        tokens_per_second: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.reason = reason  # "eos" | "length" | "cancelled" | None (error)
+        self.replied = replied  # False: the turn was dropped (cancelled during pre-fill, or failed)
+        self.error = error
+        self.saved_as = saved_as
+        self.save_error = save_error
+        self.tokens_per_second = tokens_per_second
+
+
+class ConversationOpened(Message):
+    """A saved conversation was loaded (with its cache, or with a note that the cache is rebuilt)."""
+
+    def __init__(self, conversation: Any, problem: str | None, error: str | None = None) -> None:
+        super().__init__()
+        self.conversation = conversation
+        self.problem = problem
+        self.error = error

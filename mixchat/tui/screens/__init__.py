@@ -1,0 +1,1 @@
+"""Screens of the app: loading, chat, conversations, settings, help, and small dialogs."""

@@ -1,0 +1,441 @@
+"""The chat screen: transcript, message box, cache gauge, routing panel, status line.
+
+All model work runs in `@work(thread=True)` workers in one exclusive group: a turn, opening a saved
+conversation. The UI thread only updates widgets from the messages those workers post, so it stays
+responsive during a long pre-fill and the model never sees two callers at once. Esc sets the turn's cancel
+event, which the engine checks between forward passes: a stopped reply is kept as shown (the session keeps
+ids, text and cache consistent) and a pre-fill cancelled part-way leaves the conversation as it was.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.events import Resize
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from mixchat.tui.keys import CHAT_KEYS, bindings
+from mixchat.tui.messages import (
+    CacheChanged,
+    ConversationOpened,
+    GenerationFinished,
+    PrefillProgressed,
+    TokensGenerated,
+)
+from mixchat.tui.routing import RoutingHistory
+from mixchat.tui.screens.conversations import ConversationChoice, ConversationsScreen, export_markdown
+from mixchat.tui.screens.settings import SettingsResult, SettingsScreen
+from mixchat.tui.streaming import TurnStreamer, cache_state
+from mixchat.tui.widgets.cache_gauge import CacheGauge
+from mixchat.tui.widgets.chat_input import ChatInput
+from mixchat.tui.widgets.prefill_bar import PrefillBar
+from mixchat.tui.widgets.routing_grid import RoutingGrid
+from mixchat.tui.widgets.routing_panel import RoutingPanel
+from mixchat.tui.widgets.status_bar import StatusBar
+from mixchat.tui.widgets.transcript import AssistantMessage, Transcript, UserMessage
+
+NARROW = 100  # below this width the panel narrows
+WIDE = 150  # from this width the panel widens
+TINY = 64  # below this width the panel is hidden unless toggled on
+
+FINISH_NOTES = {"length": "reply stopped at the token limit", "cancelled": "reply stopped (Esc); kept as shown"}
+
+
+def history_for(runtime: Any) -> RoutingHistory:
+    moe = runtime.model.args.moe
+    return RoutingHistory(runtime.model.args.n_layers, moe.num_experts if moe is not None else 0)
+
+
+class ChatScreen(Screen[None]):
+    BINDINGS = bindings(CHAT_KEYS, priority=True)
+
+    def __init__(self, runtime: Any, store: Any, conversation: Any, problem: str | None = None,
+                 resumed: bool = False, panel: bool = True, timings: bool = True,
+                 stream_interval: float | None = None) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.store = store
+        self.conversation = conversation
+        self.problem = problem
+        self.resumed = resumed
+        self.history = history_for(runtime)
+        self.panel_on = panel
+        self.timings = timings
+        self.stream_interval = stream_interval
+        self.busy = False
+        self.cancel: threading.Event | None = None
+        self.reply: AssistantMessage | None = None
+        self.user_widget: UserMessage | None = None
+        self.sent_text = ""
+        self.colour_layer: int | None = None
+        self.last_finish: GenerationFinished | None = None  # for tests and scripts
+
+    # ---- layout ----------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="chat-column"):
+                yield Transcript(id="transcript")
+                yield PrefillBar(id="prefill")
+                yield CacheGauge(id="cache-gauge")
+                yield ChatInput(id="input", placeholder="Message · Enter sends · Shift+Enter new line · F1 help")
+            yield RoutingPanel(self.history, id="panel")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.query_one(PrefillBar).display = False
+        self.set_class(not self.panel_on, "-panel-off")
+        moe = self.runtime.model.args.moe
+        self.status.set(model=self.runtime.name, timings=self.timings,
+                        model_experts=moe.num_experts_per_tok if moe else None,
+                        n_experts=moe.num_experts if moe else None)
+        await self.show_conversation(self.problem, self.resumed)
+        self.query_one(ChatInput).focus()
+
+    def on_resize(self, event: Resize) -> None:
+        width = event.size.width
+        self.set_class(width < NARROW, "-narrow")
+        self.set_class(width >= WIDE, "-wide")
+        self.set_class(width < TINY, "-tiny")
+
+    @property
+    def status(self) -> StatusBar:
+        return self.query_one(StatusBar)
+
+    @property
+    def transcript(self) -> Transcript:
+        return self.query_one(Transcript)
+
+    @property
+    def panel(self) -> RoutingPanel:
+        return self.query_one(RoutingPanel)
+
+    @property
+    def input(self) -> ChatInput:
+        return self.query_one(ChatInput)
+
+    # ---- showing a conversation -----------------------------------------------------------------------
+    async def show_conversation(self, problem: str | None = None, resumed: bool = False) -> None:
+        """Draw the transcript of the current conversation; new routing history, gauge, status."""
+        conv = self.conversation
+        t = self.transcript
+        await t.clear()
+        self.history = history_for(self.runtime)
+        self.panel.set_history(self.history)
+        if conv.settings.system:
+            await t.add_note(f"system prompt: {conv.settings.system}", "system")
+        for m in conv.messages:
+            if m.role == "user":
+                await t.add_user(m.content)
+            else:
+                await t.add_reply(m.content, FINISH_NOTES.get(m.finish_reason or ""))
+        if resumed:
+            pending = len(conv.pending)
+            how = "cache restored, nothing to pre-fill" if pending <= 1 else f"{pending:,} tokens to pre-fill"
+            await t.add_note(f"resumed {conv.name!r}: {conv.turns} turns, {len(conv.ids):,} tokens, {how}")
+        if problem:
+            await t.add_note(problem, "warning")
+        self.query_one(CacheGauge).state = cache_state(conv)
+        self.update_status()
+        self.recolour()
+
+    def update_status(self, **changes: Any) -> None:
+        conv = self.conversation
+        moe = self.runtime.model.args.moe
+        k = (conv.settings.experts_per_token or moe.num_experts_per_tok) if moe is not None else None
+        colouring = f"colour: L{self.colour_layer}" if self.colour_layer is not None else None
+        self.status.set(conversation=conv.name or "new conversation", experts=k, colouring=colouring, **changes)
+
+    # ---- a turn ------------------------------------------------------------------------------------------
+    @on(ChatInput.Submitted)
+    async def _submitted(self, event: ChatInput.Submitted) -> None:
+        await self.send(event.text)
+
+    async def send(self, text: str) -> None:
+        if self.busy:
+            self.notify("a reply is still running; Esc stops it", severity="warning")
+            return
+        self.busy = True
+        self.sent_text = text
+        self.input.clear()
+        self.reply = None
+        self.user_widget = await self.transcript.add_user(text)
+        self.cancel = threading.Event()
+        self.update_status(state="pre-filling", tokens_per_second=None, first_token=None)
+        self.run_turn(text, self.cancel)
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def run_turn(self, text: str, cancel: threading.Event) -> None:
+        kwargs = {} if self.stream_interval is None else {"interval": self.stream_interval}
+        streamer = TurnStreamer(self.conversation, self.post_message, self.store, **kwargs)
+        self.post_message(streamer.run(text, cancel))
+
+    def on_prefill_progressed(self, message: PrefillProgressed) -> None:
+        bar = self.query_one(PrefillBar)
+        if message.done < message.total and message.total > self.conversation.settings.chunk_size:
+            bar.display = True
+            bar.progress = (message.done, message.total)
+            self.update_status(state=f"pre-filling {100 * message.done // message.total}%")
+        else:
+            bar.display = False
+
+    async def on_tokens_generated(self, message: TokensGenerated) -> None:
+        if self.reply is None:
+            self.query_one(PrefillBar).display = False
+            self.reply = await self.transcript.add_reply()
+            if self.colour_layer is not None:
+                self.reply.colour_by(self.colour_layer)
+            self.update_status(state="writing")
+        self.history.add([t for t in message.tokens if t.token >= 0])
+        if self.panel_on:
+            self.panel.refresh_routing()
+        if message.first_token is not None:
+            self.status.set(tokens_per_second=message.tokens_per_second, first_token=message.first_token)
+        await self.reply.append(message.tokens)
+        self.transcript.follow()
+
+    def on_cache_changed(self, message: CacheChanged) -> None:
+        self.query_one(CacheGauge).state = message.state
+
+    async def on_generation_finished(self, message: GenerationFinished) -> None:
+        self.busy = False
+        self.cancel = None
+        self.last_finish = message
+        self.query_one(PrefillBar).display = False
+        conv = self.conversation
+        if message.replied:
+            last = conv.messages[-1]
+            if self.reply is None:
+                self.reply = await self.transcript.add_reply()
+            await self.reply.finish(last.content, FINISH_NOTES.get(last.finish_reason or ""))
+        else:
+            # Nothing was kept (cancelled during pre-fill, or failed): the turn is gone from the conversation,
+            # so it goes from the screen too, and its text back into the box for editing or sending again.
+            if self.user_widget is not None:
+                await self.user_widget.remove()
+            if self.reply is not None:
+                await self.reply.remove()
+            if not self.input.text:
+                self.input.load_text(self.sent_text)
+            if message.error is None:
+                await self.transcript.add_note("cancelled before the reply: the conversation is as it was")
+        if message.error is not None:
+            await self.transcript.add_note(f"error: {message.error}", "error")
+        if message.save_error is not None:
+            self.notify(message.save_error, severity="error")
+        self.reply = None
+        self.user_widget = None
+        if self.panel_on:
+            self.panel.refresh_routing(force=True)
+        state = "ready" if message.reason != "cancelled" else "stopped"
+        self.update_status(state=state, tokens_per_second=message.tokens_per_second or self.status.status.tokens_per_second)
+
+    def action_stop(self) -> None:
+        if self.cancel is not None and not self.cancel.is_set():
+            self.cancel.set()
+            self.update_status(state="stopping")
+
+    # ---- conversations ---------------------------------------------------------------------------------
+    def _idle(self, what: str) -> bool:
+        if self.busy:
+            self.notify(f"a reply is running; press Esc to stop it before you {what}", severity="warning")
+            return False
+        return True
+
+    async def action_new_conversation(self, system: str | None | bool = False) -> None:
+        """Start a new conversation with the same settings (and, unless given, the same system prompt)."""
+        from mixchat.session import Conversation
+
+        if not self._idle("start a new conversation"):
+            return
+        old = self.conversation
+        settings = replace(old.settings, system=old.settings.system if system is False else system)
+        old.invalidate_cache()  # the buffer is reused; `old` was saved after its last turn, cache included
+        self.conversation = Conversation(self.runtime.engine, self.runtime.tokenizer, old.fingerprint, settings,
+                                         model_name=old.model_name, cache=old.cache)
+        await self.show_conversation()
+        self.update_status(state="ready", tokens_per_second=None, first_token=None)
+        self.input.focus()
+
+    def action_conversations(self) -> None:
+        if not self._idle("switch conversations"):
+            return
+        self.app.push_screen(ConversationsScreen(self.store, self.conversation), self._conversation_chosen)
+
+    async def _conversation_chosen(self, choice: ConversationChoice | None) -> None:
+        if choice is None:
+            return
+        if choice.action == "new" or choice.action == "current-deleted":
+            await self.action_new_conversation()
+        elif choice.action == "open" and choice.name is not None:
+            if choice.name == self.conversation.name:
+                return
+            self.busy = True
+            self.update_status(state=f"opening {choice.name!r}")
+            self.open_conversation(choice.name)
+        elif choice.action == "current-renamed":
+            self.update_status()
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def open_conversation(self, name: str) -> None:
+        from mixchat.session import ConversationError
+
+        try:
+            loaded = self.store.load_for(self.runtime, name)
+        except ConversationError as e:
+            self.post_message(ConversationOpened(None, None, str(e)))
+            return
+        self.post_message(ConversationOpened(loaded.conversation, loaded.problem))
+
+    async def on_conversation_opened(self, message: ConversationOpened) -> None:
+        self.busy = False
+        if message.error is not None or message.conversation is None:
+            self.notify(message.error or "could not open the conversation", severity="error")
+            self.update_status(state="ready")
+            return
+        self.conversation = message.conversation
+        await self.show_conversation(message.problem, resumed=True)
+        self.update_status(state="ready", tokens_per_second=None, first_token=None)
+        self.input.focus()
+
+    def action_export(self) -> None:
+        name = self.conversation.name
+        if name is None or not self.store.exists(name):
+            self.notify("nothing saved yet: a conversation is saved after its first turn", severity="warning")
+            return
+        export_markdown(self, self.store, name, Path.cwd())
+
+    def action_rename(self) -> None:
+        from mixchat.session import ConversationError
+        from mixchat.session.files import clean_name
+        from mixchat.tui.screens.dialogs import TextPrompt
+
+        conv = self.conversation
+        old = conv.name
+
+        def done(new: str | None) -> None:
+            if not new or new == old:
+                return
+            try:
+                if old is not None and self.store.exists(old):
+                    conv.name = self.store.rename(old, new)
+                else:
+                    conv.name = clean_name(new)  # saved under this name after its first turn
+            except ConversationError as e:
+                self.notify(str(e), severity="error")
+                return
+            self.update_status()
+
+        self.app.push_screen(TextPrompt("Rename this conversation to", old or ""), done)
+
+    # ---- settings ----------------------------------------------------------------------------------------
+    def action_settings(self) -> None:
+        moe = self.runtime.model.args.moe
+        screen = SettingsScreen(
+            self.conversation.settings, self.app.theme, sorted(self.app.available_themes),
+            moe.num_experts if moe else None, moe.num_experts_per_tok if moe else None,
+            bool(self.conversation.messages),
+        )
+        self.app.push_screen(screen, self._settings_chosen)
+
+    async def _settings_chosen(self, result: SettingsResult | None) -> None:
+        if result is None:
+            return
+        conv = self.conversation
+        new = result.settings
+        if result.theme != self.app.theme:
+            self.app.theme = result.theme
+        system_changed = (new.system or None) != (conv.settings.system or None)
+        if system_changed and conv.messages:
+            if not self._idle("change the system prompt"):
+                return
+            conv.settings = replace(new, system=conv.settings.system)
+            await self.action_new_conversation(system=new.system)
+            self.notify("the system prompt is part of the first turn: started a new conversation with it")
+        else:
+            conv.settings = new
+            if system_changed:
+                await self.show_conversation()
+        self.update_status()
+        if self.busy:
+            self.notify("settings apply from the next reply")
+
+    def action_experts(self, step: int) -> None:
+        moe = self.runtime.model.args.moe
+        if moe is None:
+            self.notify("a dense model has no experts to choose", severity="warning")
+            return
+        settings = self.conversation.settings
+        k = max(1, min(moe.num_experts, (settings.experts_per_token or moe.num_experts_per_tok) + step))
+        settings.experts_per_token = None if k == moe.num_experts_per_tok else k
+        self.update_status()
+        when = "from the next reply" if self.busy else "for the next reply"
+        self.notify(f"{k} expert{'s' if k > 1 else ''} per token {when} (model: {moe.num_experts_per_tok})")
+
+    def action_reset_experts(self) -> None:
+        self.conversation.settings.experts_per_token = None
+        self.update_status()
+
+    # ---- the panel and colouring -----------------------------------------------------------------------
+    def action_toggle_panel(self) -> None:
+        self.panel_on = not self.panel_on
+        self.set_class(not self.panel_on, "-panel-off")
+        self.set_class(self.panel_on, "-panel-forced")
+        if self.panel_on:
+            self.panel.refresh_routing(force=True)
+        self.app.panel_changed(self.panel_on)  # type: ignore[attr-defined]
+
+    def action_toggle_colouring(self) -> None:
+        if not self.history.routed:
+            self.notify("a dense model has no experts to colour by", severity="warning")
+            return
+        self.colour_layer = None if self.colour_layer is not None else self.panel.grid.selected_layer
+        self.recolour()
+        self.update_status()
+
+    def action_next_layer(self, step: int = 1) -> None:
+        grid = self.panel.grid
+        grid.action_layer(step)
+
+    @on(RoutingGrid.SelectionChanged)
+    def _layer_changed(self, event: RoutingGrid.SelectionChanged) -> None:
+        if self.colour_layer is not None and event.layer != self.colour_layer:
+            self.colour_layer = event.layer
+            self.recolour()
+            self.update_status()
+
+    def recolour(self) -> None:
+        for reply in self.transcript.replies():
+            reply.colour_by(self.colour_layer)
+
+    def repaint(self) -> None:
+        """The theme changed: expert colours are drawn by hand in places, so draw them again."""
+        self.panel.repaint()
+        self.recolour()
+
+    def commands(self) -> list[tuple[str, str, Any]]:
+        """(title, help, callback) for the command palette: every action of this screen."""
+        return [
+            ("Stop the reply", "Stop generating (or cancel a pre-fill); the text so far is kept", self.action_stop),
+            ("New conversation", "Start a new conversation with the same settings", self.action_new_conversation),
+            ("Conversations", "Open, rename, delete or export saved conversations", self.action_conversations),
+            ("Settings", "System prompt, sampling, chunk size, experts per token, theme", self.action_settings),
+            ("Rename this conversation", "Give the open conversation a new name", self.action_rename),
+            ("Export this conversation", "Write the open conversation as Markdown", self.action_export),
+            ("Toggle routing panel", "Show or hide the routing panel", self.action_toggle_panel),
+            ("Colour by expert", "Colour the transcript by the first expert at the selected layer",
+             self.action_toggle_colouring),
+            ("Next layer", "Select the next layer (colouring and detail)", lambda: self.action_next_layer(1)),
+            ("Previous layer", "Select the previous layer", lambda: self.action_next_layer(-1)),
+            ("More experts per token", "Route each token to one more expert", lambda: self.action_experts(1)),
+            ("Fewer experts per token", "Route each token to one expert fewer", lambda: self.action_experts(-1)),
+            ("Model's experts per token", "Back to the model's own number of experts", self.action_reset_experts),
+            ("Help", "Key bindings and what the panel shows", self.app.action_help),  # type: ignore[attr-defined]
+        ]

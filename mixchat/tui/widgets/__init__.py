@@ -1,0 +1,1 @@
+"""Widgets of the chat screen: transcript, input, routing panel parts, cache gauge, status line."""
