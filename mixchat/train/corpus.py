@@ -387,7 +387,7 @@ _QUESTIONS = (
     "What does {w} mean?",
     "What is the meaning of {w}?",
     "Define {w}.",
-    'What does the word "{w}" mean?',
+    "What does the word {w} mean?",
     "what does {w} mean",
     "Can you tell me what {w} means?",
     "What's the definition of {w}?",
@@ -413,9 +413,11 @@ def _answer(sense: Sense, variant: int, previous_pos: str | None, max_chars: int
     elif previous_pos is not None:
         head = f"It can also be {_POS_ARTICLE[pos]}, meaning: {gloss}."
     elif variant % 2 == 0:
-        head = f'"{w}" ({pos}) means: {gloss}.'
+        # The word is written bare, as in the question, so it is the same token there and here: copying it
+        # is then one attention lookup, which a small model learns; a quoted word splits into other pieces.
+        head = f"{w} ({pos}) means: {gloss}."
     else:
-        head = f'As {_POS_ARTICLE[pos]}, "{w}" means {gloss}.'
+        head = f"As {_POS_ARTICLE[pos]}, {w} means {gloss}."
     for ex in sense.examples[:1]:
         full = f'{head} For example: "{ex}".'
         if len(full) <= max_chars:
