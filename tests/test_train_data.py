@@ -275,3 +275,34 @@ def test_build_dataset(corpus_dir: Path, tmp_path: Path) -> None:
     assert again["splits"] == stats["splits"]
     for name in ("tokenizer.model", "train.safetensors", "heldout.safetensors"):
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
+def test_training_smoke_run_end_to_end(corpus_dir: Path, tmp_path: Path) -> None:
+    """The CPU smoke run of the real training code: corpus -> tokenizer -> data -> steps -> a loadable model."""
+    import csv
+    import math
+
+    from mixchat.cli.main import main
+    from mixchat.engine import SequenceFinished
+    from mixchat.runtime import load_runtime
+    from mixchat.sampling import SamplingSettings
+
+    out = tmp_path / "run"
+    rc = main(["train", "--corpus", str(corpus_dir), "--out", str(out), "--preset", "smoke", "--steps", "4",
+               "--batch-size", "4", "--eval-every", "2", "--eval-batches", "1", "--vocab-size", "400",
+               "--seq-len", "32", "--device", "cpu"])
+    assert rc == 0
+    with open(out / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(math.isfinite(float(r["train_loss"])) and float(r["train_loss"]) > 0 for r in rows)
+    assert float(rows[0]["aux_loss"]) > 0  # the router's load-balancing loss is part of the objective
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tokens"] == 4 * 4 * 32
+    model_dir = out / "model"
+    assert {p.name for p in model_dir.iterdir()} == {"params.json", "consolidated.safetensors", "tokenizer.model"}
+    rt = load_runtime(model_dir, device="cpu", dtype="float32")
+    assert rt.model.args.moe is not None and rt.tokenizer.version == "v3"
+    events = list(rt.engine.generate([rt.tokenizer.encode("hello", bos=True)],
+                                     SamplingSettings(temperature=0, max_tokens=3)))
+    assert isinstance(events[-1], SequenceFinished) and 1 <= len(events[-1].ids) <= 3
