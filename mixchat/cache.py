@@ -153,22 +153,13 @@ class RollingCache:
         def t(xs: list[int]) -> torch.Tensor:
             return torch.tensor(xs, dtype=torch.long, device=dev)
 
+        common = dict(seqlens=seqlens, kv_lens=kv_lens, positions=t(positions), window=self.window, rows=t(rows),
+                      write_src=t(write_src), write_dst=t(write_dst))
         if decode:
             bias = ab.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
                 q_seqlen=seqlens, kv_padding=S, kv_seqlen=kv_lens
             )
-            return BatchLayout(
-                mode="decode",
-                seqlens=seqlens,
-                kv_lens=kv_lens,
-                positions=t(positions),
-                window=self.window,
-                bias=bias,
-                rows=t(rows),
-                write_src=t(write_src),
-                write_dst=t(write_dst),
-                all_rows=rows == list(range(self.batch)),
-            )
+            return BatchLayout(mode="decode", bias=bias, all_rows=rows == list(range(self.batch)), **common)
         if not gather_src:
             bias = ab.BlockDiagonalCausalMask.from_seqlens(seqlens)
             if self.window is not None:
@@ -179,20 +170,8 @@ class RollingCache:
             ).make_local_attention_from_bottomright(self.window)
         else:
             bias = ab.BlockDiagonalCausalFromBottomRightMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens)
-        return BatchLayout(
-            mode="prefill",
-            seqlens=seqlens,
-            kv_lens=kv_lens,
-            positions=t(positions),
-            window=self.window,
-            bias=bias,
-            rows=t(rows),
-            write_src=t(write_src),
-            write_dst=t(write_dst),
-            gather_src=t(gather_src),
-            gather_dst=t(gather_dst),
-            new_dst=t(new_dst),
-        )
+        return BatchLayout(mode="prefill", bias=bias, gather_src=t(gather_src), gather_dst=t(gather_dst),
+                           new_dst=t(new_dst), **common)
 
     def advance(self, layout: BatchLayout) -> None:
         """Record that the pass described by `layout` ran to completion."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
 
@@ -19,18 +21,24 @@ import torch
 os.environ.setdefault("XFORMERS_IGNORE_FLASH_VERSION_CHECK", "1")
 
 
-@cache
-def attn_bias() -> ModuleType:
-    """The `xformers.ops.fmha.attn_bias` module, imported without its kernel warning."""
+@contextmanager
+def _quiet() -> Iterator[None]:
     log = logging.getLogger("xformers")
     old = log.level
     log.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from xformers.ops.fmha import attn_bias as module
+            yield
     finally:
         log.setLevel(old)
+
+
+@cache
+def attn_bias() -> ModuleType:
+    """The `xformers.ops.fmha.attn_bias` module, imported without its kernel warning."""
+    with _quiet():
+        from xformers.ops.fmha import attn_bias as module
     return module
 
 
@@ -52,15 +60,7 @@ def kernels_work(device: str) -> bool:
 
 
 @cache
-def memory_efficient_attention_fn():  # type: ignore[no-untyped-def]
-    attn_bias()  # imports xformers quietly first
-    log = logging.getLogger("xformers")
-    old = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from xformers.ops import memory_efficient_attention
-    finally:
-        log.setLevel(old)
+def memory_efficient_attention_fn() -> Callable[..., torch.Tensor]:
+    with _quiet():
+        from xformers.ops import memory_efficient_attention
     return memory_efficient_attention
