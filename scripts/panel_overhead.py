@@ -1,7 +1,7 @@
 """Measure what the routing panel costs: decode tokens/s of the TUI with the panel on vs off.
 
 Runs the real app headless (`App.run_test`) on a model, sends the same prompt with the same seed in a
-fresh conversation for each run, so every run decodes the same tokens, and reads the decode speed that the
+fresh conversation for each run (ignoring end-of-sequence), so every run decodes the same tokens, and reads the decode speed that the
 worker measures (wall clock from the first to the last token, so any time the UI thread takes from the
 model, GIL included, shows up). Runs alternate on/off to cancel drift, and medians are reported.
 
@@ -27,7 +27,8 @@ async def one_run(rt: Any, panel: bool, args: argparse.Namespace, data: Path) ->
     from mixchat.tui.screens.chat import ChatScreen
 
     overrides = {"temperature": args.temperature, "max_tokens": args.tokens, "seed": 1234}
-    app = MixchatApp(runtime=rt, data_dir=data, config=data / "config", panel=panel, overrides=overrides)
+    app = MixchatApp(runtime=rt, data_dir=data, config=data / "config", panel=panel, overrides=overrides,
+                     stream_interval=args.interval)
     async with app.run_test(size=(args.width, args.height)) as pilot:
         deadline = time.monotonic() + 60
         while not isinstance(app.screen, ChatScreen):
@@ -52,13 +53,23 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5, help="runs per mode (default 5)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="let replies end at the end-of-sequence token (default: decode exactly --tokens tokens)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--interval", type=float, help="seconds between UI updates while streaming (default: the app's)")
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=48)
     args = p.parse_args()
 
     from mixchat.runtime import load_runtime
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rt = load_runtime(args.model, device=args.device)
+    if not args.stop_at_eos:
+        rt.engine.eos_id = -1  # a small model's replies are short; same length every run measures better
     print(f"model {rt.name}: {rt.model.args.n_layers} layers, dim {rt.model.args.dim}, "
           f"{rt.model.args.moe.num_experts if rt.model.args.moe else 0} experts, on {rt.model.device}")
     results: dict[bool, list[float]] = {True: [], False: []}

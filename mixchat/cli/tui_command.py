@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from mixchat.session import ConversationStore
     from mixchat.session.files import clean_name
 
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise UserError("the chat app needs a terminal; for pipes and scripts use `mixchat chat --plain`")
     model = getattr(args, "model", None)
     inspect_folder(resolve_model_path(model), max_context=getattr(args, "max_context", None))  # fail fast
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UserError("the chat app needs a terminal; for pipes and scripts use `mixchat chat --plain`")
 
     store = ConversationStore(getattr(args, "data_dir", None))
     resume = getattr(args, "resume", None)

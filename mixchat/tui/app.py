@@ -48,12 +48,13 @@ class MixchatApp(App[int]):
         overrides: dict[str, Any] | None = None,
         theme: str | None = None,
         panel: bool | None = None,
-        timings: bool = True,
+        deterministic: bool = False,
         stream_interval: float | None = None,
     ) -> None:
         """`resume`: a conversation name, or "" for the most recent one. `conversation`: open NAME if it
-        exists, else start a new one under NAME. `overrides`: ChatSettings fields to set. `timings=False`
-        hides speed figures (deterministic screenshots)."""
+        exists, else start a new one under NAME. `overrides`: ChatSettings fields to set.
+        `deterministic`: no speed figures and no blinking cursor, so screenshots and snapshot tests are
+        the same on every run. `stream_interval`: seconds between UI updates while a reply streams."""
         from mixchat.session import ConversationStore
 
         self._colours: tuple[str, ExpertColours] | None = None
@@ -71,7 +72,7 @@ class MixchatApp(App[int]):
         self.conversation_name = conversation
         self.system = system
         self.overrides = dict(overrides or {})
-        self.timings = timings
+        self.deterministic = deterministic
         self.stream_interval = stream_interval
         self.panel = panel if panel is not None else self.prefs.panel
         self.load_error: str | None = None
@@ -210,7 +211,7 @@ class MixchatApp(App[int]):
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.runtime = message.runtime
         chat = ChatScreen(message.runtime, self.store, message.conversation, message.problem,
-                          resumed=message.resumed, panel=self.panel, timings=self.timings,
+                          resumed=message.resumed, panel=self.panel, deterministic=self.deterministic,
                           stream_interval=self.stream_interval)
         self.switch_screen(chat)
 

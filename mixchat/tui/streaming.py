@@ -23,7 +23,7 @@ from mixchat.engine import SequenceFinished, TokenGenerated
 from mixchat.tui.messages import CacheChanged, CacheState, GenerationFinished, PrefillProgressed, TokensGenerated
 from mixchat.tui.routing import RoutedToken
 
-DEFAULT_INTERVAL = 0.03  # seconds between UI updates while streaming (about 30 a second)
+DEFAULT_INTERVAL = 0.08  # seconds between UI updates while streaming (12.5 a second)
 
 
 def cache_state(conversation: Any) -> CacheState:

@@ -10,6 +10,7 @@ ids, text and cache consistent) and a pre-fill cancelled part-way leaves the con
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ from mixchat.tui.streaming import TurnStreamer, cache_state
 from mixchat.tui.widgets.cache_gauge import CacheGauge
 from mixchat.tui.widgets.chat_input import ChatInput
 from mixchat.tui.widgets.prefill_bar import PrefillBar
-from mixchat.tui.widgets.routing_grid import RoutingGrid
 from mixchat.tui.widgets.routing_panel import RoutingPanel
 from mixchat.tui.widgets.status_bar import StatusBar
 from mixchat.tui.widgets.transcript import AssistantMessage, Transcript, UserMessage
@@ -44,6 +44,10 @@ from mixchat.tui.widgets.transcript import AssistantMessage, Transcript, UserMes
 NARROW = 100  # below this width the panel narrows
 WIDE = 150  # from this width the panel widens
 TINY = 64  # below this width the panel is hidden unless toggled on
+PANEL_INTERVAL = 0.25  # seconds between panel repaints while tokens arrive (the transcript streams faster)
+# The status line spans the whole width: Textual repaints the bounding box of everything that changed in a
+# frame, so updating it with every batch would repaint the panel's rows too. Speed figures update slower.
+STATUS_INTERVAL = 0.5
 
 FINISH_NOTES = {"length": "reply stopped at the token limit", "cancelled": "reply stopped (Esc); kept as shown"}
 
@@ -57,7 +61,7 @@ class ChatScreen(Screen[None]):
     BINDINGS = bindings(CHAT_KEYS, priority=True)
 
     def __init__(self, runtime: Any, store: Any, conversation: Any, problem: str | None = None,
-                 resumed: bool = False, panel: bool = True, timings: bool = True,
+                 resumed: bool = False, panel: bool = True, deterministic: bool = False,
                  stream_interval: float | None = None) -> None:
         super().__init__()
         self.runtime = runtime
@@ -67,7 +71,7 @@ class ChatScreen(Screen[None]):
         self.resumed = resumed
         self.history = history_for(runtime)
         self.panel_on = panel
-        self.timings = timings
+        self.deterministic = deterministic
         self.stream_interval = stream_interval
         self.busy = False
         self.cancel: threading.Event | None = None
@@ -76,6 +80,8 @@ class ChatScreen(Screen[None]):
         self.sent_text = ""
         self.colour_layer: int | None = None
         self.last_finish: GenerationFinished | None = None  # for tests and scripts
+        self._status_shown = 0.0
+        self._panel_shown = 0.0
 
     # ---- layout ----------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -93,7 +99,8 @@ class ChatScreen(Screen[None]):
         self.query_one(PrefillBar).display = False
         self.set_class(not self.panel_on, "-panel-off")
         moe = self.runtime.model.args.moe
-        self.status.set(model=self.runtime.name, timings=self.timings,
+        self.input.cursor_blink = not self.deterministic
+        self.status.set(model=self.runtime.name, timings=not self.deterministic,
                         model_experts=moe.num_experts_per_tok if moe else None,
                         n_experts=moe.num_experts if moe else None)
         await self.show_conversation(self.problem, self.resumed)
@@ -194,9 +201,15 @@ class ChatScreen(Screen[None]):
                 self.reply.colour_by(self.colour_layer)
             self.update_status(state="writing")
         self.history.add([t for t in message.tokens if t.token >= 0])
-        if self.panel_on:
+        # The panel repaints at most every PANEL_INTERVAL, and in the same frame as the transcript: a
+        # repaint costs about the same for one token as for ten, and a frame of its own would cost more.
+        # Every millisecond the UI thread spends is taken from the model (same process, same GIL).
+        now = time.monotonic()
+        if self.panel_on and now - self._panel_shown >= PANEL_INTERVAL:
+            self._panel_shown = now
             self.panel.refresh_routing()
-        if message.first_token is not None:
+        if message.first_token is not None and now - self._status_shown >= STATUS_INTERVAL:
+            self._status_shown = now
             self.status.set(tokens_per_second=message.tokens_per_second, first_token=message.first_token)
         await self.reply.append(message.tokens)
         self.transcript.follow()
@@ -249,7 +262,7 @@ class ChatScreen(Screen[None]):
             return False
         return True
 
-    async def action_new_conversation(self, system: str | None | bool = False) -> None:
+    async def action_new_conversation(self, system: str | bool | None = False) -> None:
         """Start a new conversation with the same settings (and, unless given, the same system prompt)."""
         from mixchat.session import Conversation
 
@@ -396,16 +409,15 @@ class ChatScreen(Screen[None]):
         if not self.history.routed:
             self.notify("a dense model has no experts to colour by", severity="warning")
             return
-        self.colour_layer = None if self.colour_layer is not None else self.panel.grid.selected_layer
+        self.colour_layer = None if self.colour_layer is not None else self.panel.selected_layer
         self.recolour()
         self.update_status()
 
     def action_next_layer(self, step: int = 1) -> None:
-        grid = self.panel.grid
-        grid.action_layer(step)
+        self.panel.action_layer(step)
 
-    @on(RoutingGrid.SelectionChanged)
-    def _layer_changed(self, event: RoutingGrid.SelectionChanged) -> None:
+    @on(RoutingPanel.SelectionChanged)
+    def _layer_changed(self, event: RoutingPanel.SelectionChanged) -> None:
         if self.colour_layer is not None and event.layer != self.colour_layer:
             self.colour_layer = event.layer
             self.recolour()

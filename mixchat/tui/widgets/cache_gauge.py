@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from rich.text import Text
+from collections.abc import Sequence
+
 from textual.reactive import reactive
-from textual.widget import Widget
 
 from mixchat.tui.messages import CacheState
+from mixchat.tui.widgets.lines import Line, LineWidget
 
 
 def human_bytes(n: float) -> str:
@@ -17,7 +18,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-class CacheGauge(Widget):
+def bar(width: int, done: int, total: int) -> tuple[str, str]:
+    filled = max(0, min(width, round(width * done / total))) if total else 0
+    return "█" * filled, "░" * (width - filled)
+
+
+class CacheGauge(LineWidget):
     """One line: `window ▕████░░░▏ 180/256 · pos 1,234 · wrapped 4× · 1.2 MiB`.
 
     The numbers come from the engine's CacheChanged events, so the bar moves with every pre-fill chunk
@@ -26,24 +32,21 @@ class CacheGauge(Widget):
 
     COMPONENT_CLASSES = {"cache-gauge--fill", "cache-gauge--empty", "cache-gauge--label"}
 
-    state: reactive[CacheState | None] = reactive(None)
+    state: reactive[CacheState | None] = reactive(None, always_update=True)
 
-    def render(self) -> Text:
+    def watch_state(self) -> None:
+        self.invalidate()
+
+    def build(self, width: int) -> Sequence[Line]:
         s = self.state
-        label = self.get_component_rich_style("cache-gauge--label")
+        label = self.style("cache-gauge--label")
         if s is None:
-            return Text("cache: —", style=label)
+            return [[("cache: –", label)]]
         kind = "window" if s.window else "context"
         tail = f" {s.live:,}/{s.capacity:,} · pos {s.position:,}"
         if s.window:
             tail += f" · wrapped {s.wraps}×"
         tail += f" · {human_bytes(s.nbytes)}"
-        bar_width = max(4, min(40, self.size.width - len(kind) - len(tail) - 3))
-        filled = round(bar_width * s.live / s.capacity) if s.capacity else 0
-        text = Text(kind + " ", style=label)
-        text.append("▕")
-        text.append("█" * filled, style=self.get_component_rich_style("cache-gauge--fill"))
-        text.append("░" * (bar_width - filled), style=self.get_component_rich_style("cache-gauge--empty"))
-        text.append("▏")
-        text.append(tail)
-        return text
+        full, empty = bar(max(4, min(40, width - len(kind) - len(tail) - 3)), s.live, s.capacity)
+        return [[(kind + " ", label), ("▕", None), (full, self.style("cache-gauge--fill")),
+                 (empty, self.style("cache-gauge--empty")), ("▏", None), (tail, None)]]

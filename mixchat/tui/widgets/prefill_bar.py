@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from rich.text import Text
+from collections.abc import Sequence
+
 from textual.reactive import reactive
-from textual.widget import Widget
+
+from mixchat.tui.widgets.cache_gauge import bar
+from mixchat.tui.widgets.lines import Line, LineWidget
 
 
-class PrefillBar(Widget):
+class PrefillBar(LineWidget):
     COMPONENT_CLASSES = {"prefill-bar--fill", "prefill-bar--empty"}
 
     progress: reactive[tuple[int, int]] = reactive((0, 0))
 
-    def render(self) -> Text:
+    def watch_progress(self) -> None:
+        self.invalidate()
+
+    def build(self, width: int) -> Sequence[Line]:
         done, total = self.progress
-        tail = f" {done:,}/{total:,} tokens · Esc cancels"
-        head = "pre-filling "
-        width = max(4, min(50, self.size.width - len(head) - len(tail) - 2))
-        filled = round(width * done / total) if total else 0
-        text = Text(head)
-        text.append("▕")
-        text.append("█" * filled, style=self.get_component_rich_style("prefill-bar--fill"))
-        text.append("░" * (width - filled), style=self.get_component_rich_style("prefill-bar--empty"))
-        text.append("▏")
-        text.append(tail)
-        return text
+        head, tail = "pre-filling ", f" {done:,}/{total:,} tokens · Esc cancels"
+        full, empty = bar(max(4, min(50, width - len(head) - len(tail) - 2)), done, total)
+        return [[(head, None), ("▕", None), (full, self.style("prefill-bar--fill")),
+                 (empty, self.style("prefill-bar--empty")), ("▏", None), (tail, None)]]

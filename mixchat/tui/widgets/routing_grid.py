@@ -4,164 +4,91 @@ Columns are tokens (newest at the right), rows are layers. A cell holds the chos
 each on a background shaded from the panel colour to the expert's colour by its routing weight, so the
 stronger expert of a pair is both first and more saturated. The header shows the start of each token's text.
 
-The grid follows the newest token until the user moves the cursor (←/→ tokens, ↑/↓ layers, End: follow
-again, or click a cell); the selection drives the token detail below it.
+This module draws the grid as lines for the routing panel and maps clicks back to a token and a layer;
+the panel (one widget, see routing_panel.py) owns the selection.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
-from rich.text import Text
-from textual import events
-from textual.binding import Binding
-from textual.message import Message
-from textual.reactive import reactive
-from textual.widget import Widget
+from rich.style import Style
 
 from mixchat.tui.routing import RoutingHistory
-from mixchat.tui.widgets.palette import expert_char
+from mixchat.tui.widgets.lines import Line
+from mixchat.tui.widgets.palette import ExpertColours, expert_char
 
 LABEL_WIDTH = 4  # "L12 "
-MAX_SHOWN_EXPERTS = 4  # a cell shows at most this many experts (the detail view shows all)
+MAX_SHOWN_EXPERTS = 4  # a cell shows at most this many experts (the detail shows all)
 
 
-class RoutingGrid(Widget, can_focus=True):
-    BINDINGS = [
-        Binding("left", "move(-1)", "Earlier token", show=False),
-        Binding("right", "move(1)", "Later token", show=False),
-        Binding("up", "layer(-1)", "Layer above", show=False),
-        Binding("down", "layer(1)", "Layer below", show=False),
-        Binding("home", "first", "Oldest token", show=False),
-        Binding("end", "follow", "Follow the newest token", show=False),
-    ]
-    COMPONENT_CLASSES = {"routing-grid--label", "routing-grid--selected", "routing-grid--dim"}
+@dataclass
+class PanelStyles:
+    label: Style
+    selected: Style
+    dim: Style
+    title: Style
+    legend: list[Style] = field(default_factory=list)
 
-    selected: reactive[int | None] = reactive(None)  # conversation-wide token index; None: the newest
-    selected_layer: reactive[int] = reactive(0)
 
-    class SelectionChanged(Message):
-        def __init__(self, token: int | None, layer: int) -> None:
-            super().__init__()
-            self.token = token
-            self.layer = layer
+class RoutingGridView:
+    """Draws the grid and remembers which token each column showed (for clicks)."""
 
-    def __init__(self, history: RoutingHistory, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.history = history
-        self._view: list[int] = []  # token indices of the columns last drawn
-        self._cell_width = 3
+    def __init__(self) -> None:
+        self.view: list[int] = []  # conversation-wide token index of each column last drawn
+        self.cell_width = 3
 
-    # ---- data ------------------------------------------------------------------------------------------
-    def set_history(self, history: RoutingHistory) -> None:
-        self.history = history
-        self.selected = None
-        self.selected_layer = min(self.selected_layer, max(0, history.n_layers - 1))
-        self._fit_height()
-        self.refresh()
+    def height(self, h: RoutingHistory) -> int:
+        return h.n_layers + 1 if h.routed else 1
 
-    def on_mount(self) -> None:
-        self._fit_height()
-
-    def _fit_height(self) -> None:
-        self.styles.height = self.history.n_layers + 1 if self.history.routed else 1
-
-    @property
-    def current(self) -> int | None:
-        """The token the detail view shows: the selection, else the newest token."""
-        if self.selected is not None:
-            return self.selected
-        return self.history.end_index - 1 if self.history.tokens else None
-
-    def columns(self) -> int:
-        return max(1, (self.size.width - LABEL_WIDTH) // self._cell_width)
-
-    def _window(self) -> list[int]:
+    def window(self, h: RoutingHistory, selected: int | None, width: int) -> list[int]:
         """Token indices to draw, oldest first, always including the selected one."""
-        h = self.history
-        n = self.columns()
+        n = max(1, (width - LABEL_WIDTH) // self.cell_width)
         end = h.end_index
-        if self.selected is not None and self._view and self.selected in self._view:
-            start = self._view[0]  # keep the view still while the cursor moves inside it
-        elif self.selected is not None:
-            start = self.selected - n + 1 if self.selected >= end - n else self.selected
+        if selected is not None and selected in self.view:
+            start = self.view[0]  # keep the view still while the cursor moves inside it
+        elif selected is not None:
+            start = selected - n + 1 if selected >= end - n else selected
         else:
             start = end - n
         start = max(h.first_index, min(start, end - n))
         return list(range(start, min(end, start + n)))
 
-    # ---- drawing ---------------------------------------------------------------------------------------
-    def render(self) -> Text:
-        h = self.history
-        dim = self.get_component_rich_style("routing-grid--dim")
+    def build(self, h: RoutingHistory, selected: int | None, current: int | None, layer: int, width: int,
+              s: PanelStyles, colours: ExpertColours) -> list[Line]:
         if not h.routed:
-            return Text("no experts (dense model): every token uses the whole feed-forward layer", style=dim)
+            return [[("no experts (dense model): every token uses the whole feed-forward layer", s.dim)]]
         if not h.tokens:
-            return Text("routing appears here as the model writes", style=dim)
-        colours = self.app.expert_colours  # type: ignore[attr-defined]
-        label = self.get_component_rich_style("routing-grid--label")
-        sel_style = self.get_component_rich_style("routing-grid--selected")
-        shown = [h.get(i) for i in range(max(h.first_index, h.end_index - 64), h.end_index)]
-        k = max((len(t.experts[0]) for t in shown if t is not None and t.experts), default=2)
-        self._cell_width = min(k, MAX_SHOWN_EXPERTS) + 1
-        view = self._window()
-        self._view = view
-        current = self.current
-        lines: list[Text] = []
-        head = Text(" " * LABEL_WIDTH)
+            return [[("the experts of each token appear here as the model writes", s.dim)]] + [[]] * h.n_layers
+        recent = (h.get(i) for i in range(max(h.first_index, h.end_index - 64), h.end_index))
+        k = max((len(t.experts[0]) for t in recent if t is not None and t.experts), default=2)
+        cw = self.cell_width = min(k, MAX_SHOWN_EXPERTS) + 1
+        view = self.view = self.window(h, selected, width)
+        head: Line = [(" " * LABEL_WIDTH, None)]
         for i in view:
             t = h.get(i)
             word = (t.label.strip() or "␣") if t is not None else ""
-            cell = word[: self._cell_width - 1].ljust(self._cell_width - 1) + " "
-            head.append(cell, style=sel_style if i == current else dim)
-        lines.append(head)
-        for layer in range(h.n_layers):
-            row = Text(f"L{layer}".ljust(LABEL_WIDTH), style=sel_style if layer == self.selected_layer else label)
+            head.append((word[: cw - 1].ljust(cw - 1) + " ", s.selected if i == current else s.dim))
+        lines: list[Line] = [head]
+        for row_layer in range(h.n_layers):
+            row: Line = [(f"L{row_layer}".ljust(LABEL_WIDTH), s.selected if row_layer == layer else s.label)]
             for i in view:
                 t = h.get(i)
-                if t is None or t.experts is None or layer >= len(t.experts):
-                    row.append("·".ljust(self._cell_width), style=dim)
+                if t is None or t.experts is None or t.weights is None or row_layer >= len(t.experts):
+                    row.append(("·".ljust(cw), s.dim))
                     continue
-                experts, weights = t.experts[layer], t.weights[layer] if t.weights else ()
-                shown_k = min(len(experts), self._cell_width - 1)
-                for j in range(shown_k):
-                    w = weights[j] if j < len(weights) else 0.0
-                    row.append(expert_char(experts[j]), style=colours.cell(experts[j], colours.weight_step(w), j == 0))
-                row.append(" " * (self._cell_width - shown_k), style=sel_style if i == current else "")
+                experts, weights = t.experts[row_layer], t.weights[row_layer]
+                shown = min(len(experts), cw - 1)
+                for j in range(shown):
+                    e = experts[j]
+                    row.append((expert_char(e), colours.cell(e, colours.weight_step(weights[j]), j == 0)))
+                row.append((" " * (cw - shown), s.selected if i == current else None))
             lines.append(row)
-        return Text("\n").join(lines)
+        return lines
 
-    def watch_selected(self) -> None:
-        self.post_message(self.SelectionChanged(self.selected, self.selected_layer))
-
-    def watch_selected_layer(self) -> None:
-        self.post_message(self.SelectionChanged(self.selected, self.selected_layer))
-
-    # ---- input -----------------------------------------------------------------------------------------
-    def action_move(self, step: int) -> None:
-        h = self.history
-        if not h.tokens:
-            return
-        now = self.current if self.current is not None else h.end_index - 1
-        target = max(h.first_index, min(h.end_index - 1, now + step))
-        self.selected = None if target == h.end_index - 1 and step > 0 and self.selected is None else target
-
-    def action_layer(self, step: int) -> None:
-        if self.history.n_layers:
-            self.selected_layer = (self.selected_layer + step) % self.history.n_layers
-
-    def action_first(self) -> None:
-        if self.history.tokens:
-            self.selected = self.history.first_index
-
-    def action_follow(self) -> None:
-        self.selected = None
-
-    def on_click(self, event: events.Click) -> None:
-        if not self.history.routed:
-            return
-        if event.y >= 1 and event.y - 1 < self.history.n_layers:
-            self.selected_layer = event.y - 1
-        col = (event.x - LABEL_WIDTH) // self._cell_width
-        if event.x >= LABEL_WIDTH and 0 <= col < len(self._view):
-            self.selected = self._view[col]
+    def hit(self, x: int, y: int) -> tuple[int | None, int | None]:
+        """(token, layer) under a click at (x, y) relative to the grid's first line."""
+        layer = y - 1 if y >= 1 else None
+        col = (x - LABEL_WIDTH) // self.cell_width
+        token = self.view[col] if x >= LABEL_WIDTH and 0 <= col < len(self.view) else None
+        return token, layer

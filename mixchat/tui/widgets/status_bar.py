@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from rich.text import Text
-from textual.reactive import reactive
-from textual.widget import Widget
+from rich.style import Style
+
+from mixchat.tui.widgets.lines import Line, LineWidget
 
 
 @dataclass(frozen=True)
@@ -23,34 +24,46 @@ class Status:
     timings: bool = True  # False: speed figures are hidden (deterministic screenshots, tests)
 
 
-class StatusBar(Widget):
+class StatusBar(LineWidget):
     COMPONENT_CLASSES = {"status-bar--key", "status-bar--warn", "status-bar--dim"}
 
-    status: reactive[Status] = reactive(Status)
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.status = Status()
 
     def set(self, **changes: object) -> None:
-        self.status = replace(self.status, **changes)  # type: ignore[arg-type]
+        new = replace(self.status, **changes)  # type: ignore[arg-type]
+        if new != self.status:
+            self.status = new
+            self.invalidate()
 
-    def render(self) -> Text:
+    def text(self) -> str:
+        """The line as plain text (tests read it)."""
+        return "".join(t for t, _ in self.build(1000)[0])
+
+    def build(self, width: int) -> Sequence[Line]:
         s = self.status
-        key = self.get_component_rich_style("status-bar--key")
-        dim = self.get_component_rich_style("status-bar--dim")
-        warn = self.get_component_rich_style("status-bar--warn")
-        parts: list[Text] = [Text(s.model, style=key), Text(s.conversation)]
+        key = self.style("status-bar--key")
+        dim = self.style("status-bar--dim")
+        warn = self.style("status-bar--warn")
+        parts: list[tuple[str, Style | None]] = [(s.model, key), (s.conversation, None)]
         if s.timings:
-            tps = f"{s.tokens_per_second:.1f} tok/s" if s.tokens_per_second is not None else "– tok/s"
-            ttft = f"first token {s.first_token:.2f} s" if s.first_token is not None else "first token –"
-        else:
-            tps, ttft = "tok/s hidden", "first token hidden"
-        parts += [Text(tps), Text(ttft, style=dim)]
+            parts.append((f"{s.tokens_per_second:.1f} tok/s" if s.tokens_per_second is not None else "– tok/s", None))
+            parts.append((f"first token {s.first_token:.2f} s" if s.first_token is not None else "first token –",
+                          dim))
         if s.experts is not None and s.n_experts is not None:
             if s.experts != s.model_experts:
-                parts.append(Text(f"experts {s.experts}/{s.n_experts} (model uses {s.model_experts})", style=warn))
+                parts.append((f"experts {s.experts}/{s.n_experts} (model uses {s.model_experts})", warn))
             else:
-                parts.append(Text(f"experts {s.experts}/{s.n_experts}", style=dim))
+                parts.append((f"experts {s.experts}/{s.n_experts}", dim))
         else:
-            parts.append(Text("dense", style=dim))
+            parts.append(("dense", dim))
         if s.colouring:
-            parts.append(Text(s.colouring, style=dim))
-        parts.append(Text(s.state, style=key if s.state != "ready" else dim))
-        return Text(" · ").join(parts)
+            parts.append((s.colouring, dim))
+        parts.append((s.state, key if s.state != "ready" else dim))
+        line: Line = []
+        for i, part in enumerate(parts):
+            if i:
+                line.append((" · ", dim))
+            line.append(part)
+        return [line]

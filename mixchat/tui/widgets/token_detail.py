@@ -2,54 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from rich.text import Text
-from textual.widget import Widget
-
 from mixchat.tui.routing import RoutingHistory
-from mixchat.tui.widgets.palette import expert_char
+from mixchat.tui.widgets.lines import Line
+from mixchat.tui.widgets.palette import ExpertColours, expert_char
+from mixchat.tui.widgets.routing_grid import PanelStyles
 
 
-class TokenDetail(Widget):
-    COMPONENT_CLASSES = {"token-detail--label", "token-detail--selected", "token-detail--dim"}
+def detail_height(h: RoutingHistory, width: int = 40) -> int:
+    """Fixed for a model and width, so the panel's size does not change while tokens stream."""
+    if not h.routed:
+        return 2
+    per_line = max(1, width // 7)
+    return 1 + h.n_layers + 1 + -(-h.n_experts // per_line)
 
-    def __init__(self, history: RoutingHistory, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.history = history
-        self.token: int | None = None
-        self.selected_layer = 0
 
-    def show(self, token: int | None, layer: int) -> None:
-        self.token, self.selected_layer = token, layer
-        self.refresh(layout=True)
-
-    def render(self) -> Text:
-        h = self.history
-        label = self.get_component_rich_style("token-detail--label")
-        dim = self.get_component_rich_style("token-detail--dim")
-        selected = self.get_component_rich_style("token-detail--selected")
-        t = h.get(self.token) if self.token is not None else None
-        if t is None:
-            return Text("select a token in the grid (Tab, arrows, or click)", style=dim)
-        text = Text()
-        text.append(f"token {self.token + 1} ", style=label)
-        text.append(repr(t.label), style="bold")
-        text.append(f"  id {t.token}", style=dim)
-        if t.experts is None or t.weights is None:
-            text.append("\nno routing for this token" if h.routed else "\ndense model: no experts", style=dim)
-            return text
-        colours = self.app.expert_colours  # type: ignore[attr-defined]
-        for layer, (experts, weights) in enumerate(zip(t.experts, t.weights, strict=False)):
-            text.append("\n")
-            text.append(f"L{layer}".ljust(4), style=selected if layer == self.selected_layer else label)
-            for e, w in zip(experts, weights, strict=False):
-                text.append(f" {expert_char(e)} ", style=colours.cell(e, colours.weight_step(w), False))
-                text.append(f" {w:.2f}  ")
-        if h.counted and self.selected_layer < h.n_layers:
-            share = h.share(self.selected_layer)
-            text.append(f"\nL{self.selected_layer} load over {h.counted:,} tokens:", style=label)
-            for e, s in enumerate(share):
-                text.append(f" {expert_char(e)}", style=colours.fg(e, True))
-                text.append(f" {100 * s:.0f}%")
-        return text
+def build_detail(h: RoutingHistory, token: int | None, layer: int, width: int, s: PanelStyles,
+                 colours: ExpertColours) -> list[Line]:
+    t = h.get(token) if token is not None else None
+    if t is None or token is None:
+        return [[("select a token: Tab to the panel, then arrows (or click the grid)", s.dim)]]
+    lines: list[Line] = [[(f"token {token + 1} ", s.label), (repr(t.label), None), (f"  id {t.token}", s.dim)]]
+    if t.experts is None or t.weights is None:
+        lines.append([("no routing for this token" if h.routed else "dense model: no experts", s.dim)])
+        return lines
+    for row_layer, (experts, weights) in enumerate(zip(t.experts, t.weights, strict=False)):
+        row: Line = [(f"L{row_layer}".ljust(4), s.selected if row_layer == layer else s.label)]
+        for e, w in zip(experts, weights, strict=False):
+            row.append((f" {expert_char(e)} ", colours.cell(e, colours.weight_step(w), False)))
+            row.append((f" {w:.2f}  ", None))
+        lines.append(row)
+    if h.counted and layer < h.n_layers:
+        lines.append([(f"L{layer} load over {h.counted:,} tokens:", s.label)])
+        per_line = max(1, width // 7)
+        shares = h.share(layer)
+        for start in range(0, len(shares), per_line):
+            row = []
+            for e in range(start, min(len(shares), start + per_line)):
+                row += [(expert_char(e), colours.fg(e, True)), (f" {100 * shares[e]:3.0f}% ", None)]
+            lines.append(row)
+    return lines
