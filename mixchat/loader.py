@@ -282,8 +282,10 @@ def save_native(model: Transformer, folder: str | Path, dtype: torch.dtype | Non
     return folder
 
 
-def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """The model's weights under Hugging Face Mistral/Mixtral names (q/k permuted for half-split RoPE)."""
+def hf_state_dict(model: Transformer, keep_device: bool = False) -> dict[str, torch.Tensor]:
+    """The model's weights under Hugging Face Mistral/Mixtral names (q/k permuted for half-split RoPE).
+
+    With `keep_device` the tensors stay where the model is (to build a transformers twin on a GPU)."""
     a = model.args
     out: dict[str, torch.Tensor] = {}
     rename = {v: k for k, v in _HF_SIMPLE.items() if not k.startswith("mlp.gate.")}
@@ -309,7 +311,7 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
                 out[pre + "block_sparse_moe.gate.weight"] = p
             else:
                 out[pre + rename[rest]] = p
-    return {k: v.contiguous().cpu() for k, v in out.items()}
+    return {k: v.contiguous() if keep_device else v.contiguous().cpu() for k, v in out.items()}
 
 
 def save_hf(model: Transformer, folder: str | Path, shards: int = 1) -> Path:

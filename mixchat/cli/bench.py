@@ -1,0 +1,262 @@
+"""`mixchat bench`: time to first token, pre-fill and decode speed, memory; optionally against transformers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from mixchat.cli.common import add_model_options, positive_int
+from mixchat.runtime import UserError, resolve_device, resolve_dtype
+
+H200_COPY_BANDWIDTH = 4.26e12  # bytes/s, measured device-to-device copy on the project's H200
+
+DESCRIPTION = """\
+Measure mixchat on a model: time to first token for a prompt, pre-fill tokens/s, decode tokens/s (median
+and spread over repeats) and peak memory. --batch N packs N prompts into one pass. With --compare
+transformers the same weights also run through transformers' generate (with its KV cache) in the same
+process, and the ratios are reported. Speeds on a shared machine are noisy: read the ratios."""
+
+EPILOG = """\
+examples:
+  mixchat bench                                         # the built-in model, on this machine
+  mixchat bench --compare transformers --json           # ratios against transformers, same weights
+  mixchat bench --shape mixtral-8x7b --device cuda --dtype bfloat16 --batch 8"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure time to first token, pre-fill and decode speed",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", metavar="NAME", help="random weights of a named shape: builtin, mixtral-8x7b, mistral-7b")
+    p.add_argument("--batch", type=positive_int, default=1, help="sequences packed per pass (default 1)")
+    p.add_argument("--prompt-tokens", type=positive_int, default=1000, help="prompt length (default 1000)")
+    p.add_argument("--new-tokens", type=positive_int, default=64, help="decode steps (default 64)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="repeats; medians are reported (default 3)")
+    p.add_argument("--compare", choices=["transformers"], help="also run the same weights through transformers")
+    p.add_argument("--window-check", action="store_true",
+                   help="pre-fill 20 windows of tokens and print the cache size along the way")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Timing:
+    ttft: list[float]
+    decode_tps: list[float]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+@torch.inference_mode()
+def time_mixchat(engine, prompts: list[list[int]], new_tokens: int, repeats: int) -> Timing:  # type: ignore[no-untyped-def]
+    dev = engine.device
+    rows = list(range(len(prompts)))
+    ttft, tps = [], []
+    for _ in range(repeats + 1):  # the first round warms up
+        cache = engine.new_cache(batch=len(prompts))
+        _sync(dev)
+        t0 = time.perf_counter()
+        logits = None
+        for item in engine.prefill(cache, rows, prompts):
+            if isinstance(item, torch.Tensor):
+                logits = item
+        assert logits is not None
+        nxt = logits.argmax(-1).tolist()
+        t1 = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = engine.forward(cache, rows, [[t] for t in nxt])
+            nxt = logits.argmax(-1).tolist()
+        t2 = time.perf_counter()
+        ttft.append(t1 - t0)
+        tps.append(len(prompts) * new_tokens / (t2 - t1))
+    return Timing(ttft[1:], tps[1:])
+
+
+@torch.inference_mode()
+def time_transformers(model, prompts: list[list[int]], new_tokens: int, repeats: int) -> Timing:  # type: ignore[no-untyped-def]
+    """transformers' generate with its KV cache; prompts of equal length, so no padding is involved."""
+    hf = transformers_twin(model)
+    ids = torch.tensor(prompts, device=model.device)
+    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+    ttft, tps = [], []
+    for _ in range(repeats + 1):
+        _sync(model.device)
+        t0 = time.perf_counter()
+        hf.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+        _sync(model.device)
+        t1 = time.perf_counter()
+        hf.generate(ids, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, **kw)
+        _sync(model.device)
+        t2 = time.perf_counter()
+        ttft.append(t1 - t0)
+        tps.append(len(prompts) * new_tokens / max(1e-9, (t2 - t1) - (t1 - t0)))
+    del hf
+    return Timing(ttft[1:], tps[1:])
+
+
+def transformers_twin(model):  # type: ignore[no-untyped-def]
+    """transformers' Mixtral/Mistral holding the same weights, built without a second full copy.
+
+    The twin is made on the meta device and its parameters assigned from ours (renamed, q/k permuted, and
+    for transformers 5 the experts fused into `gate_up_proj`), so a big shape fits beside the original.
+    """
+    from mixchat.loader import hf_state_dict
+
+    transformers = _import_transformers()
+    cfg = {k: v for k, v in model.args.to_hf_config().items() if k not in ("architectures", "model_type")}
+    if model.args.moe:
+        config, cls = transformers.MixtralConfig(**cfg), transformers.MixtralForCausalLM
+    else:
+        config, cls = transformers.MistralConfig(**cfg), transformers.MistralForCausalLM
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        hf = cls(config)
+    wanted = set(hf.state_dict())
+    state = hf_state_dict(model, keep_device=True)
+    if model.args.moe and any(k.endswith("mlp.experts.gate_up_proj") for k in wanted):
+        for i in range(model.args.n_layers):
+            pre = f"model.layers.{i}."
+            ff = model.layers[i].feed_forward
+            for j in range(model.args.moe.num_experts):
+                for w in ("w1", "w2", "w3"):
+                    state.pop(f"{pre}block_sparse_moe.experts.{j}.{w}.weight")
+            state[pre + "mlp.gate.weight"] = state.pop(pre + "block_sparse_moe.gate.weight")
+            state[pre + "mlp.experts.gate_up_proj"] = torch.cat([ff.w1, ff.w3], dim=1)
+            state[pre + "mlp.experts.down_proj"] = ff.w2
+    missing = wanted - set(state)
+    if missing:
+        raise UserError(f"cannot build the transformers twin: no weights for {sorted(missing)[0]}")
+    hf.load_state_dict({k: state[k] for k in wanted}, assign=True, strict=True)
+    rotary = hf.model.rotary_emb
+    with torch.device(model.device):
+        hf.model.rotary_emb = type(rotary)(config=config)
+    return hf.eval()
+
+
+def _import_transformers():  # type: ignore[no-untyped-def]
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("--compare transformers needs the transformers package (pip install transformers)") from None
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from mixchat.engine import Engine
+    from mixchat.loader import build_model, inspect_folder
+    from mixchat.runtime import resolve_model_path
+    from mixchat.shapes import named_shape, random_model_on
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if args.shape and args.model:
+        raise UserError("give --model or --shape, not both")
+    torch.manual_seed(args.seed)
+    if args.shape:
+        margs = named_shape(args.shape)
+        if args.max_context:
+            margs.max_context = args.max_context
+        model = random_model_on(margs, device, dtype, args.seed)
+        label = f"{args.shape} (random weights)"
+    else:
+        ckpt = inspect_folder(resolve_model_path(args.model), max_context=args.max_context)
+        model = build_model(ckpt, device, dtype)
+        label = str(ckpt.folder)
+    margs = model.args
+    if margs.sliding_window is None and args.prompt_tokens + args.new_tokens > margs.cache_capacity:
+        raise UserError("prompt + new tokens exceed the context; lower them or raise --max-context")
+    engine = Engine(model, None, chunk_size=args.chunk_size, eos_id=-1)
+    gen = torch.Generator().manual_seed(args.seed)
+    prompts = [torch.randint(3, margs.vocab_size, (args.prompt_tokens,), generator=gen).tolist()
+               for _ in range(args.batch)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ours = time_mixchat(engine, prompts, args.new_tokens, args.repeats)
+    total, active = margs.param_counts()
+    elem = torch.tensor([], dtype=dtype).element_size()
+    result: dict = {
+        "model": label,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": args.batch,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "params_total": total,
+        "params_active": active,
+        "ttft_s": _summary(ours.ttft),
+        "prefill_tokens_per_s": statistics.median(args.batch * args.prompt_tokens / t for t in ours.ttft),
+        "decode_tokens_per_s": _summary(ours.decode_tps),
+        "peak_memory_bytes": _peak_bytes(device),
+    }
+    if device.type == "cuda" and args.batch == 1:
+        step_bytes = active * elem
+        result["decode_bandwidth_bound_tokens_per_s"] = H200_COPY_BANDWIDTH / step_bytes
+        result["decode_fraction_of_bound"] = result["decode_tokens_per_s"]["median"] * step_bytes / H200_COPY_BANDWIDTH
+    if args.window_check and margs.sliding_window:
+        result["cache_bytes_over_conversation"] = _window_check(engine)
+    if args.compare:
+        theirs = time_transformers(model, prompts, args.new_tokens, args.repeats)
+        result["transformers"] = {"ttft_s": _summary(theirs.ttft), "decode_tokens_per_s": _summary(theirs.decode_tps)}
+        result["decode_speed_ratio"] = result["decode_tokens_per_s"]["median"] / statistics.median(theirs.decode_tps)
+        result["ttft_speedup_ratio"] = statistics.median(theirs.ttft) / result["ttft_s"]["median"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print(result)
+    return 0
+
+
+@torch.inference_mode()
+def _window_check(engine) -> list[dict[str, int]]:  # type: ignore[no-untyped-def]
+    W = engine.model.args.sliding_window
+    cache = engine.new_cache()
+    out = []
+    gen = torch.Generator().manual_seed(1)
+    for k in range(1, 21):
+        for item in engine.prefill(cache, [0], [torch.randint(3, 100, (W,), generator=gen).tolist()]):
+            del item
+        if k in (1, 2, 5, 10, 20):
+            out.append({"tokens": cache.seen[0], "cache_bytes": cache.nbytes})
+    return out
+
+
+def _print(r: dict) -> None:
+    d = r["decode_tokens_per_s"]
+    print(f"{r['model']} on {r['device']} ({r['dtype']}, {r['threads']} threads), batch {r['batch']}")
+    print(f"  time to first token ({r['prompt_tokens']} tokens): {r['ttft_s']['median'] * 1000:.1f} ms  "
+          f"(pre-fill {r['prefill_tokens_per_s']:,.0f} tokens/s)")
+    print(f"  decode: {d['median']:.1f} tokens/s (min {d['min']:.1f}, max {d['max']:.1f}) over {r['repeats']} repeats")
+    print(f"  peak memory: {r['peak_memory_bytes'] / 2**20:,.0f} MiB")
+    if "decode_fraction_of_bound" in r:
+        print(f"  bandwidth bound {r['decode_bandwidth_bound_tokens_per_s']:.0f} tokens/s: "
+              f"{r['decode_fraction_of_bound'] * 100:.0f}% reached")
+    for row in r.get("cache_bytes_over_conversation", []):
+        print(f"  cache after {row['tokens']:,} tokens: {row['cache_bytes']:,} bytes")
+    if "transformers" in r:
+        t = r["transformers"]
+        print(f"  transformers: ttft {t['ttft_s']['median'] * 1000:.1f} ms, decode "
+              f"{t['decode_tokens_per_s']['median']:.1f} tokens/s")
+        print(f"  ratios: decode {r['decode_speed_ratio']:.2f}x, time to first token {r['ttft_speedup_ratio']:.2f}x")

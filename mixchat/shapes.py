@@ -1,0 +1,41 @@
+"""Named model shapes for benchmarks: real architectures with random weights made on the target device."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from mixchat.model.args import ModelArgs, MoeArgs
+from mixchat.model.transformer import Transformer
+from mixchat.runtime import BUILTIN_DIR, UserError
+
+
+def named_shape(name: str) -> ModelArgs:
+    if name == "mixtral-8x7b":
+        return ModelArgs(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
+                         vocab_size=32000, rope_theta=1e6, sliding_window=None, moe=MoeArgs(8, 2))
+    if name == "mistral-7b":
+        return ModelArgs(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
+                         vocab_size=32000, rope_theta=10000.0, sliding_window=4096)
+    if name == "builtin":
+        return ModelArgs.from_params(json.loads((BUILTIN_DIR / "params.json").read_text()))
+    raise UserError(f"unknown shape {name!r}: use {', '.join(SHAPES)}")
+
+
+SHAPES = ("builtin", "mixtral-8x7b", "mistral-7b")
+
+
+def random_model_on(args: ModelArgs, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Transformer:
+    """Random weights drawn directly on `device` in `dtype`: a 47 B-parameter shape never touches host RAM."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to(dtype).to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    return model.eval().requires_grad_(False)
