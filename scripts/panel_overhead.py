@@ -1,9 +1,10 @@
 """Measure what the routing panel costs: decode tokens/s of the TUI with the panel on vs off.
 
 Runs the real app headless (`App.run_test`) on a model, sends the same prompt with the same seed in a
-fresh conversation for each run (ignoring end-of-sequence), so every run decodes the same tokens, and reads the decode speed that the
-worker measures (wall clock from the first to the last token, so any time the UI thread takes from the
-model, GIL included, shows up). Runs alternate on/off to cancel drift, and medians are reported.
+fresh conversation for each run (ignoring end-of-sequence), so every run decodes the same tokens, and
+reads the decode speed that the worker measures (wall clock from the first to the last token, so any time
+the UI thread takes from the model, GIL included, shows up). Runs alternate on/off to cancel drift, and
+medians are reported.
 
     python scripts/panel_overhead.py --model DIR [--tokens 256] [--repeats 5]
 """

@@ -6,16 +6,18 @@ outside the app), and what it does is checked in the conversation, its cache and
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from pathlib import Path
 
 import pytest
-from session_support import make_checkpoint  # noqa: F401  (tiny_ckpt uses it)
-from tui_support import chat_screen, idle, make_app, panel_lines, slowed, tiny_ckpt, tiny_rt, until  # noqa: F401
+from tui_support import chat_screen, idle, make_app, panel_lines, slowed, tiny_runtime, until
 
 from mixchat.engine import TokenGenerated
 from mixchat.session import ChatSettings, Conversation, ConversationStore
 from mixchat.tui.widgets.palette import expert_char
+
 
 def run(coro):  # type: ignore[no-untyped-def]
     """Each test drives its app in its own event loop."""
@@ -24,9 +26,9 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-def reference_turn(rt, text: str, **settings):  # type: ignore[no-untyped-def]
+def reference_turn(text: str, **settings):  # type: ignore[no-untyped-def]
     """The same turn run directly on the session layer: token ids and the engine's routing per token."""
-    conv = Conversation.from_runtime(rt, ChatSettings(**{"temperature": 0.0, "max_tokens": 12, **settings}))
+    conv = Conversation.from_runtime(tiny_runtime(), ChatSettings(**{"temperature": 0.0, "max_tokens": 12, **settings}))
     tokens, routing = [], []
     for ev in conv.send(text):
         if isinstance(ev, TokenGenerated) and ev.token >= 0:
@@ -35,11 +37,11 @@ def reference_turn(rt, text: str, **settings):  # type: ignore[no-untyped-def]
     return conv, tokens, routing
 
 
-def test_reply_streams_and_grid_shows_the_engines_routing(tiny_rt, tmp_path: Path) -> None:
-    ref_conv, ref_tokens, ref_routing = reference_turn(tiny_rt, "Hello there")
+def test_reply_streams_and_grid_shows_the_engines_routing(tmp_path: Path) -> None:
+    ref_conv, ref_tokens, ref_routing = reference_turn("Hello there")
 
     async def scenario() -> None:
-        app = make_app(tiny_rt, tmp_path)
+        app = make_app(tmp_path)
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
             await pilot.press(*"Hello there")
@@ -62,7 +64,7 @@ def test_reply_streams_and_grid_shows_the_engines_routing(tiny_rt, tmp_path: Pat
             grid = chat.panel.grid
             cw = grid.cell_width
             assert grid.view == list(range(len(ref_tokens) - len(grid.view), len(ref_tokens)))
-            for layer in range(tiny_rt.model.args.n_layers):
+            for layer in range(tiny_runtime().model.args.n_layers):
                 row = lines[2 + layer]
                 assert row.startswith(f"L{layer}")
                 for col, index in enumerate(grid.view):
@@ -79,12 +81,12 @@ def test_reply_streams_and_grid_shows_the_engines_routing(tiny_rt, tmp_path: Pat
     run(scenario())
 
 
-def test_escape_stops_the_reply_and_keeps_it_as_shown(tiny_rt, tmp_path: Path) -> None:
+def test_escape_stops_the_reply_and_keeps_it_as_shown(tmp_path: Path) -> None:
     async def scenario() -> None:
-        app = make_app(tiny_rt, tmp_path, overrides={"max_tokens": 400}, stream_interval=0.01)
+        app = make_app(tmp_path, overrides={"max_tokens": 400}, stream_interval=0.01)
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
-            with slowed(tiny_rt.engine, 0.01):
+            with slowed(tiny_runtime().engine, 0.01):
                 await chat.send("Tell me everything")
                 await until(pilot, lambda: chat.reply is not None and len(chat.history.tokens) >= 3, what="tokens")
                 await pilot.press("escape")
@@ -98,6 +100,7 @@ def test_escape_stops_the_reply_and_keeps_it_as_shown(tiny_rt, tmp_path: Path) -
             assert conv.cache.seen[0] == len(conv.ids) - 1  # the cache holds every id but the pending last one
             assert len(chat.history.tokens) == last.tokens
             # the conversation goes on from there
+            conv.settings.max_tokens = 12
             await chat.send("Go on")
             await idle(pilot, chat)
             assert len(conv.messages) == 4 and conv.messages[-1].finish_reason == "length"
@@ -105,9 +108,9 @@ def test_escape_stops_the_reply_and_keeps_it_as_shown(tiny_rt, tmp_path: Path) -
     run(scenario())
 
 
-def test_new_conversation_keeps_the_old_one_saved(tiny_rt, tmp_path: Path) -> None:
+def test_new_conversation_keeps_the_old_one_saved(tmp_path: Path) -> None:
     async def scenario() -> None:
-        app = make_app(tiny_rt, tmp_path)
+        app = make_app(tmp_path)
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
             await chat.send("First conversation")
@@ -126,18 +129,18 @@ def test_new_conversation_keeps_the_old_one_saved(tiny_rt, tmp_path: Path) -> No
     run(scenario())
 
 
-def test_resume_opens_the_saved_cache_without_prefilling_again(tiny_rt, tmp_path: Path) -> None:
+def test_resume_opens_the_saved_cache_without_prefilling_again(tmp_path: Path) -> None:
     store = ConversationStore(tmp_path / "data")
-    conv = Conversation.from_runtime(tiny_rt, ChatSettings(temperature=0.0, max_tokens=8))
+    conv = Conversation.from_runtime(tiny_runtime(), ChatSettings(temperature=0.0, max_tokens=8))
     for text in ("One", "Two"):
         for _ in conv.send(text):
             pass
     store.save(conv, "saved chat")
     saved_ids = list(conv.ids)
-    expected_next = reference_continuation(tiny_rt, conv, "Three")
+    expected_next = reference_continuation(conv, "Three")
 
     async def scenario() -> None:
-        app = make_app(tiny_rt, tmp_path, resume="", overrides={"max_tokens": 8})
+        app = make_app(tmp_path, resume="", overrides={"max_tokens": 8})
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
             c = chat.conversation
@@ -153,8 +156,9 @@ def test_resume_opens_the_saved_cache_without_prefilling_again(tiny_rt, tmp_path
     run(scenario())
 
 
-def reference_continuation(rt, conv, text: str) -> str:  # type: ignore[no-untyped-def]
+def reference_continuation(conv, text: str) -> str:  # type: ignore[no-untyped-def]
     """The reply to `text` after `conv`, computed from a fresh pre-fill of the whole conversation."""
+    rt = tiny_runtime()
     fresh = Conversation(rt.engine, rt.tokenizer, conv.fingerprint, ChatSettings(temperature=0.0, max_tokens=8),
                          messages=conv.messages, ids=conv.ids)
     for _ in fresh.send(text):
@@ -162,10 +166,10 @@ def reference_continuation(rt, conv, text: str) -> str:  # type: ignore[no-untyp
     return fresh.messages[-1].content
 
 
-def test_conversations_screen_opens_renames_exports_and_deletes(tiny_rt, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_conversations_screen_opens_renames_exports_and_deletes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     store = ConversationStore(tmp_path / "data")
     for name in ("alpha", "beta"):
-        c = Conversation.from_runtime(tiny_rt, ChatSettings(temperature=0.0, max_tokens=6))
+        c = Conversation.from_runtime(tiny_runtime(), ChatSettings(temperature=0.0, max_tokens=6))
         for _ in c.send(f"about {name}"):
             pass
         store.save(c, name)
@@ -174,7 +178,7 @@ def test_conversations_screen_opens_renames_exports_and_deletes(tiny_rt, tmp_pat
     async def scenario() -> None:
         from mixchat.tui.screens.conversations import ConversationsScreen
 
-        app = make_app(tiny_rt, tmp_path)
+        app = make_app(tmp_path)
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
             await pilot.press("ctrl+o")
@@ -203,16 +207,16 @@ def test_conversations_screen_opens_renames_exports_and_deletes(tiny_rt, tmp_pat
             await until(pilot, lambda: chat.conversation.name == "gamma" and not chat.busy, what="opening")
             assert chat.conversation.prefilled_tokens == 0
             assert chat.conversation.cache.seen[0] == len(chat.conversation.ids) - 1
-            assert [m.content for m in chat.conversation.messages][0] == "about alpha"
+            assert chat.conversation.messages[0].content == "about alpha"
 
     run(scenario())
 
 
-def test_theme_switch_recolours_and_is_remembered(tiny_rt, tmp_path: Path) -> None:
+def test_theme_switch_recolours_and_is_remembered(tmp_path: Path) -> None:
     from textual.color import Color
 
     async def scenario(theme: str | None) -> str:
-        app = make_app(tiny_rt, tmp_path, theme=theme)
+        app = make_app(tmp_path, theme=theme)
         async with app.run_test(size=(100, 30)) as pilot:
             await chat_screen(pilot)
             before = app.expert_colours.colors[0]
@@ -230,11 +234,11 @@ def test_theme_switch_recolours_and_is_remembered(tiny_rt, tmp_path: Path) -> No
     assert run(scenario(None)) == "ember"  # a new start without --theme uses the remembered one
 
 
-def test_experts_per_token_is_used_by_the_engine(tiny_rt, tmp_path: Path) -> None:
-    _, ref_tokens, ref_routing = reference_turn(tiny_rt, "Route me", experts_per_token=3)
+def test_experts_per_token_is_used_by_the_engine(tmp_path: Path) -> None:
+    _, ref_tokens, ref_routing = reference_turn("Route me", experts_per_token=3)
 
     async def scenario() -> None:
-        app = make_app(tiny_rt, tmp_path)
+        app = make_app(tmp_path)
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
             await pilot.press("f8")
@@ -242,7 +246,7 @@ def test_experts_per_token_is_used_by_the_engine(tiny_rt, tmp_path: Path) -> Non
             assert "experts 3/8 (model uses 2)" in chat.status.text()
             await chat.send("Route me")
             await idle(pilot, chat)
-            assert tiny_rt.model.experts_per_token == 3
+            assert tiny_runtime().model.experts_per_token == 3
             assert [t.token for t in chat.history.tokens] == ref_tokens
             assert all(len(e) == 3 for t in chat.history.tokens for e in t.experts)
             assert [[list(e) for e in t.experts] for t in chat.history.tokens] == [r.experts for r in ref_routing]
@@ -251,13 +255,13 @@ def test_experts_per_token_is_used_by_the_engine(tiny_rt, tmp_path: Path) -> Non
             assert chat.conversation.settings.experts_per_token == 1
             await chat.send("Once more")
             await idle(pilot, chat)
-            assert tiny_rt.model.experts_per_token == 1
+            assert tiny_runtime().model.experts_per_token == 1
             assert len(chat.history.tokens[-1].experts[0]) == 1
 
     run(scenario())
 
 
-def test_long_paste_prefills_in_chunks_keeps_answering_and_cancels_cleanly(tiny_rt, tmp_path: Path) -> None:
+def test_long_paste_prefills_in_chunks_keeps_answering_and_cancels_cleanly(tmp_path: Path) -> None:
     from textual import events
 
     paste = "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}." for i in range(1800))
@@ -267,7 +271,7 @@ def test_long_paste_prefills_in_chunks_keeps_answering_and_cancels_cleanly(tiny_
     async def scenario() -> None:
         from mixchat.tui.widgets.prefill_bar import PrefillBar
 
-        app = make_app(tiny_rt, tmp_path, overrides={"chunk_size": 256}, stream_interval=0.01)
+        app = make_app(tmp_path, overrides={"chunk_size": 256}, stream_interval=0.01)
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
             await chat.send("A first turn")
@@ -279,18 +283,24 @@ def test_long_paste_prefills_in_chunks_keeps_answering_and_cancels_cleanly(tiny_
             await until(pilot, lambda: box.text == paste, what="the paste")
             assert "\n" in box.text  # the paste kept its lines (no line was sent on its own)
             bar = chat.query_one(PrefillBar)
-            with slowed(tiny_rt.engine, 0.02):
+            beats: list[float] = []  # a UI timer: gaps between its ticks show whether the UI ever froze
+            app.set_interval(0.02, lambda: beats.append(time.perf_counter()))
+            with slowed(tiny_runtime().engine, 0.02):
                 await pilot.press("enter")
                 await until(pilot, lambda: bar.display and bar.progress[0] > 0, what="pre-fill progress")
                 done, total = bar.progress
                 assert 0 < done < total and total > 20_000
                 assert chat.query_one("#cache-gauge").state.position > before[1]  # the gauge moves too
                 # the UI answers keys while the model pre-fills
-                await pilot.press("ctrl+r")
-                assert not chat.panel_on and chat.busy
-                await pilot.press("ctrl+r")
-                assert chat.panel_on and chat.busy and bar.progress[0] < total
-                await pilot.press("escape")
+                for expected in (False, True):
+                    asked = time.perf_counter()
+                    app.simulate_key("ctrl+r")
+                    await until(pilot, lambda e=expected: chat.panel_on is e, timeout=2, what="the key")
+                    assert time.perf_counter() - asked < 0.5
+                assert chat.busy and bar.display and bar.progress[0] < total
+                gaps = [b - a for a, b in itertools.pairwise(beats)]  # from Enter to here
+                assert len(gaps) > 20 and max(gaps) < 0.25, max(gaps)
+                app.simulate_key("escape")
                 await idle(pilot, chat)
             # as if the paste had never been sent: same ids, same cache, same messages; the text is back
             assert (list(conv.ids), conv.cache.seen[0], len(conv.messages)) == before
@@ -317,7 +327,7 @@ def test_dense_model_shows_no_experts(tmp_path: Path) -> None:
     rt = runtime(folder)
 
     async def scenario() -> None:
-        app = make_app(rt, tmp_path)
+        app = make_app(tmp_path, rt)
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
             await chat.send("Hello")
@@ -331,11 +341,11 @@ def test_dense_model_shows_no_experts(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_settings_screen_changes_the_conversation(tiny_rt, tmp_path: Path) -> None:
+def test_settings_screen_changes_the_conversation(tmp_path: Path) -> None:
     async def scenario() -> None:
         from mixchat.tui.screens.settings import SettingsScreen
 
-        app = make_app(tiny_rt, tmp_path)
+        app = make_app(tmp_path)
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
             await pilot.press("ctrl+s")
@@ -360,17 +370,17 @@ def test_settings_screen_changes_the_conversation(tiny_rt, tmp_path: Path) -> No
             assert app.theme == "glacier"
             await chat.send("Hi")
             await idle(pilot, chat)
-            assert chat.conversation.messages[-1].tokens <= 7 and tiny_rt.engine.chunk_size == 64
-            assert tiny_rt.model.experts_per_token == 4
+            assert chat.conversation.messages[-1].tokens <= 7 and tiny_runtime().engine.chunk_size == 64
+            assert tiny_runtime().model.experts_per_token == 4
 
     run(scenario())
 
 
-def test_help_palette_and_small_terminal(tiny_rt, tmp_path: Path) -> None:
+def test_help_palette_and_small_terminal(tmp_path: Path) -> None:
     async def scenario() -> None:
         from mixchat.tui.screens.help import HelpScreen
 
-        app = make_app(tiny_rt, tmp_path)
+        app = make_app(tmp_path)
         async with app.run_test(size=(80, 24)) as pilot:
             chat = await chat_screen(pilot)
             assert chat.has_class("-narrow") and chat.panel.display and chat.panel.size.width <= 34
@@ -391,9 +401,9 @@ def test_help_palette_and_small_terminal(tiny_rt, tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_colouring_by_expert_uses_the_selected_layer(tiny_rt, tmp_path: Path) -> None:
+def test_colouring_by_expert_uses_the_selected_layer(tmp_path: Path) -> None:
     async def scenario() -> None:
-        app = make_app(tiny_rt, tmp_path)
+        app = make_app(tmp_path)
         async with app.run_test(size=(120, 40)) as pilot:
             chat = await chat_screen(pilot)
             await chat.send("Colour me")
@@ -403,10 +413,10 @@ def test_colouring_by_expert_uses_the_selected_layer(tiny_rt, tmp_path: Path) ->
             assert reply.has_class("-coloured") and chat.colour_layer == 0
             await pilot.press("ctrl+l")
             assert chat.colour_layer == 1 and chat.panel.selected_layer == 1
-            text = reply.query_one(".coloured").render()
+            text = reply.coloured_text
+            assert text is not None and text.plain == reply.content
             firsts = [t.experts[1][0] for t in chat.history.tokens if t.text]
-            styles = [span.style for span in text.spans]
-            assert [s.color for s in styles] == [app.expert_colours.fg(e).color for e in firsts]
+            assert [span.style.color for span in text.spans] == [app.expert_colours.fg(e).color for e in firsts]
             await pilot.press("ctrl+g")
             assert not reply.has_class("-coloured") and chat.colour_layer is None
 

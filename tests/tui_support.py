@@ -3,35 +3,43 @@ small async helpers for pilots. No fakes: the app runs the real engine, cache an
 
 from __future__ import annotations
 
-import asyncio
+import atexit
 import contextlib
+import functools
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from session_support import make_checkpoint, runtime
 
 from mixchat.runtime import Runtime
 
 
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("tui-ckpt"))
+@functools.cache
+def tiny_checkpoint() -> Path:
+    """One tiny random Mixtral checkpoint per test process (its folder name shows in the status line)."""
+    root = Path(tempfile.mkdtemp(prefix="mixchat-tui-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return make_checkpoint(root / "tiny-mixtral")
 
 
-@pytest.fixture(scope="session")
-def tiny_rt(tiny_ckpt: Path) -> Runtime:
+@functools.cache
+def tiny_runtime() -> Runtime:
+    """The checkpoint loaded once, shared by the tests (each opens its own conversations on it)."""
     import torch
 
     torch.set_num_threads(1)  # tiny model: one thread is faster and leaves a core for the UI
-    return runtime(tiny_ckpt)
+    return runtime(tiny_checkpoint())
 
 
-def make_app(rt: Runtime, tmp: Path, **kwargs: Any) -> Any:
+def make_app(tmp: Path, rt: Runtime | None = None, **kwargs: Any) -> Any:
+    """The app on an already loaded model (the tiny one by default), greedy, deterministic drawing."""
     from mixchat.tui.app import MixchatApp
 
+    rt = rt if rt is not None else tiny_runtime()
     overrides = {"temperature": 0.0, "max_tokens": 12, **kwargs.pop("overrides", {})}
     kwargs.setdefault("deterministic", True)
     return MixchatApp(runtime=rt, data_dir=tmp / "data", config=tmp / "config", overrides=overrides, **kwargs)
@@ -85,4 +93,3 @@ def panel_lines(panel: Any) -> list[str]:
     return [strip_text(s) for s in panel._strips_for(panel.scrollable_content_region.width)]
 
 
-__all__ = ["asyncio", "chat_screen", "idle", "make_app", "panel_lines", "slowed", "tiny_ckpt", "tiny_rt", "until"]

@@ -55,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
 
     model = getattr(args, "model", None)
     inspect_folder(resolve_model_path(model), max_context=getattr(args, "max_context", None))  # fail fast
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise UserError("the chat app needs a terminal; for pipes and scripts use `mixchat chat --plain`")
 
     store = ConversationStore(getattr(args, "data_dir", None))
     resume = getattr(args, "resume", None)
@@ -84,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if theme is not None and theme not in app.available_themes:
         names = ", ".join(sorted(app.available_themes))
         raise UserError(f"unknown theme {theme!r}; available: {names}")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UserError("the chat app needs a terminal; for pipes and scripts use `mixchat chat --plain`")
     app.run()
     if app.load_error is not None:
         print(f"mixchat: error: {app.load_error}", file=sys.stderr)

@@ -11,11 +11,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from textual import work
 from textual.app import App, SystemCommand
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
 from mixchat.tui.config import Prefs, config_dir, user_theme_dir
@@ -28,9 +28,9 @@ from mixchat.tui.widgets.palette import ExpertColours
 
 
 class MixchatApp(App[int]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).parent / "app.tcss"  # absolute: subclasses elsewhere find it too
     TITLE = "mixchat"
-    BINDINGS = [Binding("f1", "help", "help", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("f1", "help", "help", show=False)]
 
     def __init__(
         self,
@@ -200,7 +200,8 @@ class MixchatApp(App[int]):
                 if self.system is not None and not conv.messages:
                     conv.set_system(self.system)
                 return conv, loaded.problem, True
-            return Conversation.from_runtime(rt, ChatSettings(system=self.system or None, **self.overrides)), None, False
+            settings = ChatSettings(system=self.system or None, **self.overrides)
+            return Conversation.from_runtime(rt, settings), None, False
         except SettingsError as e:
             raise UserError(str(e)) from None
 
@@ -217,7 +218,7 @@ class MixchatApp(App[int]):
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.load_error = message.error
-        self.exit(2)
+        self.exit(return_code=2)
 
     # ---- app-wide actions ---------------------------------------------------------------------------------
     @property

@@ -36,9 +36,9 @@ CHAT_KEYS: tuple[Key, ...] = (
     Key("f1", "F1", "this help", "app.help", True, "help"),
     Key("ctrl+p", "Ctrl+P", "command palette: every action by name"),
     Key("ctrl+q", "Ctrl+Q", "quit"),
-    Key("tab", "Tab, Shift+Tab", "move between message box, transcript and routing grid"),
-    Key("left,right,up,down", "← → ↑ ↓", "in the routing grid: choose a token and a layer (or click a cell)"),
-    Key("end", "End", "in the routing grid: follow the newest token again"),
+    Key("tab", "Tab, Shift+Tab", "move between message box, transcript and routing panel"),
+    Key("left,right,up,down", "← → ↑ ↓", "in the routing panel: choose a token and a layer (or click a cell)"),
+    Key("end", "End", "in the routing panel: follow the newest token again (Home: the oldest)"),
 )
 
 CONVERSATION_KEYS: tuple[Key, ...] = (

@@ -248,7 +248,8 @@ class ChatScreen(Screen[None]):
         if self.panel_on:
             self.panel.refresh_routing(force=True)
         state = "ready" if message.reason != "cancelled" else "stopped"
-        self.update_status(state=state, tokens_per_second=message.tokens_per_second or self.status.status.tokens_per_second)
+        speed = message.tokens_per_second or self.status.status.tokens_per_second
+        self.update_status(state=state, tokens_per_second=speed)
 
     def action_stop(self) -> None:
         if self.cancel is not None and not self.cancel.is_set():
@@ -280,7 +281,8 @@ class ChatScreen(Screen[None]):
     def action_conversations(self) -> None:
         if not self._idle("switch conversations"):
             return
-        self.app.push_screen(ConversationsScreen(self.store, self.conversation), self._conversation_chosen)
+        screen = ConversationsScreen(self.store, self.conversation, show_folder=not self.deterministic)
+        self.app.push_screen(screen, self._conversation_chosen)
 
     async def _conversation_chosen(self, choice: ConversationChoice | None) -> None:
         if choice is None:

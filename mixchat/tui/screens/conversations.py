@@ -37,9 +37,10 @@ def local_time(iso: str) -> str:
 class ConversationsScreen(Screen[ConversationChoice | None]):
     BINDINGS = bindings(CONVERSATION_KEYS)
 
-    def __init__(self, store: Any, current: Any, export_dir: Path | None = None) -> None:
+    def __init__(self, store: Any, current: Any, export_dir: Path | None = None, show_folder: bool = True) -> None:
         super().__init__()
         self.store = store
+        self.show_folder = show_folder
         self.current = current  # the open Conversation: a rename must update its in-memory name too
         self.export_dir = export_dir or Path.cwd()
         self.names: list[str] = []
@@ -48,7 +49,8 @@ class ConversationsScreen(Screen[ConversationChoice | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="conversations-box"):
             yield Label("Conversations", classes="screen-title")
-            yield Label(f"saved in {self.store.root}", id="conversations-where", classes="dim")
+            where = f"saved in {self.store.root}" if self.show_folder else "saved in the data folder"
+            yield Label(where, id="conversations-where", classes="dim")
             yield DataTable(id="conversations-table", cursor_type="row", zebra_stripes=True)
             yield Label("", id="conversations-empty", classes="dim")
         yield Footer()

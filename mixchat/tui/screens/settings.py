@@ -46,30 +46,35 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
             with VerticalScroll(id="settings-form"):
                 note = " (changing it starts a new conversation)" if self.has_turns else ""
                 yield Label(f"System prompt{note}", classes="field-label")
-                yield TextArea(s.system or "", id="system", soft_wrap=True, tab_behavior="focus")
+                yield TextArea(s.system or "", id="system", soft_wrap=True, tab_behavior="focus", compact=True)
                 with Horizontal(classes="field-row"):
-                    yield self._field("Temperature", Input(f"{s.temperature:g}", id="temperature", type="number"))
-                    yield self._field("Top-p", Input(f"{s.top_p:g}", id="top_p", type="number"))
-                    yield self._field("Max tokens", Input(str(s.max_tokens), id="max_tokens", type="integer"))
+                    yield self._field("Temperature", self._input(f"{s.temperature:g}", "temperature", "number"))
+                    yield self._field("Top-p", self._input(f"{s.top_p:g}", "top_p", "number"))
+                    yield self._field("Max tokens", self._input(str(s.max_tokens), "max_tokens", "integer"))
                 with Horizontal(classes="field-row"):
-                    yield self._field("Seed (empty: random)",
-                                      Input("" if s.seed is None else str(s.seed), id="seed", type="integer"))
-                    yield self._field("Chunk size", Input(str(s.chunk_size), id="chunk_size", type="integer"))
+                    seed = "" if s.seed is None else str(s.seed)
+                    yield self._field("Seed (empty: random)", self._input(seed, "seed", "integer"))
+                    yield self._field("Chunk size", self._input(str(s.chunk_size), "chunk_size", "integer"))
                     if self.n_experts:
                         current = s.experts_per_token or self.model_experts
                         options = [(f"{k}" + (" (model)" if k == self.model_experts else ""), k)
                                    for k in range(1, self.n_experts + 1)]
                         yield self._field("Experts per token", Select(options, value=current, allow_blank=False,
-                                                                      id="experts_per_token"))
+                                                                      id="experts_per_token", compact=True))
                     else:
                         yield self._field("Experts per token", Label("dense model", classes="dim"))
                 yield Label("Theme", classes="field-label")
-                yield Select([(t, t) for t in self.themes], value=self.theme_name, allow_blank=False, id="theme")
+                yield Select([(t, t) for t in self.themes], value=self.theme_name, allow_blank=False, id="theme",
+                             compact=True)
             yield Label("", id="settings-error")
             with Horizontal(classes="buttons"):
-                yield Button("Save (Ctrl+S)", id="save", variant="primary")
-                yield Button("Cancel (Esc)", id="cancel")
+                yield Button("Save (Ctrl+S)", id="save", variant="primary", compact=True)
+                yield Button("Cancel (Esc)", id="cancel", compact=True)
         yield Footer()
+
+    @staticmethod
+    def _input(value: str, field: str, kind: str) -> Input:
+        return Input(value, id=field, type=kind, compact=True)  # type: ignore[arg-type]
 
     @staticmethod
     def _field(label: str, widget: Any) -> Vertical:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from textual.reactive import reactive
 
@@ -30,7 +31,7 @@ class CacheGauge(LineWidget):
     and every decoded token (at the UI's update rate).
     """
 
-    COMPONENT_CLASSES = {"cache-gauge--fill", "cache-gauge--empty", "cache-gauge--label"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"cache-gauge--fill", "cache-gauge--empty", "cache-gauge--label"}
 
     state: reactive[CacheState | None] = reactive(None, always_update=True)
 
@@ -47,6 +48,10 @@ class CacheGauge(LineWidget):
         if s.window:
             tail += f" · wrapped {s.wraps}×"
         tail += f" · {human_bytes(s.nbytes)}"
+        if width - len(kind) - len(tail) - 3 < 8:  # narrow: the numbers matter more than the words
+            kind = "cache"
+            tail = f" {s.live:,}/{s.capacity:,} @{s.position:,}" + (f" ↻{s.wraps}" if s.window else "")
+            tail += f" {human_bytes(s.nbytes)}"
         full, empty = bar(max(4, min(40, width - len(kind) - len(tail) - 3)), s.live, s.capacity)
         return [[(kind + " ", label), ("▕", None), (full, self.style("cache-gauge--fill")),
                  (empty, self.style("cache-gauge--empty")), ("▏", None), (tail, None)]]

@@ -26,7 +26,9 @@ def build_load(h: RoutingHistory, layer: int, width: int, s: PanelStyles, colour
     head: Line = [("load", s.label)]
     for e in range(h.n_experts):
         head.append((expert_char(e).rjust(cw - 1) + " ", colours.fg(e, True)))
-    head.append((f" {h.counted:,} tok", s.dim))
+    tail = f" {h.counted:,} tok"
+    if 4 + cw * h.n_experts + len(tail) <= width:
+        head.append((tail, s.dim))
     lines: list[Line] = [head]
     for row_layer in range(h.n_layers):
         row: Line = [(f"L{row_layer}".ljust(4), s.selected if row_layer == layer else s.label)]

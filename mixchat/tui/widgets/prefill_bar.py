@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from textual.reactive import reactive
 
@@ -11,7 +12,7 @@ from mixchat.tui.widgets.lines import Line, LineWidget
 
 
 class PrefillBar(LineWidget):
-    COMPONENT_CLASSES = {"prefill-bar--fill", "prefill-bar--empty"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"prefill-bar--fill", "prefill-bar--empty"}
 
     progress: reactive[tuple[int, int]] = reactive((0, 0))
 

@@ -148,8 +148,9 @@ class RoutingPanel(ScrollView, can_focus=True):
         lines += grid + [[]] * (self.grid.height(h) - len(grid))
         if h.routed:
             lines.append([])
-            legend: Line = [("experts ", s.dim)]
-            legend += [(f" {expert_char(e)} ", s.legend[e % LEGEND_CLASSES]) for e in range(h.n_experts)]
+            cells = [(f" {expert_char(e)} ", s.legend[e % LEGEND_CLASSES]) for e in range(h.n_experts)]
+            legend: Line = [("experts ", s.dim)] if width >= 8 + 3 * h.n_experts else []
+            legend += cells
             lines += [legend, []]
             self._load_top = len(lines)
             lines += build_load(h, layer, width, s, colours)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from rich.style import Style
 
@@ -25,7 +26,7 @@ class Status:
 
 
 class StatusBar(LineWidget):
-    COMPONENT_CLASSES = {"status-bar--key", "status-bar--warn", "status-bar--dim"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"status-bar--key", "status-bar--warn", "status-bar--dim"}
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]

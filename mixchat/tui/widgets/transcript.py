@@ -50,6 +50,7 @@ class AssistantMessage(Vertical):
         self.pieces: list[tuple[str, tuple[int, ...] | None]] = []  # text, first expert per layer
         self._stream: Any = None
         self.colour_layer: int | None = None
+        self.coloured_text: Text | None = None  # what the coloured view shows (tests read it)
 
     def compose(self) -> ComposeResult:
         yield Label("model", classes="role")
@@ -115,6 +116,7 @@ class AssistantMessage(Vertical):
                 text.append(piece, style=colours.fg(first[layer]))
             else:
                 text.append(piece)
+        self.coloured_text = text
         self.query_one(".coloured", Static).update(text)
 
 
