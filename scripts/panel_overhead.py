@@ -82,7 +82,11 @@ def main() -> int:
                 results[panel].append(tps)
                 print(f"run {r + 1} panel {'on ' if panel else 'off'}: {tps:7.1f} tok/s ({n} tokens)", flush=True)
     on, off = statistics.median(results[True]), statistics.median(results[False])
+    # Each repeat ran on and off back to back: their ratio is less affected by a machine that is busier in
+    # one minute than the next (other processes, other virtual machines on the host).
+    paired = statistics.median(a / b for a, b in zip(results[True], results[False], strict=True))
     print(f"median decode speed: panel on {on:.1f} tok/s, panel off {off:.1f} tok/s, ratio on/off {on / off:.3f}")
+    print(f"median of the per-repeat ratios on/off: {paired:.3f}")
     return 0 if on >= 0.9 * off else 1
 
 

@@ -44,7 +44,7 @@ from mixchat.tui.widgets.transcript import AssistantMessage, Transcript, UserMes
 NARROW = 100  # below this width the panel narrows
 WIDE = 150  # from this width the panel widens
 TINY = 64  # below this width the panel is hidden unless toggled on
-PANEL_INTERVAL = 0.25  # seconds between panel repaints while tokens arrive (the transcript streams faster)
+PANEL_INTERVAL = 0.33  # seconds between panel repaints while tokens arrive (the transcript streams faster)
 # The status line spans the whole width: Textual repaints the bounding box of everything that changed in a
 # frame, so updating it with every batch would repaint the panel's rows too. Speed figures update slower.
 STATUS_INTERVAL = 0.5
@@ -105,6 +105,11 @@ class ChatScreen(Screen[None]):
                         n_experts=moe.num_experts if moe else None)
         await self.show_conversation(self.problem, self.resumed)
         self.query_one(ChatInput).focus()
+
+    def on_unmount(self) -> None:
+        """Leaving the app mid-turn: let the engine stop after its current pass instead of finishing."""
+        if self.cancel is not None:
+            self.cancel.set()
 
     def on_resize(self, event: Resize) -> None:
         width = event.size.width
@@ -182,7 +187,11 @@ class ChatScreen(Screen[None]):
     def run_turn(self, text: str, cancel: threading.Event) -> None:
         kwargs = {} if self.stream_interval is None else {"interval": self.stream_interval}
         streamer = TurnStreamer(self.conversation, self.post_message, self.store, **kwargs)
-        self.post_message(streamer.run(text, cancel))
+        try:
+            result = streamer.run(text, cancel)
+        except Exception as e:  # never leave the screen waiting for a turn that died
+            result = GenerationFinished(None, False, f"{type(e).__name__}: {e}")
+        self.post_message(result)
 
     def on_prefill_progressed(self, message: PrefillProgressed) -> None:
         bar = self.query_one(PrefillBar)
@@ -307,6 +316,9 @@ class ChatScreen(Screen[None]):
         except ConversationError as e:
             self.post_message(ConversationOpened(None, None, str(e)))
             return
+        except Exception as e:  # e.g. out of memory: report it, keep the current conversation
+            self.post_message(ConversationOpened(None, None, f"could not open {name!r}: {type(e).__name__}: {e}"))
+            return
         self.post_message(ConversationOpened(loaded.conversation, loaded.problem))
 
     async def on_conversation_opened(self, message: ConversationOpened) -> None:
@@ -400,7 +412,8 @@ class ChatScreen(Screen[None]):
 
     # ---- the panel and colouring -----------------------------------------------------------------------
     def action_toggle_panel(self) -> None:
-        self.panel_on = not self.panel_on
+        # From what is on screen, not from the flag: a very narrow terminal hides the panel by itself.
+        self.panel_on = not (self.panel_on and self.panel.display)
         self.set_class(not self.panel_on, "-panel-off")
         self.set_class(self.panel_on, "-panel-forced")
         if self.panel_on:
