@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from mixchat.cli.common import add_model_options, load_from_args, non_negative_float, positive_int, unit_float
 from mixchat.cli.conversations import add_data_dir_option
 from mixchat.runtime import UserError
+from mixchat.units import human_bytes
 
 DESCRIPTION = """\
 Chat with a model. With --plain, a line REPL: each line of stdin is a user turn, each reply streams to
@@ -369,7 +370,7 @@ def format_stats(s: Any) -> list[str]:
              f"({s.tokens - s.cached} pending)"]
     kind = "window" if s.window is not None else "context"
     lines.append(f"{kind}: {s.live}/{s.capacity} slots ({100 * s.fill:.0f}% full), wrapped {s.wraps} times, "
-                 f"cache {_bytes(s.cache_bytes)}")
+                 f"cache {human_bytes(s.cache_bytes)}")
     if s.last is not None:
         last = s.last
         lines.append(f"last reply: {last.reply_tokens} tokens ({last.finish_reason}), {last.decode_tps:.1f} tok/s; "
@@ -382,14 +383,6 @@ def format_stats(s: Any) -> list[str]:
         for layer, counts in enumerate(s.expert_usage):
             lines.append(f"  L{layer:<3}" + " ".join(f"{e}:{c}" for e, c in enumerate(counts)))
     return lines
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _isatty(stream: Any) -> bool:

@@ -9,6 +9,7 @@ from safetensors import safe_open
 
 from mixchat.loader import inspect_folder
 from mixchat.runtime import load_tokenizer, resolve_model_path
+from mixchat.units import human_bytes
 
 DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4}
 
@@ -28,14 +29,6 @@ def _human(n: float) -> str:
             return f"{n:.1f}{unit}" if unit else f"{n:.0f}"
         n /= 1000
     return f"{n:.1f}P"
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1024
-    return f"{n:.1f} PiB"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         ("experts", f"{a.moe.num_experts}, top-{a.moe.num_experts_per_tok} per token" if a.moe else "dense"),
         ("parameters", f"{_human(total)} total, {_human(active)} active per token"),
         ("sliding window", f"{window} tokens" if window else f"none (full attention, cache {a.cache_capacity})"),
-        ("KV cache", f"{_bytes(per_tok)} per token ({stored}), {_bytes(per_tok * a.cache_capacity)} for "
+        ("KV cache", f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(per_tok * a.cache_capacity)} for "
                      f"{'a full window' if window else 'the full context'}"),
         ("vocabulary", f"{a.vocab_size} (tokenizer {tok.vocab_size}, {summary['tokenizer']})"),
         ("chat template", tok.version),

@@ -9,14 +9,7 @@ from textual.reactive import reactive
 
 from mixchat.tui.messages import CacheState
 from mixchat.tui.widgets.lines import Line, LineWidget
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from mixchat.units import human_bytes
 
 
 def bar(width: int, done: int, total: int) -> tuple[str, str]:

@@ -59,12 +59,7 @@ class LineWidget(Widget):
 
     def _strips_for(self, width: int) -> list[Strip]:
         if self._strips is None or self._width != width:
-            base = self.base_style
-            strips = []
-            for line in self.build(width):
-                segments = [Segment(text, base + style if style is not None else base) for text, style in line]
-                strips.append(Strip(segments).crop_extend(0, width, base))
-            self._strips = strips
+            self._strips = to_strips(self.build(width), width, self.base_style)
             self._width = width
         return self._strips
 
@@ -74,3 +69,12 @@ class LineWidget(Widget):
         if 0 <= y < len(strips):
             return strips[y]
         return Strip.blank(width, self.base_style)
+
+
+def to_strips(lines: Sequence[Line], width: int, base: Style) -> list[Strip]:
+    """Lines of (text, style) runs as strips of exactly `width` cells, each run styled over `base`."""
+    strips = []
+    for line in lines:
+        segments = [Segment(text, base + style if style is not None else base) for text, style in line]
+        strips.append(Strip(segments).crop_extend(0, width, base))
+    return strips

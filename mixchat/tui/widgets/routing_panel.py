@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
@@ -25,7 +24,7 @@ from textual.strip import Strip
 
 from mixchat.tui.routing import RoutingHistory
 from mixchat.tui.widgets.expert_load import build_load, load_height
-from mixchat.tui.widgets.lines import Line
+from mixchat.tui.widgets.lines import Line, to_strips
 from mixchat.tui.widgets.palette import expert_char
 from mixchat.tui.widgets.routing_grid import PanelStyles, RoutingGridView
 from mixchat.tui.widgets.token_detail import build_detail, detail_height
@@ -168,11 +167,7 @@ class RoutingPanel(ScrollView, can_focus=True):
         if self._strips is None or self._width != width:
             if self._base is None:
                 self._base = self.rich_style
-            base = self._base
-            strips = []
-            for line in self.build(width):
-                segments = [Segment(text, base + style if style is not None else base) for text, style in line]
-                strips.append(Strip(segments).crop_extend(0, width, base))
+            strips = to_strips(self.build(width), width, self._base)
             self._strips = strips
             self._width = width
             size = Size(width, len(strips))
