@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TextIO
 
-from mixchat.cli.common import add_model_options, load_from_args, non_negative_float, positive_int, unit_float
+from mixchat.cli.common import add_conversation_options, add_model_options, load_from_args
 from mixchat.cli.conversations import add_data_dir_option
 from mixchat.runtime import UserError
 from mixchat.units import human_bytes
@@ -63,14 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_dir_option(g)
     # Defaults are None so that a resumed conversation keeps its saved settings unless a flag overrides them.
     s = p.add_argument_group("generation (default: the conversation's saved settings, else the value shown)")
-    s.add_argument("--temperature", type=non_negative_float, metavar="T", help="0 = greedy (default 0.7)")
-    s.add_argument("--top-p", type=unit_float, metavar="P", help="nucleus sampling mass (default 0.95)")
-    s.add_argument("--max-tokens", type=positive_int, metavar="N", help="stop a reply after N tokens (default 512)")
-    s.add_argument("--seed", type=int, metavar="S", help="random seed (turn n samples with S + n)")
-    s.add_argument("--chunk-size", type=positive_int, metavar="N",
-                   help="pre-fill at most N tokens per forward pass (default 512)")
-    s.add_argument("--experts-per-token", type=positive_int, metavar="K",
-                   help="MoE models: route each token to K experts (default: the model's own, 2 for Mixtral)")
+    add_conversation_options(s)
     add_model_options(p, chunk=False)
     p.set_defaults(func=run)
 

@@ -42,6 +42,19 @@ def add_sampling_options(p: argparse.ArgumentParser, temperature: float = 0.7, m
     g.add_argument("--seed", type=int, metavar="S", help="random seed for reproducible sampling")
 
 
+def add_conversation_options(g: argparse._ArgumentGroup) -> None:
+    """Generation flags of a conversation (REPL and app). Their defaults are None so that a resumed
+    conversation keeps its saved settings unless a flag overrides them; the help shows the fallbacks."""
+    g.add_argument("--temperature", type=non_negative_float, metavar="T", help="0 = greedy (default 0.7)")
+    g.add_argument("--top-p", type=unit_float, metavar="P", help="nucleus sampling mass (default 0.95)")
+    g.add_argument("--max-tokens", type=positive_int, metavar="N", help="stop a reply after N tokens (default 512)")
+    g.add_argument("--seed", type=int, metavar="S", help="random seed (turn n samples with S + n)")
+    g.add_argument("--chunk-size", type=positive_int, metavar="N",
+                   help="pre-fill at most N tokens per forward pass (default 512)")
+    g.add_argument("--experts-per-token", type=positive_int, metavar="K",
+                   help="MoE models: route each token to K experts (default: the model's own, 2 for Mixtral)")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

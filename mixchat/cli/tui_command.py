@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mixchat.cli.common import non_negative_float, positive_int, unit_float
+from mixchat.cli.common import add_conversation_options, positive_int
 from mixchat.runtime import UserError
 
 _OVERRIDES = ("temperature", "top_p", "max_tokens", "seed", "chunk_size", "experts_per_token")
@@ -35,13 +35,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config-dir", metavar="DIR",
                    help="preferences and user themes (default: $MIXCHAT_CONFIG_DIR, else the user config folder)")
     g.add_argument("--no-panel", action="store_true", help="start with the routing panel hidden (Ctrl+R shows it)")
-    g.add_argument("--temperature", type=non_negative_float, metavar="T", help="0 = greedy (default 0.7)")
-    g.add_argument("--top-p", type=unit_float, metavar="P", help="nucleus sampling mass (default 0.95)")
-    g.add_argument("--max-tokens", type=positive_int, metavar="N", help="stop a reply after N tokens (default 512)")
-    g.add_argument("--seed", type=int, metavar="S", help="random seed (turn n samples with S + n)")
-    g.add_argument("--chunk-size", type=positive_int, metavar="N", help="pre-fill chunk (default 512)")
-    g.add_argument("--experts-per-token", type=positive_int, metavar="K",
-                   help="MoE models: route each token to K experts (default: the model's own)")
+    add_conversation_options(g)
     parser.set_defaults(tui_func=run)
 
 

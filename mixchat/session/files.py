@@ -31,14 +31,19 @@ _SLUG_CHARS = re.compile(r"[^a-z0-9._-]+")
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
-def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """--data-dir, else $MIXCHAT_DATA_DIR, else the platform's user data dir (e.g. ~/.local/share/mixchat)."""
+def user_dir(override: str | os.PathLike[str] | None, env_var: str, default: str) -> Path:
+    """A command-line override, else an environment variable (tests use it), else the platform's folder."""
     if override:
         return Path(override).expanduser()
-    env = os.environ.get(ENV_DATA_DIR)
+    env = os.environ.get(env_var)
     if env:
         return Path(env).expanduser()
-    return Path(platformdirs.user_data_dir("mixchat", appauthor=False))
+    return Path(default)
+
+
+def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """--data-dir, else $MIXCHAT_DATA_DIR, else the platform's user data dir (e.g. ~/.local/share/mixchat)."""
+    return user_dir(override, ENV_DATA_DIR, platformdirs.user_data_dir("mixchat", appauthor=False))
 
 
 def clean_name(name: str) -> str:

@@ -16,18 +16,15 @@ from typing import Any
 
 import platformdirs
 
+from mixchat.session.files import user_dir
+
 ENV_CONFIG_DIR = "MIXCHAT_CONFIG_DIR"
 PREFS_FILE = "tui.json"
 
 
 def config_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """--config-dir, else $MIXCHAT_CONFIG_DIR, else the platform's user config dir (e.g. ~/.config/mixchat)."""
-    if override:
-        return Path(override).expanduser()
-    env = os.environ.get(ENV_CONFIG_DIR)
-    if env:
-        return Path(env).expanduser()
-    return Path(platformdirs.user_config_dir("mixchat", appauthor=False))
+    return user_dir(override, ENV_CONFIG_DIR, platformdirs.user_config_dir("mixchat", appauthor=False))
 
 
 def user_theme_dir(base: Path) -> Path:
