@@ -16,7 +16,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +24,14 @@ PROMPT = "Tell me a long story about a lighthouse keeper, a storm and a ship."
 
 async def one_run(rt: Any, panel: bool, args: argparse.Namespace, data: Path) -> tuple[float, int]:
     from mixchat.tui.app import MixchatApp
-    from mixchat.tui.screens.chat import ChatScreen
+    from mixchat.tui.headless import open_chat, send_and_wait
 
     overrides = {"temperature": args.temperature, "max_tokens": args.tokens, "seed": 1234}
     app = MixchatApp(runtime=rt, data_dir=data, config=data / "config", panel=panel, overrides=overrides,
                      stream_interval=args.interval)
     async with app.run_test(size=(args.width, args.height)) as pilot:
-        deadline = time.monotonic() + 60
-        while not isinstance(app.screen, ChatScreen):
-            if time.monotonic() > deadline:
-                raise SystemExit("the chat screen did not open")
-            await pilot.pause(0.05)
-        chat = app.screen
-        await chat.send(args.prompt)
-        while chat.busy:
-            await pilot.pause(0.05)
+        chat = await open_chat(pilot)
+        await send_and_wait(pilot, chat, args.prompt)
         finish = chat.last_finish
         assert finish is not None and finish.error is None, finish and finish.error
         tokens = chat.conversation.messages[-1].tokens or 0

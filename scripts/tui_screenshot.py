@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 MESSAGES = ["Hi! How are you today?", "What do you like to do on weekends?"]
@@ -20,7 +19,7 @@ MESSAGES = ["Hi! How are you today?", "What do you like to do on weekends?"]
 async def shoot(args: argparse.Namespace) -> None:
     from mixchat.runtime import load_runtime
     from mixchat.tui.app import MixchatApp
-    from mixchat.tui.screens.chat import ChatScreen
+    from mixchat.tui.headless import open_chat, send_and_wait
 
     rt = load_runtime(args.model, device="cpu")
     width, height = (int(v) for v in args.size.split("x"))
@@ -29,16 +28,9 @@ async def shoot(args: argparse.Namespace) -> None:
                          conversation="weekend chat",
                          overrides={"temperature": args.temperature, "seed": args.seed, "max_tokens": 80})
         async with app.run_test(size=(width, height)) as pilot:
-            deadline = time.monotonic() + 60
-            while not isinstance(app.screen, ChatScreen):
-                if time.monotonic() > deadline:
-                    raise SystemExit("the chat screen did not open")
-                await pilot.pause(0.05)
-            chat = app.screen
+            chat = await open_chat(pilot)
             for text in args.message or MESSAGES:
-                await chat.send(text)
-                while chat.busy:
-                    await pilot.pause(0.05)
+                await send_and_wait(pilot, chat, text)
             await pilot.pause(0.3)
             if args.colour:
                 await pilot.press("ctrl+g")

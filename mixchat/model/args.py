@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,7 @@ class ModelArgs:
     @classmethod
     def from_params(cls, d: dict[str, Any]) -> ModelArgs:
         """From a Mistral-native `params.json` dictionary."""
-        try:
+        with _fields_of("params.json"):
             dim = int(d["dim"])
             n_heads = int(d["n_heads"])
             moe = d.get("moe")
@@ -106,17 +108,11 @@ class ModelArgs:
                 sliding_window=_opt_int(d.get("sliding_window")),
                 moe=MoeArgs(int(moe["num_experts"]), int(moe["num_experts_per_tok"])) if moe else None,
             )
-        except KeyError as e:
-            raise ConfigError(f"params.json lacks the field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"params.json has a field of the wrong type ({e})") from None
 
     @classmethod
     def from_hf_config(cls, d: dict[str, Any]) -> ModelArgs:
         """From a Hugging Face `config.json` of a Mistral or Mixtral model."""
-        try:
+        with _fields_of("config.json"):
             dim = int(d["hidden_size"])
             n_heads = int(d["num_attention_heads"])
             theta = d.get("rope_theta")
@@ -139,12 +135,6 @@ class ModelArgs:
                 sliding_window=_opt_int(d.get("sliding_window")),
                 moe=moe,
             )
-        except KeyError as e:
-            raise ConfigError(f"config.json lacks the field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"config.json has a field of the wrong type ({e})") from None
 
     def to_hf_config(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -170,6 +160,19 @@ class ModelArgs:
             d["num_local_experts"] = self.moe.num_experts
             d["num_experts_per_tok"] = self.moe.num_experts_per_tok
         return d
+
+
+@contextmanager
+def _fields_of(filename: str) -> Iterator[None]:
+    """Turn a missing or mistyped field of a config file into one ConfigError line naming the file."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except KeyError as e:
+        raise ConfigError(f"{filename} lacks the field {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{filename} has a field of the wrong type ({e})") from None
 
 
 def _opt_int(v: Any) -> int | None:
