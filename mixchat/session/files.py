@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -100,9 +101,16 @@ def fsync_dir(folder: Path) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a temporary file next to `path`, fsync it, then rename it over `path`."""
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-{path.name}")
+    """Let `write` fill a temporary file next to `path`, fsync it, then rename it over `path`.
+
+    The temporary sits in a private folder named after this process, because writers may make temporaries
+    of their own (safetensors writes to a `.tmpXXXXXX` file and renames it): a kill in the middle then
+    leaves everything inside one folder that `remove_stale_temporaries` can recognise and delete.
+    """
+    workdir = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
+    tmp = workdir / path.name
     try:
+        workdir.mkdir()
         write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -110,10 +118,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     fsync_dir(path.parent)
 
 
@@ -134,8 +140,11 @@ def remove_stale_temporaries(folder: Path) -> None:
         pid_text = p.name[len(TMP_PREFIX) :].split("-", 1)[0]
         if pid_text.isdigit() and _process_alive(int(pid_text)):
             continue
-        with contextlib.suppress(OSError):
-            p.unlink()
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _process_alive(pid: int) -> bool:
