@@ -19,7 +19,6 @@ import torch
 
 from mixchat.model.args import ModelArgs
 from mixchat.model.layout import BatchLayout
-from mixchat.model.xformers_compat import attn_bias
 
 _INITIAL_GROWABLE_SLOTS = 256
 
@@ -60,6 +59,8 @@ class RollingCache:
         self.seen = [0] * batch
         slots = self.capacity if self.window is not None else min(self.capacity, _INITIAL_GROWABLE_SLOTS)
         self.k, self.v = self._alloc(slots)
+        self._views: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._views_of: torch.Tensor | None = None
 
     # ---- storage ----------------------------------------------------------------------------------
     def _alloc(self, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +118,9 @@ class RollingCache:
                     )
             self._ensure_slots(max(self.seen[r] + n for r, n in zip(rows, seqlens, strict=True)))
         S = self.slots
+        if all(n == 1 for n in seqlens):
+            return self._plan_decode(rows, S)
 
-        ab = attn_bias()
         positions: list[int] = []
         write_src: list[int] = []
         write_dst: list[int] = []
@@ -126,7 +128,6 @@ class RollingCache:
         gather_dst: list[int] = []
         new_dst: list[int] = []
         kv_lens: list[int] = []
-        decode = all(n == 1 for n in seqlens)
         tok = 0
         kv = 0
         for r, n in zip(rows, seqlens, strict=True):
@@ -137,15 +138,12 @@ class RollingCache:
             for j in range(n - keep, n):
                 write_src.append(tok + j)
                 write_dst.append(r * S + (seen + j) % C)
-            if decode:
-                kv_lens.append(min(seen + 1, C))
-            else:
-                for j, p in enumerate(range(seen - live, seen)):
-                    gather_src.append(r * S + p % C)
-                    gather_dst.append(kv + j)
-                new_dst.extend(range(kv + live, kv + live + n))
-                kv_lens.append(live + n)
-                kv += live + n
+            for j, p in enumerate(range(seen - live, seen)):
+                gather_src.append(r * S + p % C)
+                gather_dst.append(kv + j)
+            new_dst.extend(range(kv + live, kv + live + n))
+            kv_lens.append(live + n)
+            kv += live + n
             tok += n
 
         dev = self.device
@@ -153,50 +151,68 @@ class RollingCache:
         def t(xs: list[int]) -> torch.Tensor:
             return torch.tensor(xs, dtype=torch.long, device=dev)
 
-        common = dict(seqlens=seqlens, kv_lens=kv_lens, positions=t(positions), window=self.window, rows=t(rows),
-                      write_src=t(write_src), write_dst=t(write_dst))
-        if decode:
-            bias = ab.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
-                q_seqlen=seqlens, kv_padding=S, kv_seqlen=kv_lens
-            )
-            return BatchLayout(mode="decode", bias=bias, all_rows=rows == list(range(self.batch)), **common)
-        if not gather_src:
-            bias = ab.BlockDiagonalCausalMask.from_seqlens(seqlens)
-            if self.window is not None:
-                bias = bias.make_local_attention(self.window)
-        elif self.window is not None:
-            bias = ab.BlockDiagonalMask.from_seqlens(
-                q_seqlen=seqlens, kv_seqlen=kv_lens
-            ).make_local_attention_from_bottomright(self.window)
-        else:
-            bias = ab.BlockDiagonalCausalFromBottomRightMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens)
-        return BatchLayout(mode="prefill", bias=bias, gather_src=t(gather_src), gather_dst=t(gather_dst),
-                           new_dst=t(new_dst), **common)
+        return BatchLayout(
+            mode="prefill", seqlens=seqlens, kv_lens=kv_lens, window=self.window, device=dev, pos_list=positions,
+            rows=t(rows), row_ids=rows, write_src=t(write_src), slot_list=write_dst, gather_src=t(gather_src),
+            gather_dst=t(gather_dst), new_dst=t(new_dst),
+        )  # fmt: skip
+
+    def _plan_decode(self, rows: list[int], S: int) -> BatchLayout:
+        """One new token per row: the hot path of generation, so nothing is built that decode may not read.
+
+        Positions and slots stay Python lists (tensors are made on first use); every token is kept, so there
+        is no write source; the rows tensor is only needed when the pass covers some rows, or reorders them.
+        """
+        C = self.capacity
+        seen = [self.seen[r] for r in rows]
+        all_rows = rows == list(range(self.batch))
+        return BatchLayout(
+            mode="decode", seqlens=[1] * len(rows), kv_lens=[min(p + 1, C) for p in seen], window=self.window,
+            device=self.device, pos_list=seen, slot_list=[r * S + p % C for r, p in zip(rows, seen, strict=True)],
+            rows=None if all_rows else torch.tensor(rows, dtype=torch.long, device=self.device), row_ids=rows,
+            all_rows=all_rows, kv_padding=S,
+        )  # fmt: skip
 
     def advance(self, layout: BatchLayout) -> None:
         """Record that the pass described by `layout` ran to completion."""
-        assert layout.rows is not None
-        for r, n in zip(layout.rows.tolist(), layout.seqlens, strict=True):
+        assert layout.row_ids is not None
+        for r, n in zip(layout.row_ids, layout.seqlens, strict=True):
             self.seen[r] += n
 
     # ---- the model's view (KVStore protocol) -------------------------------------------------------
+    def _layer_views(self, li: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per layer: K, V buffers [B, S, Hkv, D] and their flat [B*S, Hkv, D] views, made once per buffer.
+
+        A decode step of a small model is short enough that re-deriving four views per layer shows up.
+        """
+        if self._views_of is not self.k:
+            self._views = []
+            for i in range(self.k.shape[0]):
+                kc, vc = self.k[i], self.v[i]
+                self._views.append((kc, vc, kc.view(-1, *kc.shape[2:]), vc.view(-1, *vc.shape[2:])))
+            self._views_of = self.k
+        return self._views[li]
+
     def kv_for(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this pass's K/V for `layer` and return what its queries attend over."""
-        li = layer - self.layers.start
-        kc, vc = self.k[li], self.v[li]  # [B, S, Hkv, D]
-        flat_k = kc.view(-1, *kc.shape[2:])
-        flat_v = vc.view(-1, *vc.shape[2:])
-        assert layout.write_src is not None and layout.write_dst is not None
+        kc, vc, flat_k, flat_v = self._layer_views(layer - self.layers.start)
+        assert layout.slot_list is not None
         if layout.mode == "decode":
-            flat_k.index_copy_(0, layout.write_dst, k)
-            flat_v.index_copy_(0, layout.write_dst, v)
+            if len(layout.slot_list) == 1:  # one row: a slice assignment, no index tensor
+                s = layout.slot_list[0]
+                flat_k[s : s + 1] = k
+                flat_v[s : s + 1] = v
+            else:
+                flat_k.index_copy_(0, layout.write_dst, k)
+                flat_v.index_copy_(0, layout.write_dst, v)
             if layout.all_rows:
                 return kc, vc
             assert layout.rows is not None
             return kc.index_select(0, layout.rows), vc.index_select(0, layout.rows)
         assert layout.gather_src is not None and layout.gather_dst is not None and layout.new_dst is not None
+        assert layout.write_src is not None
         if layout.gather_src.numel() == 0:
             keys, values = k, v
         else:
@@ -209,6 +225,7 @@ class RollingCache:
             keys.index_copy_(0, layout.new_dst, k)
             values.index_copy_(0, layout.new_dst, v)
         # Written after reading: a chunk longer than the buffer would otherwise overwrite keys it needs.
+        assert layout.write_dst is not None
         flat_k.index_copy_(0, layout.write_dst, k.index_select(0, layout.write_src))
         flat_v.index_copy_(0, layout.write_dst, v.index_select(0, layout.write_src))
         return keys, values

@@ -11,6 +11,7 @@ the next turn). This keeps a stopped reply and the cache consistent without an e
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,8 @@ from typing import Literal
 import torch
 
 from mixchat.cache import ContextFullError, RollingCache
+from mixchat.cuda_graphs import GraphDecoder, graphs_supported
+from mixchat.model.cpu_runner import CpuRunner
 from mixchat.model.layers import Routing
 from mixchat.model.transformer import Transformer
 from mixchat.sampling import Sampler, SamplingSettings
@@ -89,6 +92,15 @@ class SequenceFinished:
 Event = PrefillProgressed | TokenGenerated | CacheChanged | SequenceFinished
 
 
+class LastTokenRoutes(list[Routing]):
+    """A `router_out` that asks for the routing at each sequence's last token only ([B, k] per layer).
+
+    Pre-fill reports the routing of the position that produces the first token and nothing else; asking
+    for just those rows lets the pass skip the last layer's work for every other token. It is a list type
+    rather than a flag so that `Engine.forward` keeps its signature (callers and tests wrap it).
+    """
+
+
 class Engine:
     def __init__(
         self,
@@ -108,6 +120,13 @@ class Engine:
         # on one thread; big models and long chunks keep them all.
         total, _ = model.args.param_counts()
         self.small_step_threads: int | None = 1 if total < SMALL_MODEL_PARAMS else None
+        # Small float32 models on the CPU run through the lean executor (see cpu_runner.py); the module's
+        # own forward stays the reference, the training path and the path for everything else.
+        self._runner = CpuRunner(model) if CpuRunner.suits(model) else None
+        # On a GPU, decode steps replay captured CUDA graphs (see cuda_graphs.py); pre-fill stays eager.
+        self.graph_decoder: GraphDecoder | None = None
+        if graphs_supported(model) and os.environ.get("MIXCHAT_CUDA_GRAPHS", "1") != "0":
+            self.graph_decoder = GraphDecoder(model)
 
     @property
     def device(self) -> torch.device:
@@ -125,11 +144,28 @@ class Engine:
         chunks: Sequence[Sequence[int]],
         router_out: list[Routing] | None = None,
     ) -> torch.Tensor:
-        """One pass feeding `chunks[i]` to cache row `rows[i]`; returns each sequence's last logits [B, V]."""
+        """One pass feeding `chunks[i]` to cache row `rows[i]`; returns each sequence's last logits [B, V].
+
+        `router_out` receives each layer's routing for every token of the pass, or, when it is a
+        `LastTokenRoutes`, for each sequence's last token only.
+        """
         layout = cache.plan([len(c) for c in chunks], rows)
+        if self.graph_decoder is not None and layout.mode == "decode" and isinstance(cache, RollingCache):
+            logits = self.graph_decoder.decode(cache, list(rows), [c[0] for c in chunks], router_out)
+            cache.advance(layout)
+            return logits
         tokens = torch.tensor([t for c in chunks for t in c], dtype=torch.long, device=self.device)
-        with _threads(self.small_step_threads if self.device.type == "cpu" and len(tokens) <= 16 else None):
-            logits = self.model(tokens, layout, cache, router_out=router_out, last_only=True)
+        last_only = isinstance(router_out, LastTokenRoutes)
+        runner = self._runner
+        if runner is not None and runner.usable():
+            with _threads(self.small_step_threads if len(tokens) <= 16 else None):
+                logits = runner.forward(tokens, layout, cache, router_out, routing_last_only=last_only)
+        else:
+            with _threads(self.small_step_threads if self.device.type == "cpu" and len(tokens) <= 16 else None):
+                logits = self.model(tokens, layout, cache, router_out=router_out, last_only=True)
+            if last_only and router_out and len(tokens) != len(chunks):
+                idx = layout.last_token_index()
+                router_out[:] = [Routing(*(t.index_select(0, idx) for t in r)) for r in router_out]
         cache.advance(layout)
         return logits
 
@@ -167,15 +203,14 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 return
             chunks = [token_lists[i][offsets[i] : offsets[i] + self.chunk_size] for i in active]
-            routing: list[Routing] | None = [] if final_routing is not None else None
+            routing = LastTokenRoutes() if final_routing is not None else None
             logits = self.forward(cache, [rows[i] for i in active], chunks, routing)
             for j, i in enumerate(active):
                 offsets[i] += len(chunks[j])
                 if offsets[i] == len(token_lists[i]):
                     last[i] = logits[j]
                     if final_routing is not None and routing:
-                        end = sum(len(c) for c in chunks[: j + 1]) - 1
-                        final_routing[i] = _routing_at(routing, [end])[0]
+                        final_routing[i] = _routing_rows(routing)[j]
             done += sum(len(c) for c in chunks)
             yield PrefillProgressed(done, total)
         yield torch.stack([x for x in last if x is not None])
@@ -247,7 +282,7 @@ class Engine:
             routing: list[Routing] | None = [] if traced else None
             t0 = time.perf_counter()
             logits = self.forward(cache, [rows[i] for i in live], [[generated[i][-1]] for i in live], routing)
-            routing_now = _routing_at(routing, list(range(len(live)))) if routing else None
+            routing_now = _routing_rows(routing) if routing else None
             dt = time.perf_counter() - t0
             for i in live:
                 stats[i].decode_tokens += 1
@@ -279,11 +314,10 @@ class Engine:
             yield CacheChanged(i, cache.live(r), cache.capacity, cache.seen[r], cache.wraps(r), cache.nbytes)
 
 
-def _routing_at(layers: list[Routing], positions: list[int]) -> list[TokenRouting]:
-    """The routing of the given positions of a pass, copied to the host in one transfer per tensor."""
-    idx = torch.tensor(positions, device=layers[0].experts.device)
-    experts = torch.stack([r.experts.index_select(0, idx) for r in layers], 1).tolist()  # [P][L][k]
-    weights = torch.stack([r.weights.index_select(0, idx) for r in layers], 1).tolist()
+def _routing_rows(layers: list[Routing]) -> list[TokenRouting]:
+    """Every row's routing (decode: one per sequence), copied to the host in one transfer per tensor kind."""
+    experts = torch.stack([r.experts for r in layers], 1).tolist()  # [B][L][k]
+    weights = torch.stack([r.weights for r in layers], 1).tolist()
     return [TokenRouting(e, w) for e, w in zip(experts, weights, strict=True)]
 
 

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import string
 from collections import Counter
 from pathlib import Path
 
 import torch
 
+from mixchat.chat_template import Message, encode_chat
 from mixchat.engine import SequenceFinished, TokenGenerated
 from mixchat.model.layers import Routing
 from mixchat.model.layout import fresh_layout
 from mixchat.runtime import load_runtime
+from mixchat.sampling import SamplingSettings
 from mixchat.session import ChatSettings, Conversation
+from mixchat.train.corpus import _QUESTIONS, load_corpus, parse_wordnet_line, read_xz
 from mixchat.train.tokens import load_packed
+
+QUESTION_FORMS = [re.escape(q).replace(re.escape("{w}"), "([a-z-]+)") for q in _QUESTIONS]
 
 # Fixed before looking at any reply: greetings, small talk, common words, and a follow-up that needs the
 # previous turn (the second item of a pair is sent in the same conversation).
@@ -56,6 +62,60 @@ def samples(rt) -> str:  # type: ignore[no-untyped-def]
             mark = "" if reason == "eos" else f" *(stopped: {reason})*"
             follow = " *(follow-up, same conversation)*" if prompt is not group[0] else ""
             lines.append(f"| {n} | {prompt}{follow} | {reply}{mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def definition_recall(rt, corpus: Path, batch: int = 48) -> str:  # type: ignore[no-untyped-def]
+    """Ask "What does W mean?" for every word the training data defines, at temperature 0.
+
+    A reply counts as right when it contains the gloss that the training data gave as the word's first
+    answer, and as "another sense" when it contains another of the word's WordNet glosses instead.
+    Everything else (a gloss of a different word, an invented one) is wrong.
+    """
+    taught: dict[str, str] = {}
+    for d in load_corpus(corpus):
+        if d.source == "wordnet":
+            q, a = d.turns[0]
+            word = next(m[1] for t in QUESTION_FORMS if (m := re.fullmatch(t, q)))
+            taught[word] = a
+    glosses: dict[str, list[str]] = {}
+    for line in read_xz(corpus / "wordnet_glosses.txt.xz").split("\n"):
+        sense = parse_wordnet_line(line)
+        if sense is not None and sense.lemma in taught:
+            glosses.setdefault(sense.lemma, []).append(sense.gloss.lower())
+    words = sorted(taught)
+    settings = SamplingSettings(temperature=0.0, max_tokens=80)
+    right, other, wrong = [], [], []
+    for i in range(0, len(words), batch):
+        group = words[i : i + batch]
+        prompts = [encode_chat(rt.tokenizer, [Message("user", f"What does {w} mean?")]) for w in group]
+        texts = [""] * len(group)
+        for ev in rt.engine.generate(prompts, settings, trace=False):
+            if isinstance(ev, TokenGenerated):
+                texts[ev.seq] += ev.text
+        for w, text in zip(group, texts, strict=True):
+            reply = text.lower()
+            first = next(g for g in glosses[w] if g in taught[w].lower())
+            if first in reply:
+                right.append(w)
+            elif any(g in reply for g in glosses[w]):
+                other.append(w)
+            else:
+                wrong.append(w)
+    n = len(words)
+    lines = [
+        f"Definition recall over all {n} words the training data defines (\"What does W mean?\", temperature 0):",
+        "",
+        "| reply holds | words | share |",
+        "|---|---|---|",
+        f"| the taught gloss | {len(right)} | {len(right) / n:.0%} |",
+        f"| another WordNet sense of the word | {len(other)} | {len(other) / n:.0%} |",
+        f"| neither (another word's gloss, or invented) | {len(wrong)} | {len(wrong) / n:.0%} |",
+        "",
+        f"Examples right: {', '.join(right[:: max(1, len(right) // 25)][:25])}.",
+        "",
+        f"Examples wrong: {', '.join(wrong[:: max(1, len(wrong) // 25)][:25])}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -164,15 +224,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("docs/builtin"))
+    p.add_argument("--corpus", type=Path, help="corpus folder: also measure definition recall")
+    p.add_argument("--model", type=Path, help="model folder (default: the shipped built-in model)")
     a = p.parse_args()
     torch.set_num_threads(1)
-    rt = load_runtime(device="cpu", dtype="float32")
+    rt = load_runtime(a.model, device="cpu", dtype="float32")
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "samples.md").write_text(samples(rt))
     (a.out / "expert_usage.md").write_text(usage(rt, a.dataset))
     svg_plot(a.out / "train_log_moe.csv", a.out / "train_log_dense.csv", a.out / "heldout_loss.svg")
     print((a.out / "samples.md").read_text())
     print((a.out / "expert_usage.md").read_text())
+    if a.corpus:
+        (a.out / "definitions.md").write_text(definition_recall(rt, a.corpus))
+        print((a.out / "definitions.md").read_text())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 from conftest import W, make_args
 
 from mixchat.cache import RollingCache
+from mixchat.model import attn_ops
 from mixchat.model.attn_ops import attend
 from mixchat.model.layout import BatchLayout
 
@@ -123,4 +124,27 @@ def test_decode_with_padded_keys(window: int | None, seen: list[int]) -> None:
     for r in range(B):
         held = {p % C: p for p in range(max(0, seen[r] + 1 - C), seen[r] + 1)}
         ks += [(r, held[s]) if s in held else None for s in range(S)]
+    check(q, k, v, layout, rule_mask(qs, ks, window))
+
+
+@pytest.fixture
+def banded_always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every windowed pre-fill sequence through the CPU's query-block path, with tiny blocks."""
+    monkeypatch.setattr(attn_ops, "BAND_BLOCK", 4)
+    monkeypatch.setattr(attn_ops, "BAND_MIN_SAVING", float("inf"))
+
+
+@pytest.mark.usefixtures("banded_always")
+@pytest.mark.parametrize("window", [W, 5])
+@pytest.mark.parametrize("equal", [False, True])
+def test_banded_path_matches_dense(window: int, equal: bool) -> None:
+    """Query blocks over their window's keys (padding, causal head, last partial block) = the dense rule."""
+    test_later_chunk_with_cached_keys(window, equal)
+    test_first_chunk(window)
+    seqlens = [2 * W + 3] * 3  # equal fresh sequences: the batched call
+    cache = RollingCache(make_args("mixtral", window=window), 3, "cpu", torch.float32, max_context=128)
+    layout = cache.plan(seqlens)
+    T = sum(seqlens)
+    q, k, v = rand(T, H, D, seed=11), rand(T, HKV, D, seed=12), rand(T, HKV, D, seed=13)
+    qs, ks = packed_positions(cache, layout, [0, 1, 2])
     check(q, k, v, layout, rule_mask(qs, ks, window))

@@ -16,11 +16,13 @@ import torch
 
 from mixchat.train.corpus import (
     FIRST_NAMES,
+    ContextStats,
     Dialogue,
     load_corpus,
     messages_to_dialogues,
     split,
     summarize,
+    wordnet_dialogues,
 )
 from mixchat.train.spm import V3_CONTROL_SYMBOLS, load_processor, train_tokenizer
 from mixchat.train.tokens import (
@@ -127,8 +129,29 @@ def test_sources_are_parsed(dialogues: list[Dialogue]) -> None:
     assert "music" in asked and "relax" in asked
     assert " in " not in f" {asked} " and "Portland" not in asked
     music = next(d for d in words if "music" in d.turns[0][0])
-    assert len(music.turns) == 2 and "auditory communication" in music.turns[0][1]
-    assert 'For example: "she enjoys music".' in music.turns[0][1]
+    # both senses are taught, one per turn, each restating its gloss (and example, where there is one)
+    answers = " ".join(a for _, a in music.turns)
+    assert len(music.turns) == 2 and "auditory communication" in answers and "musical instruments" in answers
+    assert 'For example: "she enjoys music".' in answers
+
+
+def test_everyday_sense_is_picked_from_chat_context() -> None:
+    """The sense whose gloss words keep company with the word in chat comes first, whatever the file order."""
+    chat = [
+        Dialogue([("Want a cup of coffee?", "Yes, I drink coffee every morning.")], "persona"),
+        Dialogue([("Is the coffee hot?", "Hot coffee in a big cup, my favourite drink.")], "persona"),
+        Dialogue([("I had coffee with milk.", "I like a coffee drink with milk too.")], "persona"),
+        Dialogue([("A cup of tea?", "No, I drink milk.")], "persona"),
+        Dialogue([("Look at the trees.", "The trees and shrubs are green.")], "persona"),
+    ]
+    wordnet = (
+        "coffee (noun): any of several small trees and shrubs yielding coffee beans\n"
+        'coffee (noun): a beverage made with milk, served hot in a cup; "a cup of coffee"\n'
+    )
+    (d,) = wordnet_dialogues(wordnet, chat, min_count=1)
+    assert "beverage" in d.turns[0][1] and "shrubs" in d.turns[1][1]
+    ctx = ContextStats(chat, ["coffee"])
+    assert ctx.relatedness("coffee", "a hot drink in a cup") > ctx.relatedness("coffee", "trees and shrubs") == 0.0
 
 
 def test_placeholders_replaced_or_dropped(dialogues: list[Dialogue]) -> None:

@@ -36,7 +36,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # [T, dim]
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        rot: torch.Tensor,  # [T, 1, hd/2] complex rotation (see rope.py)
         layout: BatchLayout,
         cache: KVStore | None,
     ) -> torch.Tensor:
@@ -44,9 +44,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(T, self.n_heads, self.head_dim)
         k = self.wk(x).view(T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(T, self.n_kv_heads, self.head_dim)
-        cos, sin = cos_sin
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+        q = apply_rotary(q, rot)
+        k = apply_rotary(k, rot)
         if cache is None:
             keys, values = k, v
         else:

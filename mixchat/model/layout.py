@@ -6,7 +6,9 @@ worked out once per pass, by the cache or by `fresh_layout`, and shared by all l
 
 The xformers `attn_bias` object is the canonical description of the attention pattern; the plain lists
 beside it (`seqlens`, `kv_lens`, `window`) say the same thing for the torch SDPA path, which cannot read
-xformers' private fields.
+xformers' private fields. The bias is built on first use only: the CPU never runs the xformers kernels, and
+on a small model building the bias objects every decode step costs more than the attention itself.
+Masks for the SDPA path are likewise built once per pass and shared by every layer, never per layer.
 """
 
 from __future__ import annotations
@@ -26,31 +28,62 @@ class BatchLayout:
     mode: Mode
     seqlens: list[int]  # query tokens per sequence; sum = T
     kv_lens: list[int]  # keys visible per sequence (cached live tokens + this pass's tokens)
-    positions: torch.Tensor  # [T] absolute positions, for RoPE
     window: int | None
-    bias: Any  # xformers AttnBias describing the same pattern
+    device: torch.device
+    pos_list: list[int]  # [T] absolute positions, for RoPE (`positions` is the same as a tensor)
     # Cache traffic; None when no cache takes part.
-    rows: torch.Tensor | None = None  # [B] cache rows, one per sequence
-    write_src: torch.Tensor | None = None  # [N] token indices whose K/V are kept
-    write_dst: torch.Tensor | None = None  # [N] flat slot indices (row * C + slot)
+    rows: torch.Tensor | None = None  # [B] cache rows, one per sequence (decode: only if not all_rows)
+    row_ids: list[int] | None = None  # the same rows, on the host
+    write_src: torch.Tensor | None = None  # [N] token indices whose K/V are kept (prefill)
+    slot_list: list[int] | None = None  # [N] flat slot indices (row * C + slot) of the kept tokens
     gather_src: torch.Tensor | None = None  # [M] flat slots of cached tokens, in time order per sequence
     gather_dst: torch.Tensor | None = None  # [M] where they sit in the packed key stream
     new_dst: torch.Tensor | None = None  # [T] where this pass's keys sit in the packed key stream
     all_rows: bool = False  # decode: the pass covers every cache row in order (no gather needed)
-    _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    kv_padding: int | None = None  # decode: slots per cache row (keys are padded to this length)
+    _bias: Any = field(default=None, repr=False)
+    _positions: torch.Tensor | None = field(default=None, repr=False)
+    _write_dst: torch.Tensor | None = field(default=None, repr=False)
+    _masks: dict[tuple, torch.Tensor | None] = field(default_factory=dict, repr=False)
 
     @property
     def n_tokens(self) -> int:
-        return int(self.positions.shape[0])
+        return len(self.pos_list)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """[T] absolute positions as a tensor (built on first use: decode on the CPU reads `pos_list`)."""
+        if self._positions is None:
+            self._positions = torch.tensor(self.pos_list, dtype=torch.long, device=self.device)
+        return self._positions
+
+    @property
+    def write_dst(self) -> torch.Tensor | None:
+        """[N] `slot_list` as a tensor, for index_copy_ into the flat cache (built on first use)."""
+        if self._write_dst is None and self.slot_list is not None:
+            self._write_dst = torch.tensor(self.slot_list, dtype=torch.long, device=self.device)
+        return self._write_dst
 
     @property
     def kv_total(self) -> int:
         return sum(self.kv_lens)
 
+    @property
+    def bias(self) -> Any:
+        """The xformers AttnBias describing this pass's pattern (built on first use, then kept)."""
+        if self._bias is None:
+            self._bias = _xformers_bias(self)
+        return self._bias
+
     def last_token_index(self) -> torch.Tensor:
         """[B] index of each sequence's last token in the packed stream."""
-        ends = torch.tensor(self.seqlens, device=self.positions.device).cumsum(0) - 1
-        return ends
+        key = ("last",)
+        if key not in self._masks:
+            ends = torch.tensor(self.seqlens, device=self.device).cumsum(0) - 1
+            self._masks[key] = ends
+        out = self._masks[key]
+        assert out is not None
+        return out
 
     def local_mask(self, q_len: int, kv_len: int) -> torch.Tensor | None:
         """Boolean [q_len, kv_len] mask, queries aligned to the end of the keys; None if all visible.
@@ -64,24 +97,77 @@ class BatchLayout:
         full_causal_free = q_len == 1 and (self.window is None or kv_len <= self.window)
         mask: torch.Tensor | None = None
         if not full_causal_free:
-            dev = self.positions.device
+            dev = self.device
             qpos = torch.arange(q_len, device=dev)[:, None] + offset
             kpos = torch.arange(kv_len, device=dev)[None, :]
             allowed = kpos <= qpos
             if self.window is not None:
                 allowed &= qpos - kpos < self.window
             mask = allowed
-        self._masks[key] = mask  # type: ignore[assignment]
+        self._masks[key] = mask
         return mask
+
+    def band_mask(self, block: int, n_blocks: int, pad_front: int) -> torch.Tensor:
+        """Boolean [n_blocks or 1, 1, block, block + W - 1] mask for query blocks of a sliding window.
+
+        Block b holds queries b*block .. b*block+block-1 of one sequence and sees the window's keys before
+        its first query and its own keys: `block + W - 1` keys, of which query j may see keys j .. j+W-1.
+        The key stream is padded in front by `pad_front` rows that no query may see. Shared by all layers.
+        """
+        assert self.window is not None
+        key = ("band", block, n_blocks, pad_front)
+        if key not in self._masks:
+            dev = self.device
+            span = block + self.window - 1
+            j = torch.arange(block, device=dev)[:, None]
+            lk = torch.arange(span, device=dev)[None, :]
+            mask = (lk >= j) & (lk <= j + self.window - 1)  # [block, span]
+            if pad_front > 0:
+                first_row = torch.arange(n_blocks, device=dev)[:, None] * block + lk  # [n, span]
+                mask = mask[None] & (first_row >= pad_front)[:, None, :]  # [n, block, span]
+                self._masks[key] = mask[:, None]
+            else:
+                self._masks[key] = mask[None, None]
+        out = self._masks[key]
+        assert out is not None
+        return out
+
+    def decode_mask(self) -> torch.Tensor | None:
+        """Decode over padded rows: boolean [B, 1, 1, S] (True = live slot), or None when every slot is live."""
+        key = ("decode",)
+        if key not in self._masks:
+            S = self.kv_padding
+            assert S is not None
+            mask = None
+            if min(self.kv_lens) < S:
+                dev = self.device
+                lens = torch.tensor(self.kv_lens, device=dev)
+                mask = (torch.arange(S, device=dev)[None, :] < lens[:, None])[:, None, None, :]
+            self._masks[key] = mask
+        return self._masks[key]
+
+
+def _xformers_bias(layout: BatchLayout) -> Any:
+    """The xformers vocabulary for the layout (semantics 4): which bias class describes which pass."""
+    ab = attn_bias()
+    seqlens, kv_lens, window = layout.seqlens, layout.kv_lens, layout.window
+    if layout.mode == "decode":
+        return ab.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
+            q_seqlen=seqlens, kv_padding=layout.kv_padding, kv_seqlen=kv_lens
+        )
+    if kv_lens == seqlens:  # nothing cached before this pass: a first chunk
+        bias = ab.BlockDiagonalCausalMask.from_seqlens(list(seqlens))
+        return bias.make_local_attention(window) if window is not None else bias
+    if window is not None:
+        bias = ab.BlockDiagonalMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens)
+        return bias.make_local_attention_from_bottomright(window)
+    return ab.BlockDiagonalCausalFromBottomRightMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens)
 
 
 def fresh_layout(seqlens: list[int], window: int | None, device: torch.device | str) -> BatchLayout:
     """Layout for sequences that start from nothing and use no cache (reference runs, training)."""
-    ab = attn_bias()
-    bias = ab.BlockDiagonalCausalMask.from_seqlens(list(seqlens))
-    if window is not None:
-        bias = bias.make_local_attention(window)
-    positions = torch.cat([torch.arange(n) for n in seqlens]).to(device)
+    pos = [p for n in seqlens for p in range(n)]
     return BatchLayout(
-        mode="fresh", seqlens=list(seqlens), kv_lens=list(seqlens), positions=positions, window=window, bias=bias
+        mode="fresh", seqlens=list(seqlens), kv_lens=list(seqlens), window=window, device=torch.device(device),
+        pos_list=pos,
     )

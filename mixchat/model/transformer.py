@@ -29,12 +29,12 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        rot: torch.Tensor,
         layout: BatchLayout,
         cache: KVStore | None,
         router_out: list[Routing] | None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos_sin, layout, cache)
+        h = x + self.attention(self.attention_norm(x), rot, layout, cache)
         return h + self.feed_forward(self.ffn_norm(h), router_out)
 
 
@@ -89,9 +89,9 @@ class Transformer(nn.Module):
         last_only: bool = False,
     ) -> torch.Tensor:  # [T, vocab] or, with last_only, [B, vocab]
         h = self.tok_embeddings(tokens)  # [T, dim]
-        cos_sin = self.rotary.cos_sin(layout.positions)
+        rot = self.rotary.rotation(layout.positions)  # [T, 1, hd/2]
         for layer in self.layers:
-            h = layer(h, cos_sin, layout, cache, router_out)
+            h = layer(h, rot, layout, cache, router_out)
         if last_only:
             h = h.index_select(0, layout.last_token_index())
         return self.output(self.norm(h)).float()

@@ -1,0 +1,365 @@
+"""A lean inference executor for small models on the CPU.
+
+Why it exists: on a model the size of the built-in one (dim 256, 8 layers) a decode step multiplies tiny
+matrices. Each matmul takes a few microseconds, and the step's time goes to everything around them: module
+calls, a dozen elementwise ops per RoPE or RMSNorm, the grouped-MoE bookkeeping built for long chunks, mask
+and index tensors. This runner executes the same model (same parameters, same semantics) with as few ops as
+the maths allows:
+
+- weights that are read together are fused and stored pre-transposed ([in, out]): one matmul for q, k and
+  v; one for each expert's w1 and w3; `x @ W` on a row-major [in, out] matrix streams it once and runs
+  about twice as fast for a single token as `F.linear`'s transposed read;
+- the RMSNorm weights are folded into the matrices that read the normalised activations, so a norm is
+  four small ops (vector norm, one addcmul for mean + eps, rsqrt, multiply);
+- RoPE is one complex multiply on q and k together, with the rotation computed once per pass (read from
+  a table in decode);
+- a decode step writes into preallocated buffers whose views are made once (`_DecodeBuffers`), and
+  builds no masks or index tensors (the cache's decode plan is Python lists);
+- residual adds ride on the matmuls (`addmm`), and for one token each expert's output is accumulated
+  straight onto the residual stream with its routing weight as the matmul's alpha;
+- for one token the MoE goes straight to its k chosen experts (a slice of the stacked weights, no copy),
+  while longer passes group tokens by expert (sort + index), so only the selected experts' weights are
+  read for each token;
+- in a pre-fill pass whose caller only needs the last tokens' logits, the last layer computes queries,
+  attention and the feed-forward block for those tokens only (every token's K/V is still cached).
+
+The derived weights are a one-time copy of the layer weights, which is why the runner is only used for
+small models (`suits`), and they are rebuilt when a parameter changes (version counters are compared
+before each pass, parameter identity and storage before each pre-fill pass). Training and the reference
+path use `Transformer.forward`; GPU paths (CUDA graphs, grouped GEMMs) belong beside this file, not in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mixchat.model.attention import KVStore
+from mixchat.model.attn_ops import attend, attend_last
+from mixchat.model.layers import FeedForward, MoeLayer, Routing
+from mixchat.model.layout import BatchLayout
+from mixchat.model.transformer import Transformer
+
+MAX_PARAMS = 64_000_000  # the derived copy costs up to 256 MiB in float32
+ROTATION_TABLE_LIMIT = 1 << 16  # decode positions below this read their RoPE rotation from a table
+PAIR_LIMIT = 4  # (token, expert) pairs up to which the MoE skips grouping by expert
+
+
+@dataclass
+class _LayerWeights:
+    """One layer's weights in the runner's layout (all [in, out], norm weights folded in)."""
+
+    wqkv: torch.Tensor  # [dim, (H + 2 Hkv) * hd]
+    wo: torch.Tensor  # [H * hd, dim]
+    gate: torch.Tensor | None  # [dim, E] (MoE only)
+    w13: torch.Tensor  # MoE: [E, dim, 2 * hidden]; dense: [dim, 2 * hidden]
+    w2: torch.Tensor  # MoE: [E, hidden, dim]; dense: [hidden, dim]
+    moe: MoeLayer | None  # the module, read for its current top-k
+    layer_id: int  # global layer index (cache row of this layer)
+    w13s: list[torch.Tensor]  # per expert views of w13 / w2: a list index is cheaper than a tensor select
+    w2s: list[torch.Tensor]
+
+
+class _DecodeBuffers:
+    """Scratch tensors of a decode step with B rows and the views into them, made once and reused.
+
+    Every layer writes its normalised input, q/k/v and RoPE output into the same tensors (each is consumed,
+    or copied into the cache, before the next layer overwrites it), so a step allocates no buffers and
+    derives no views of them.
+    """
+
+    def __init__(self, B: int, dim: int, H: int, Hkv: int, hd: int, hidden: int) -> None:
+        nqk = (H + Hkv) * hd
+        self.xn = torch.empty(B, dim)  # normalised input
+        self.qkv = torch.empty(B, nqk + Hkv * hd)
+        self.qk = torch.view_as_complex(self.qkv[:, :nqk].view(B, H + Hkv, hd // 2, 2))  # [B, H + Hkv, hd/2]
+        self.rotated = torch.empty(B, H + Hkv, hd // 2, dtype=torch.complex64)
+        real = torch.view_as_real(self.rotated).view(B, H + Hkv, hd)
+        self.q = real[:, :H]  # [B, H, hd]
+        self.k = real[:, H:]  # [B, Hkv, hd]
+        self.v = self.qkv[:, nqk:].view(B, Hkv, hd)
+        self.h13 = torch.empty(1, 2 * hidden)  # one (token, expert) pair's w1 | w3 outputs
+        self.h1, self.h3 = self.h13[:, :hidden], self.h13[:, hidden:]
+
+
+class CpuRunner:
+    """Runs `Transformer` inference passes on the CPU with fused, pre-transposed weights."""
+
+    def __init__(self, model: Transformer) -> None:
+        self.model = model
+        args = model.args
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.n_kv_heads
+        self.head_dim = args.head_dim
+        self.hidden = args.hidden_dim
+        self._eps = torch.tensor(args.norm_eps, dtype=torch.float32)  # a tensor, for addcmul
+        self._layers: list[_LayerWeights] = []
+        self._params: list[torch.nn.Parameter] = []
+        self._versions: list[int] = []
+        self._pointers: list[int] = []
+        self._buffers: dict[int, _DecodeBuffers] = {}
+
+    @staticmethod
+    def suits(model: Transformer) -> bool:
+        """Small float32 models on the CPU, where per-op overhead dominates and a weight copy is cheap."""
+        total, _ = model.args.param_counts()
+        return model.device.type == "cpu" and model.dtype == torch.float32 and total <= MAX_PARAMS
+
+    def usable(self) -> bool:
+        """Still on the CPU in float32 (the model may have been moved since the runner was made)."""
+        w = self.model.tok_embeddings.weight
+        return w.device.type == "cpu" and w.dtype == torch.float32
+
+    # ---- derived weights -----------------------------------------------------------------------------
+    def _refresh(self, full: bool) -> None:
+        """Rebuild the derived weights if a parameter changed since they were made.
+
+        Every pass compares version counters (bumped by any in-place update: optimiser steps,
+        `load_state_dict`); `full` passes (pre-fill) also compare the parameter objects and their storage,
+        which catches `assign=True` loads and `.data` swaps, at a cost a decode step should not pay.
+        """
+        if self._layers:
+            if full:
+                params = list(self.model.parameters())
+                same = len(params) == len(self._params) and all(
+                    a is b for a, b in zip(params, self._params, strict=True)
+                )
+                if same and [p.data_ptr() for p in params] == self._pointers and self._versions_now() == self._versions:
+                    return
+            elif self._versions_now() == self._versions:
+                return
+        self._build()
+
+    def _versions_now(self) -> list[int]:
+        return [p._version for p in self._params]
+
+    @torch.no_grad()
+    def _build(self) -> None:
+        layers = []
+        for block in self.model.layers:
+            at = block.attention
+            an = block.attention_norm.weight[:, None]  # [dim, 1]: scales the rows of [in, out] weights
+            fn = block.ffn_norm.weight[:, None]
+            wqkv = torch.cat([at.wq.weight, at.wk.weight, at.wv.weight], 0).t() * an
+            ff = block.feed_forward
+            if isinstance(ff, MoeLayer):
+                gate = (ff.gate.weight.t() * fn).contiguous()
+                w13 = torch.cat([ff.w1, ff.w3], 1).transpose(1, 2) * fn[None]  # [E, dim, 2 * hidden]
+                w2 = ff.w2.transpose(1, 2).contiguous()  # [E, hidden, dim]
+                moe: MoeLayer | None = ff
+            else:
+                assert isinstance(ff, FeedForward)
+                gate = None
+                w13 = torch.cat([ff.w1.weight, ff.w3.weight], 0).t() * fn
+                w2 = ff.w2.weight.t().contiguous()
+                moe = None
+            w13 = w13.contiguous()
+            experts = range(w13.shape[0]) if moe is not None else range(0)
+            layers.append(
+                _LayerWeights(
+                    wqkv.contiguous(), at.wo.weight.t().contiguous(), gate, w13, w2, moe, at.layer_id,
+                    [w13[e] for e in experts], [w2[e] for e in experts],
+                )
+            )  # fmt: skip
+        self._layers = layers
+        self._params = list(self.model.parameters())
+        self._pointers = [p.data_ptr() for p in self._params]
+        self._versions = self._versions_now()
+
+    # ---- a pass ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [T]
+        layout: BatchLayout,
+        cache: KVStore | None = None,
+        router_out: list[Routing] | None = None,
+        routing_last_only: bool = False,
+    ) -> torch.Tensor:  # [B, vocab]: each sequence's last-token logits
+        """A pass that returns the last logits of each sequence (what the engine samples from).
+
+        With `router_out` and `routing_last_only`, each layer's Routing holds the rows of the sequences'
+        last tokens only ([B, k]); without `router_out`, or with `routing_last_only`, the last layer skips
+        the other tokens (see the module docstring).
+        """
+        m = self.model
+        T, B = tokens.shape[0], len(layout.seqlens)
+        self._refresh(full=T != B)
+        last = None if T == B else layout.last_token_index()  # [B]
+        trim = last is not None and (router_out is None or routing_last_only)
+        x = F.embedding(tokens, m.tok_embeddings.weight)  # [T, dim]
+        rot = self._rotation(layout)  # [T, 1, hd/2] complex
+        decode = self._decode_buffers(B) if layout.mode == "decode" and cache is not None else None
+        n = len(self._layers)
+        for i, lw in enumerate(self._layers):
+            layer_id = lw.layer_id
+            if trim and i == n - 1:
+                assert last is not None
+                x = self._attention_last(x, lw, layer_id, rot, layout, cache, last)  # [B, dim]
+                ffn_rows = None
+            elif decode is not None:
+                x = self._attention_decode(x, lw, layer_id, rot, layout, cache, decode)
+                ffn_rows = None
+            else:
+                x = self._attention(x, lw, layer_id, rot, layout, cache)
+                ffn_rows = last if routing_last_only else None
+            x = self._feed_forward(x, lw, router_out, ffn_rows, decode)
+        if last is not None and not trim:
+            x = x.index_select(0, last)
+        h = _rms_normalise(x, self._eps) * m.norm.weight
+        return F.linear(h, m.output.weight)  # [B, vocab]
+
+    def _rotation(self, layout: BatchLayout) -> torch.Tensor:  # [T, 1, hd/2] complex
+        rotary = self.model.rotary
+        pos = layout.pos_list
+        if len(pos) == 1 and pos[0] < ROTATION_TABLE_LIMIT:
+            p = pos[0]
+            return rotary.table(layout.device, p + 1)[p : p + 1]
+        return rotary.rotation(layout.positions)
+
+    def _decode_buffers(self, B: int) -> _DecodeBuffers:
+        b = self._buffers.get(B)
+        if b is None:
+            dim = self.model.args.dim
+            b = _DecodeBuffers(B, dim, self.n_heads, self.n_kv_heads, self.head_dim, self.hidden)
+            self._buffers[B] = b
+        return b
+
+    def _attention_decode(
+        self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
+        cache: KVStore, b: _DecodeBuffers,
+    ) -> torch.Tensor:  # fmt: skip
+        """`_attention` for one token per row, through the step's preallocated buffers."""
+        B = x.shape[0]
+        torch.mul(x, _rms_scale(x, self._eps), out=b.xn)
+        torch.mm(b.xn, lw.wqkv, out=b.qkv)  # [B, (H + 2 Hkv) * hd]
+        torch.mul(b.qk, rot, out=b.rotated)  # RoPE on q and k together
+        keys, values = cache.kv_for(layer_id, b.k, b.v, layout)  # copies k, v into the cache
+        out = attend(b.q, keys, values, layout)  # [B, H, hd]
+        return torch.addmm(x, out.view(B, -1), lw.wo)
+
+    def _attention(
+        self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
+        cache: KVStore | None,
+    ) -> torch.Tensor:  # fmt: skip
+        T = x.shape[0]
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = torch.mm(_rms_normalise(x, self._eps), lw.wqkv)  # [T, (H + 2 Hkv) * hd]
+        qk = _rotate(qkv[:, : (H + Hkv) * hd].view(T, H + Hkv, hd), rot)  # [T, H + Hkv, hd]
+        q, k = qk[:, :H], qk[:, H:]
+        v = qkv[:, (H + Hkv) * hd :].view(T, Hkv, hd)
+        keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
+        out = attend(q, keys, values, layout)  # [T, H, hd]
+        return torch.addmm(x, out.reshape(T, H * hd), lw.wo)  # residual added by the matmul
+
+    def _attention_last(
+        self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
+        cache: KVStore | None, last: torch.Tensor,
+    ) -> torch.Tensor:  # [B, dim]  # fmt: skip
+        """Attention for each sequence's last token only; K/V of every token still reach the cache."""
+        T = x.shape[0]
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        wq, wkv = lw.wqkv[:, : H * hd], lw.wqkv[:, H * hd :]
+        xn = _rms_normalise(x, self._eps)  # [T, dim]
+        kv = torch.mm(xn, wkv)  # [T, 2 Hkv hd]
+        k = _rotate(kv[:, : Hkv * hd].view(T, Hkv, hd), rot)
+        v = kv[:, Hkv * hd :].view(T, Hkv, hd)
+        B = last.shape[0]
+        q = _rotate(torch.mm(xn.index_select(0, last), wq).view(B, H, hd), rot.index_select(0, last))  # [B, H, hd]
+        keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
+        out = attend_last(q, keys, values, layout)  # [B, H, hd]
+        return torch.addmm(x.index_select(0, last), out.reshape(B, H * hd), lw.wo)
+
+    def _feed_forward(
+        self, x: torch.Tensor, lw: _LayerWeights, router_out: list[Routing] | None, routing_rows: torch.Tensor | None,
+        b: _DecodeBuffers | None,
+    ) -> torch.Tensor:  # [T, dim]  # fmt: skip
+        """x + FFN(norm(x)), updating x in place (it is this pass's own residual tensor)."""
+        # [T, dim]; ffn_norm's weight is folded into the matrices
+        xn = _rms_normalise(x, self._eps) if b is None else torch.mul(x, _rms_scale(x, self._eps), out=b.xn)
+        if lw.moe is None:
+            h = torch.mm(xn, lw.w13)  # [T, 2 * hidden]
+            return x.addmm_(_swiglu(h, self.hidden), lw.w2)
+        assert lw.gate is not None
+        k = lw.moe.k
+        logits = torch.mm(xn, lw.gate)  # [T, E]
+        top, experts = torch.topk(logits, k, dim=-1)  # [T, k]
+        weights = torch.softmax(top, dim=-1, dtype=torch.float32)  # [T, k]
+        if router_out is not None:
+            if routing_rows is None:
+                router_out.append(Routing(experts, weights, logits))
+            else:
+                router_out.append(Routing(*(t.index_select(0, routing_rows) for t in (experts, weights, logits))))
+        if x.shape[0] * k <= PAIR_LIMIT:
+            return self._experts_by_pair(x, xn, lw, experts, weights, b)
+        return self._experts_grouped(x, xn, lw, experts, weights)
+
+    def _experts_by_pair(
+        self, x: torch.Tensor, xn: torch.Tensor, lw: _LayerWeights, experts: torch.Tensor, weights: torch.Tensor,
+        b: _DecodeBuffers | None,
+    ) -> torch.Tensor:  # fmt: skip
+        """A few tokens: each (token, chosen expert) pair is one slice of the stacked weights, no grouping.
+
+        Each expert's output is added onto the token's residual row by the w2 matmul, its routing weight
+        as the matmul's alpha.
+        """
+        T = x.shape[0]
+        for t, (es, ws) in enumerate(zip(experts.tolist(), weights.tolist(), strict=True)):
+            xt, row = (xn, x) if T == 1 else (xn[t : t + 1], x[t : t + 1])  # [1, dim]
+            for e, w in zip(es, ws, strict=True):
+                if b is not None:
+                    torch.mm(xt, lw.w13s[e], out=b.h13)  # [1, 2 * hidden]
+                    act = F.silu(b.h1).mul_(b.h3)
+                else:
+                    act = _swiglu(torch.mm(xt, lw.w13s[e]), self.hidden)
+                row.addmm_(act, lw.w2s[e], alpha=w)
+        return x
+
+    def _experts_grouped(
+        self, x: torch.Tensor, xn: torch.Tensor, lw: _LayerWeights, experts: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Many tokens: sort the (token, expert) pairs by expert, one matmul pair per expert that has tokens."""
+        k = experts.shape[1]
+        E = lw.w13.shape[0]
+        flat = experts.reshape(-1)  # [T*k]
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=E).tolist()
+        token_of = order.div(k, rounding_mode="floor")  # token of each sorted pair
+        xs = xn.index_select(0, token_of)  # [T*k, dim] grouped by expert
+        ys = torch.empty_like(xs)
+        start = 0
+        for e in (e for e, c in enumerate(counts) if c):
+            end = start + counts[e]
+            h = torch.mm(xs[start:end], lw.w13s[e])  # [n, 2 * hidden]
+            torch.mm(_swiglu(h, self.hidden), lw.w2s[e], out=ys[start:end])
+            start = end
+        # Back to (token, choice) order by a permutation (no colliding writes, unlike index_add_), then each
+        # token's k outputs are weighed and added onto its residual row.
+        T, D = x.shape
+        per_token = torch.empty_like(ys).index_copy_(0, order, ys).view(T, k, D)
+        for j in range(k):
+            x.addcmul_(per_token[:, j], weights[:, j : j + 1])
+        return x
+
+
+def _rms_scale(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """[T, 1] 1 / sqrt(mean(x^2) + eps) in three ops (mean and eps folded into one addcmul)."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # [T, 1]
+    return torch.addcmul(eps, n, n, value=1.0 / x.shape[-1]).rsqrt_()
+
+
+def _rms_normalise(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) per row (the norm's weight lives in the next matmul)."""
+    return x * _rms_scale(x, eps)
+
+
+def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """RoPE on float32 x [T, heads, hd] (pairs interleaved) by the complex rotation [T, 1, hd/2]."""
+    T, n, hd = x.shape
+    return torch.view_as_real(torch.view_as_complex(x.reshape(T, n, hd // 2, 2)) * rot).view(T, n, hd)
+
+
+def _swiglu(h: torch.Tensor, hidden: int) -> torch.Tensor:
+    """silu(h1) * h3 for h = [h1 | h3] ([n, 2 * hidden] -> [n, hidden])."""
+    return F.silu(h[:, :hidden]).mul_(h[:, hidden:])

@@ -1,0 +1,76 @@
+"""The GPU fast path's maths, run eagerly on the CPU: grouped-GEMM MoE and the graph-captured decode step.
+
+CUDA graphs cannot be captured here, but what they replay is plain tensor code. These tests run that code
+directly and compare it with the reference module path (`Transformer.forward` through the rolling cache),
+so a mistake in slot arithmetic, masking, row selection or expert grouping fails here, not only on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import W, random_tokens
+
+from mixchat.cache import RollingCache
+from mixchat.cuda_graphs import GraphDecoder
+from mixchat.model.layers import MoeLayer
+from mixchat.model.moe_grouped import grouped_mm_works, grouped_moe_forward
+from mixchat.model.transformer import Transformer
+
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    pytest.mark.skipif(not grouped_mm_works("cpu", torch.float32), reason="torch._grouped_mm unavailable"),
+]
+
+
+@pytest.mark.parametrize("n_tokens", [1, 2, 7, 64])
+def test_grouped_moe_equals_loop(n_tokens: int) -> None:
+    torch.manual_seed(n_tokens)
+    layer = MoeLayer(32, 48, 8, 2)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.2)
+    x = torch.randn(n_tokens, 32)
+    with torch.inference_mode():
+        routes_a: list = []
+        routes_b: list = []
+        a = layer(x, routes_a)
+        b = grouped_moe_forward(layer, x, routes_b)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert torch.equal(routes_a[0].experts, routes_b[0].experts)
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "full"])
+def test_graph_step_equals_module_decode(kind: str, mixtral_model: Transformer, full_model: Transformer) -> None:
+    """Three rows at different positions (one past the window, so its buffer has wrapped), decoded by the
+    graph step and by the module path; then a step that covers only rows 2 and 0, in that order."""
+    model = mixtral_model if kind == "mixtral" else full_model
+    prompts = [random_tokens(n, seed=n) for n in (W // 2, 2 * W + 3, 5)]
+    caches = [RollingCache(model.args, 3, "cpu", torch.float32, max_context=4 * W) for _ in range(2)]
+    decoder = GraphDecoder(model)
+    with torch.inference_mode():
+        for cache in caches:
+            for r, p in enumerate(prompts):
+                layout = cache.plan([len(p)], [r])
+                model(torch.tensor(p), layout, cache, last_only=True)
+                cache.advance(layout)
+        for rows, step_tokens in (([0, 1, 2], [11, 12, 13]), ([2, 0], [21, 22]), ([0, 1, 2], [31, 32, 33])):
+            ref_cache, fast_cache = caches
+            layout = ref_cache.plan([1] * len(rows), rows)
+            ref = model(torch.tensor(step_tokens), layout, ref_cache, last_only=True)
+            ref_cache.advance(layout)
+
+            layout = fast_cache.plan([1] * len(rows), rows)  # grows a full-attention buffer if needed
+            C, S = fast_cache.capacity, fast_cache.slots
+            seen = [fast_cache.seen[r] for r in rows]
+            inputs = torch.tensor([
+                step_tokens, seen, [r * S + p % C for r, p in zip(rows, seen, strict=True)],
+                [min(p + 1, C) for p in seen],
+            ])  # fmt: skip
+            row_idx = None if rows == [0, 1, 2] else torch.tensor(rows)
+            routes: list = []
+            got = decoder._step(fast_cache, row_idx, inputs, routes)
+            fast_cache.advance(layout)
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+            assert len(routes) == (model.args.n_layers if model.args.moe else 0)
+        assert torch.allclose(caches[0].k, caches[1].k, atol=1e-5)
