@@ -37,6 +37,22 @@ class RowSnapshot:
     seen: int
 
 
+@dataclass
+class UndoPoint:
+    """What a row's pre-fill of n tokens may overwrite, saved so that an abandoned pre-fill can be undone.
+
+    A pre-fill of n tokens writes the slots of positions seen..seen+n-1; in a wrapped window buffer those
+    slots hold live older tokens. Only those (at most min(n, C)) are copied, not the whole row: for a big
+    cache a full snapshot on every turn would cost more than the turn itself.
+    """
+
+    row: int
+    seen: int
+    idx: torch.Tensor | None = None  # slots saved
+    k: torch.Tensor | None = None  # [L, len(idx), Hkv, D]
+    v: torch.Tensor | None = None
+
+
 class RollingCache:
     def __init__(
         self,
@@ -157,19 +173,21 @@ class RollingCache:
                       write_src=t(write_src), write_dst=t(write_dst))
         if decode:
             bias = ab.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
-                q_seqlen=seqlens, kv_padding=S, kv_seqlen=kv_lens
+                q_seqlen=seqlens, kv_padding=S, kv_seqlen=kv_lens, device=dev
             )
             return BatchLayout(mode="decode", bias=bias, all_rows=rows == list(range(self.batch)), **common)
         if not gather_src:
-            bias = ab.BlockDiagonalCausalMask.from_seqlens(seqlens)
+            bias = ab.BlockDiagonalCausalMask.from_seqlens(seqlens, device=dev)
             if self.window is not None:
                 bias = bias.make_local_attention(self.window)
         elif self.window is not None:
             bias = ab.BlockDiagonalMask.from_seqlens(
-                q_seqlen=seqlens, kv_seqlen=kv_lens
+                q_seqlen=seqlens, kv_seqlen=kv_lens, device=dev
             ).make_local_attention_from_bottomright(self.window)
         else:
-            bias = ab.BlockDiagonalCausalFromBottomRightMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens)
+            bias = ab.BlockDiagonalCausalFromBottomRightMask.from_seqlens(
+                q_seqlen=seqlens, kv_seqlen=kv_lens, device=dev
+            )
         return BatchLayout(mode="prefill", bias=bias, gather_src=t(gather_src), gather_dst=t(gather_dst),
                            new_dst=t(new_dst), **common)
 
@@ -241,3 +259,23 @@ class RollingCache:
 
     def reset(self, row: int = 0) -> None:
         self.seen[row] = 0
+
+    def undo_point(self, row: int, n: int) -> UndoPoint:
+        """Save what pre-filling `n` more tokens into `row` would overwrite (see UndoPoint)."""
+        point = UndoPoint(row, self.seen[row])
+        C = self.capacity
+        if self.window is not None:  # full-attention buffers never wrap: slots past `seen` hold nothing
+            slots = [p % C for p in range(max(point.seen, C), point.seen + min(n, C))]
+            if slots:
+                point.idx = torch.tensor(slots, dtype=torch.long, device=self.device)
+                point.k = self.k[:, row].index_select(1, point.idx)
+                point.v = self.v[:, row].index_select(1, point.idx)
+        return point
+
+    def rollback(self, point: UndoPoint) -> None:
+        """Put the row back as it was when `point` was taken."""
+        self.seen[point.row] = point.seen
+        if point.idx is not None:
+            assert point.k is not None and point.v is not None
+            self.k[:, point.row].index_copy_(1, point.idx, point.k)
+            self.v[:, point.row].index_copy_(1, point.idx, point.v)
