@@ -36,6 +36,22 @@ class RowSnapshot:
     seen: int
 
 
+@dataclass
+class UndoPoint:
+    """What a row's pre-fill of n tokens may overwrite, saved so that an abandoned pre-fill can be undone.
+
+    A pre-fill of n tokens writes the slots of positions seen..seen+n-1; in a wrapped window buffer those
+    slots hold live older tokens. Only those (at most min(n, C)) are copied, not the whole row: for a big
+    cache a full snapshot on every turn would cost more than the turn itself.
+    """
+
+    row: int
+    seen: int
+    idx: torch.Tensor | None = None  # slots saved
+    k: torch.Tensor | None = None  # [L, len(idx), Hkv, D]
+    v: torch.Tensor | None = None
+
+
 class RollingCache:
     def __init__(
         self,
@@ -258,3 +274,23 @@ class RollingCache:
 
     def reset(self, row: int = 0) -> None:
         self.seen[row] = 0
+
+    def undo_point(self, row: int, n: int) -> UndoPoint:
+        """Save what pre-filling `n` more tokens into `row` would overwrite (see UndoPoint)."""
+        point = UndoPoint(row, self.seen[row])
+        C = self.capacity
+        if self.window is not None:  # full-attention buffers never wrap: slots past `seen` hold nothing
+            slots = [p % C for p in range(max(point.seen, C), point.seen + min(n, C))]
+            if slots:
+                point.idx = torch.tensor(slots, dtype=torch.long, device=self.device)
+                point.k = self.k[:, row].index_select(1, point.idx)
+                point.v = self.v[:, row].index_select(1, point.idx)
+        return point
+
+    def rollback(self, point: UndoPoint) -> None:
+        """Put the row back as it was when `point` was taken."""
+        self.seen[point.row] = point.seen
+        if point.idx is not None:
+            assert point.k is not None and point.v is not None
+            self.k[:, point.row].index_copy_(1, point.idx, point.k)
+            self.v[:, point.row].index_copy_(1, point.idx, point.v)

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mixchat.model.args import ConfigError, ModelArgs, read_json
+from mixchat.model.stage import StageModel, StagePart
 from mixchat.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -193,35 +194,53 @@ def _short(e: BaseException) -> str:
 
 
 def build_model(
-    ckpt: Checkpoint,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    layers: range | None = None,
+    ckpt: Checkpoint, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> Transformer:
-    """Materialise the model of `ckpt` on `device`; `layers` restricts loading to a pipeline stage's slice."""
-    args = ckpt.args
+    """Materialise the whole model of `ckpt` on `device`."""
     with torch.device("meta"):
-        model = Transformer(args)
+        model = Transformer(ckpt.args)
     model = model.to(dtype).to_empty(device=device)
+    _load_weights(model, ckpt, set(dict(model.named_parameters())))
+    return model.eval().requires_grad_(False)
+
+
+def build_stage(
+    ckpt: Checkpoint, part: StagePart, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> StageModel:
+    """Materialise one pipeline stage: only its layers (and embeddings / head where it owns them) are
+    allocated, and only their tensors are read from the files, so a rank needs about 1/N of the memory."""
+    with torch.device("meta"):
+        model = StageModel(ckpt.args, part)
+        known = {name for name, _ in Transformer(ckpt.args).named_parameters()}
+    model = model.to(dtype).to_empty(device=device)
+    _load_weights(model, ckpt, known)
+    return model.eval().requires_grad_(False)
+
+
+def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> None:
+    """Copy every checkpoint tensor that `model` holds into place, one tensor at a time.
+
+    `known` holds the parameter names of the whole model: a tensor that maps outside it is an error (for the
+    native layout), one that maps inside it but not onto `model` belongs to another pipeline stage.
+    """
+    args = ckpt.args
     params = dict(model.named_parameters())
     filled: set[str] = set()
     expert_fill: dict[str, set[int]] = {}
-    keep_layers = layers if layers is not None else range(args.n_layers)
-
-    def wanted(pname: str) -> bool:
-        m = re.match(r"layers\.(\d+)\.", pname)
-        return m is None or int(m[1]) in keep_layers
+    embed_source: Callable[[], torch.Tensor] | None = None
 
     for name, get in _iter_tensors(ckpt.weight_files):
+        if name == "model.embed_tokens.weight":
+            embed_source = get
         targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, args)
         if targets is None:
             continue
         for pname, expert, transform in targets if isinstance(targets, list) else [targets]:
-            if pname not in params:
+            if pname not in known:
                 if ckpt.layout == "mistral" and name.startswith(("layers.", "tok_", "norm", "output")):
                     raise LoadError(f"unexpected tensor {name!r} in {ckpt.folder.name} (does params.json match?)")
                 continue
-            if not wanted(pname):
+            if pname not in params:
                 continue
             tensor = get()
             if transform is not None:
@@ -245,16 +264,15 @@ def build_model(
     for pname, got in expert_fill.items():
         if len(got) == n_exp:
             filled.add(pname)
-    if "output.weight" not in filled and "tok_embeddings.weight" in filled and ckpt.layout == "hf":
+    if "output.weight" in params and "output.weight" not in filled and embed_source is not None:
         config = read_json(ckpt.folder / "config.json")
         if config.get("tie_word_embeddings"):
             with torch.no_grad():
-                params["output.weight"].data.copy_(params["tok_embeddings.weight"].data)
+                params["output.weight"].data.copy_(embed_source())
             filled.add("output.weight")
-    missing = [p for p in params if p not in filled and wanted(p)]
+    missing = [p for p in params if p not in filled]
     if missing:
         raise LoadError(f"checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing in all)")
-    return model.eval().requires_grad_(False)
 
 
 # ---- writing -------------------------------------------------------------------------------------------

@@ -105,6 +105,24 @@ def load_runtime(
         raise UserError("--chunk-size must be at least 1")
     ckpt = inspect_folder(resolve_model_path(model), max_context=max_context)
     tok = load_tokenizer(ckpt)
+    pipeline = current_pipeline()
+    if pipeline is not None:  # rank 0 of a torchrun job: its own stage here, the other layers elsewhere
+        from mixchat.distributed.driver import PipelineEngine
+
+        stage_model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, resolve_dtype(dtype, pipeline.device)))
+        engine: Engine = PipelineEngine(stage_model, tok, chunk_size=chunk_size)
+        return Runtime(ckpt, stage_model, tok, engine, time.perf_counter() - start)
     net = build_model(ckpt, dev, dt)
     engine = Engine(net, tok, chunk_size=chunk_size)
     return Runtime(ckpt, net, tok, engine, time.perf_counter() - start)
+
+
+def current_pipeline():  # type: ignore[no-untyped-def]
+    """The pipeline this process leads under torchrun, or None (without importing torch.distributed)."""
+    from mixchat import distributed
+
+    if not distributed.launched():
+        return None
+    from mixchat.distributed.launch import current
+
+    return current()

@@ -7,6 +7,7 @@ import json
 import torch
 
 from mixchat.model.args import ModelArgs, MoeArgs
+from mixchat.model.stage import StageModel, StagePart
 from mixchat.model.transformer import Transformer
 from mixchat.runtime import BUILTIN_DIR, UserError
 
@@ -31,6 +32,23 @@ def random_model_on(args: ModelArgs, device: torch.device, dtype: torch.dtype, s
     with torch.device("meta"):
         model = Transformer(args)
     model = model.to(dtype).to_empty(device=device)
+    _fill_random(model, device, seed)
+    return model.eval().requires_grad_(False)
+
+
+def random_stage_on(
+    args: ModelArgs, part: StagePart, device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> StageModel:
+    """One pipeline stage of a named shape with random weights, allocated and drawn on `device`: a rank
+    holds only its own layers (and the embeddings or head where it owns them)."""
+    with torch.device("meta"):
+        model = StageModel(args, part)
+    model = model.to(dtype).to_empty(device=device)
+    _fill_random(model, device, seed)
+    return model.eval().requires_grad_(False)
+
+
+def _fill_random(model: torch.nn.Module, device: torch.device, seed: int) -> None:
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -38,4 +56,3 @@ def random_model_on(args: ModelArgs, device: torch.device, dtype: torch.dtype, s
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02, generator=gen)
-    return model.eval().requires_grad_(False)

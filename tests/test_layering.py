@@ -13,6 +13,8 @@ CORE = [
     "mixchat.runtime", "mixchat.sampling", "mixchat.session", "mixchat.session.conversation",
     "mixchat.session.store", "mixchat.session.settings", "mixchat.session.transcript",
     "mixchat.session.cachefile", "mixchat.session.fingerprint", "mixchat.session.files",
+    "mixchat.model.stage", "mixchat.distributed.driver", "mixchat.distributed.follower",
+    "mixchat.distributed.launch",
 ]
 
 

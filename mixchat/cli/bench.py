@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from mixchat.cli.common import add_model_options, positive_int
-from mixchat.runtime import UserError, resolve_device, resolve_dtype
+from mixchat.runtime import UserError, current_pipeline, resolve_device, resolve_dtype
 
 H200_COPY_BANDWIDTH = 4.26e12  # bytes/s, measured device-to-device copy on the project's H200
 
@@ -26,7 +26,8 @@ EPILOG = """\
 examples:
   mixchat bench                                         # the built-in model, on this machine
   mixchat bench --compare transformers --json           # ratios against transformers, same weights
-  mixchat bench --shape mixtral-8x7b --device cuda --dtype bfloat16 --batch 8"""
+  mixchat bench --shape mixtral-8x7b --device cuda --dtype bfloat16 --batch 8
+  torchrun --nproc-per-node 2 -m mixchat bench --shape mixtral-8x7b --device cuda --batch 8 --micro-batches 2"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", choices=["transformers"], help="also run the same weights through transformers")
     p.add_argument("--window-check", action="store_true",
                    help="pre-fill 20 windows of tokens and print the cache size along the way")
+    p.add_argument("--micro-batches", type=positive_int, default=1, metavar="M",
+                   help="under torchrun: split the batch into M micro-batches that go through the pipeline "
+                   "stages at the same time; in decode each micro-batch then runs its own steps, so one stage "
+                   "works on a micro-batch while the next stage works on another (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     add_model_options(p)
@@ -84,14 +89,55 @@ def time_mixchat(engine, prompts: list[list[int]], new_tokens: int, repeats: int
         logits = engine.forward(cache, rows, [[t] for t in nxt])
         nxt = logits.argmax(-1).tolist()
         t1b = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            logits = engine.forward(cache, rows, [[t] for t in nxt])
-            nxt = logits.argmax(-1).tolist()
+        if getattr(engine.model, "micro_batches", 1) > 1 and len(rows) > 1:
+            _interleaved_decode(engine, cache, nxt, new_tokens - 1)
+        else:
+            for _ in range(new_tokens - 1):
+                logits = engine.forward(cache, rows, [[t] for t in nxt])
+                nxt = logits.argmax(-1).tolist()
+        _sync(dev)
         t2 = time.perf_counter()
         ttft.append(t1 - t0)
         first_step.append(t1b - t1)
         tps.append(len(prompts) * (new_tokens - 1) / (t2 - t1b))
     return Timing(ttft[1:], tps[1:], first_step[1:])
+
+
+def _interleaved_decode(engine, cache, first: list[int], new_tokens: int) -> None:  # type: ignore[no-untyped-def]
+    """Greedy decode with the batch split into micro-batches that each run their own steps.
+
+    A micro-batch's next step needs only its own last logits, so while the last stage finishes step t of
+    micro-batch A, the first stage already runs step t of micro-batch B (and then step t + 1 of A): no stage
+    waits for a whole step of the batch to come back, as it would if the step were one pass.
+    """
+    from collections import deque
+
+    from mixchat.distributed.partition import micro_batches
+
+    model = engine.model
+    groups = [list(g) for g in micro_batches(len(first), model.micro_batches)]
+    m = len(groups)
+    nxt = list(first)
+    steps = [0] * m
+    in_flight: deque = deque()
+
+    def submit(g: int) -> None:
+        rows = groups[g]
+        layout = cache.plan([1] * len(rows), rows)
+        tokens = torch.tensor([nxt[r] for r in rows], dtype=torch.long, device=engine.device)
+        in_flight.append((g, layout, model.submit(tokens, layout, cache, False, True)))
+
+    for g in range(m):
+        submit(g)
+    while in_flight:
+        g, layout, pending = in_flight.popleft()
+        logits = pending.wait()
+        cache.advance(layout)
+        for r, t in zip(groups[g], logits.argmax(-1).tolist(), strict=True):
+            nxt[r] = t
+        steps[g] += 1
+        if steps[g] < new_tokens:
+            submit(g)
 
 
 @torch.inference_mode()
@@ -186,20 +232,38 @@ def run(args: argparse.Namespace) -> int:
     if args.new_tokens < 2:
         raise UserError("--new-tokens must be at least 2 (the first decode step is timed apart)")
     torch.manual_seed(args.seed)
+    pipeline = current_pipeline()
+    if args.micro_batches > 1 and pipeline is None:
+        raise UserError("--micro-batches needs a pipeline: torchrun --nproc-per-node N -m mixchat bench ...")
+    if pipeline is not None:
+        device = pipeline.device
+        dtype = resolve_dtype(args.dtype, device)
     if args.shape:
         margs = named_shape(args.shape)
         if args.max_context:
             margs.max_context = args.max_context
-        model = random_model_on(margs, device, dtype, args.seed)
+        if pipeline is not None:
+            model = pipeline.lead(pipeline.stage_from_shape(margs, dtype, args.seed))
+        else:
+            model = random_model_on(margs, device, dtype, args.seed)
         label = f"{args.shape} (random weights)"
     else:
         ckpt = inspect_folder(resolve_model_path(args.model), max_context=args.max_context)
-        model = build_model(ckpt, device, dtype)
+        if pipeline is not None:
+            model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, dtype))
+        else:
+            model = build_model(ckpt, device, dtype)
         label = str(ckpt.folder)
     margs = model.args
     if margs.sliding_window is None and args.prompt_tokens + args.new_tokens > margs.cache_capacity:
         raise UserError("prompt + new tokens exceed the context; lower them or raise --max-context")
-    engine = Engine(model, None, chunk_size=args.chunk_size, eos_id=-1)
+    if pipeline is not None:
+        from mixchat.distributed.driver import PipelineEngine
+
+        model.micro_batches = args.micro_batches
+        engine: Engine = PipelineEngine(model, None, chunk_size=args.chunk_size, eos_id=-1)
+    else:
+        engine = Engine(model, None, chunk_size=args.chunk_size, eos_id=-1)
     gen = torch.Generator().manual_seed(args.seed)
     prompts = [torch.randint(3, margs.vocab_size, (args.prompt_tokens,), generator=gen).tolist()
                for _ in range(args.batch)]
@@ -226,6 +290,15 @@ def run(args: argparse.Namespace) -> int:
         "cuda_graphs": engine.graph_decoder is not None,
         "peak_memory_bytes": _peak_bytes(device),
     }
+    if pipeline is not None:
+        per_rank = model.peak_memory()
+        result["peak_memory_bytes"] = max(per_rank)
+        result["pipeline"] = {
+            "ranks": len(per_rank),
+            "micro_batches": args.micro_batches,
+            "layers_per_rank": [len(p.layers) for p in pipeline.parts],
+            "peak_memory_bytes_per_rank": per_rank,
+        }
     if device.type == "cuda" and args.batch == 1:
         step_bytes = active * elem
         result["decode_bandwidth_bound_tokens_per_s"] = H200_COPY_BANDWIDTH / step_bytes
@@ -265,6 +338,11 @@ def _print(r: dict) -> None:
           f"(pre-fill {r['prefill_tokens_per_s']:,.0f} tokens/s)")
     print(f"  decode: {d['median']:.1f} tokens/s (min {d['min']:.1f}, max {d['max']:.1f}) over {r['repeats']} repeats")
     print(f"  peak memory: {r['peak_memory_bytes'] / 2**20:,.0f} MiB")
+    if "pipeline" in r:
+        pp = r["pipeline"]
+        each = ", ".join(f"rank {i}: {b / 2**20:,.0f} MiB" for i, b in enumerate(pp["peak_memory_bytes_per_rank"]))
+        print(f"  pipeline: {pp['ranks']} ranks, layers {pp['layers_per_rank']}, {pp['micro_batches']} micro-batches; "
+              f"peak memory {each}")
     if "decode_fraction_of_bound" in r:
         print(f"  bandwidth bound {r['decode_bandwidth_bound_tokens_per_s']:.0f} tokens/s: "
               f"{r['decode_fraction_of_bound'] * 100:.0f}% reached")

@@ -45,9 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         func = getattr(args, "tui_func", None)
+    from mixchat import distributed
+
     if func is None:
-        parser.print_help()
+        if os.environ.get("RANK", "0") == "0":
+            parser.print_help()
         return 0
+    if distributed.launched():  # one rank of `torchrun --nproc-per-node N -m mixchat ...`
+        from mixchat.distributed.launch import run_pipelined
+
+        return run_pipelined(func, args, run_guarded)
     return run_guarded(func, args)
 
 

@@ -151,17 +151,18 @@ def _xformers_bias(layout: BatchLayout) -> Any:
     """The xformers vocabulary for the layout (semantics 4): which bias class describes which pass."""
     ab = attn_bias()
     seqlens, kv_lens, window = layout.seqlens, layout.kv_lens, layout.window
+    dev = layout.device  # a pipeline stage on cuda:1 needs its bias there, not on the default device
     if layout.mode == "decode":
         return ab.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
-            q_seqlen=seqlens, kv_padding=layout.kv_padding, kv_seqlen=kv_lens
+            q_seqlen=seqlens, kv_padding=layout.kv_padding, kv_seqlen=kv_lens, device=dev
         )
     if kv_lens == seqlens:  # nothing cached before this pass: a first chunk
-        bias = ab.BlockDiagonalCausalMask.from_seqlens(list(seqlens))
+        bias = ab.BlockDiagonalCausalMask.from_seqlens(list(seqlens), device=dev)
         return bias.make_local_attention(window) if window is not None else bias
     if window is not None:
-        bias = ab.BlockDiagonalMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens)
+        bias = ab.BlockDiagonalMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens, device=dev)
         return bias.make_local_attention_from_bottomright(window)
-    return ab.BlockDiagonalCausalFromBottomRightMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens)
+    return ab.BlockDiagonalCausalFromBottomRightMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens, device=dev)
 
 
 def fresh_layout(seqlens: list[int], window: int | None, device: torch.device | str) -> BatchLayout:

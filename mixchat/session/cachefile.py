@@ -123,7 +123,7 @@ def read_cache(
         raise CacheProblem(f"its cache file is truncated or damaged ({reason})") from None
 
     a = cache.args
-    want = (len(cache.layers), min(record.seen, cache.capacity), a.n_kv_heads, a.head_dim)
+    want = (a.n_layers, min(record.seen, cache.capacity), a.n_kv_heads, a.head_dim)
     for name, t in (("k", k), ("v", v)):
         if tuple(t.shape) != want:
             raise CacheProblem(f"its cache tensor {name} has shape {list(t.shape)}, expected {list(want)}")

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from mixchat.cache import ContextFullError, RollingCache
+from mixchat.cache import ContextFullError, RollingCache, UndoPoint
 from mixchat.chat_template import Message, encode_reply, encode_turn, reply_suffix
 from mixchat.engine import Engine, Event, PrefillProgressed, SequenceFinished, TokenGenerated, TokenRouting
 from mixchat.session.errors import ConversationError
@@ -87,32 +87,6 @@ class ConversationStats:
     @property
     def fill(self) -> float:
         return self.live / self.capacity if self.capacity else 0.0
-
-
-class _PrefillUndo:
-    """Enough to put the cache back as it was if a turn's pre-fill is abandoned.
-
-    A pre-fill of n tokens writes the slots of positions seen..seen+n-1; in a wrapped window buffer those
-    slots hold live older tokens. Only those (at most min(n, C)) are copied, not the whole row: for a big
-    cache a full snapshot on every turn would cost more than the turn itself.
-    """
-
-    def __init__(self, cache: RollingCache, n: int) -> None:
-        self.seen = cache.seen[0]
-        C = cache.capacity
-        self.idx: torch.Tensor | None = None
-        if cache.window is not None:  # full-attention buffers never wrap: slots past `seen` hold nothing
-            slots = [p % C for p in range(max(self.seen, C), self.seen + min(n, C))]
-            if slots:
-                self.idx = torch.tensor(slots, dtype=torch.long, device=cache.device)
-                self.k = cache.k[:, 0].index_select(1, self.idx)
-                self.v = cache.v[:, 0].index_select(1, self.idx)
-
-    def restore(self, cache: RollingCache) -> None:
-        cache.seen[0] = self.seen
-        if self.idx is not None:
-            cache.k[:, 0].index_copy_(1, self.idx, self.k)
-            cache.v[:, 0].index_copy_(1, self.idx, self.v)
 
 
 class Conversation:
@@ -213,7 +187,7 @@ class Conversation:
             new += reply_suffix(tok)  # the reply was stopped before the model closed it
         new += encode_turn(tok, user_text, first=not self.ids, system=self.settings.system)
         feed = self.pending + new
-        undo = _PrefillUndo(self.cache, len(feed))
+        undo = self.cache.undo_point(0, len(feed))
         sampling = self.settings.sampling(self.turns)
         trace = self.model.args.moe is not None
 
@@ -255,14 +229,14 @@ class Conversation:
         routing: list[TokenRouting],
         finish: SequenceFinished | None,
         prefilled: int,
-        undo: _PrefillUndo,
+        undo: UndoPoint,
         fed: int,
     ) -> None:
         """Bring messages, ids and cache into agreement after a turn, however it ended."""
         self.prefilled_tokens += prefilled
         if not generated:
             # Stopped during pre-fill (cancel, close, error): as if the turn had never been typed.
-            undo.restore(self.cache)
+            self.cache.rollback(undo)
             return
         if outcome == "error":
             # A decode pass failed half-way and may have overwritten a live slot: drop the turn and let the

@@ -1,0 +1,302 @@
+"""Rank 0's side of a pipeline: a model, a cache and an engine with the ordinary interfaces.
+
+The engine and everything above it (sessions, front ends) run unchanged on rank 0: `PipelineModel` has
+the `forward(tokens, layout, cache, router_out, last_only)` of `Transformer`, `PipelineCache` is a
+`RollingCache` (its own rows hold rank 0's layers), and `PipelineEngine` makes such caches. Behind those
+interfaces each operation is announced to the other ranks on the command channel first, so their caches
+go through exactly the same plans, writes and resets as rank 0's.
+
+A forward pass: rank 0 embeds the tokens and runs its layers, sends the activations on; each rank runs its
+layers and passes them on; the last rank applies the head and sends the logits back to rank 0, and every
+rank sends its layers' routing trace back when the engine asked for one. `submit` returns at once after
+rank 0's own share, so with several passes in flight (micro-batches) the stages work at the same time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+
+from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
+from mixchat.distributed.comm import Op, PipelineGroup
+from mixchat.engine import Engine
+from mixchat.model.layers import Routing
+from mixchat.model.layout import BatchLayout
+from mixchat.model.stage import StageModel, StagePart
+
+
+class PendingPass:
+    """A pass whose first stage has run; `wait` collects the logits (and routing) from the other ranks."""
+
+    def __init__(self, model: PipelineModel, n_out: int, n_tokens: int, k: int,
+                 routing: list[Routing] | None, sent: list) -> None:  # type: ignore[type-arg]
+        self.model = model
+        self.n_out = n_out
+        self.n_tokens = n_tokens
+        self.k = k
+        self.routing = routing
+        self.sent = sent
+        self.logits: torch.Tensor | None = None
+
+    def wait(self, router_out: list[Routing] | None = None) -> torch.Tensor:
+        self.model.complete(self)
+        assert self.logits is not None
+        if router_out is not None and self.routing is not None:
+            router_out.extend(self.routing)
+        return self.logits
+
+
+class PipelineModel:
+    """The model as rank 0 sees it: its own stage here, the rest of the layers on the other ranks."""
+
+    def __init__(self, stage: StageModel, group: PipelineGroup, parts: Sequence[StagePart]) -> None:
+        self.stage = stage
+        self.group = group
+        self.parts = list(parts)
+        self.args = stage.args
+        self.micro_batches = 1  # split a pass of several sequences into this many pipelined passes
+        self.lock = threading.RLock()  # one rank-0 thread at a time talks to the other ranks
+        self._in_flight: deque[PendingPass] = deque()
+        self._freed: list[int] = []
+        self._next_cache = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.stage.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.stage.dtype
+
+    def eval(self) -> PipelineModel:
+        return self
+
+    # ---- experts -----------------------------------------------------------------------------------------
+    @property
+    def experts_per_token(self) -> int | None:
+        if self.args.moe is None:
+            return None
+        ff = next(iter(self.stage.layers.values())).feed_forward
+        return int(ff.k)  # type: ignore[arg-type]
+
+    def set_experts_per_token(self, k: int) -> None:
+        if self.args.moe is None:
+            raise ValueError("this model has no experts")
+        if not 1 <= k <= self.args.moe.num_experts:
+            raise ValueError(f"experts per token must be between 1 and {self.args.moe.num_experts}")
+        if k == self.experts_per_token:
+            return
+        with self.lock:
+            self.stage.set_experts_per_token(k)
+            self.command(Op.SET_EXPERTS, k)
+
+    # ---- commands ----------------------------------------------------------------------------------------
+    def command(self, op: Op, *args: int, payload: Sequence[int] = ()) -> None:
+        with self.lock:
+            while self._freed:
+                self.group.post(Op.FREE_CACHE, self._freed.pop())
+            self.group.post(op, *args, payload=payload)
+
+    def new_cache_id(self) -> int:
+        self._next_cache += 1
+        return self._next_cache
+
+    def release(self, cache_id: int) -> None:
+        """Called when a cache is garbage-collected; the other ranks drop theirs with the next command."""
+        self._freed.append(cache_id)
+
+    def drain(self) -> None:
+        """Finish every pass in flight (before commands that move cache contents)."""
+        with self.lock:
+            while self._in_flight:
+                self.complete(self._in_flight[0])
+
+    def peak_memory(self) -> list[int]:
+        """Peak memory of every rank, in bytes (GPU memory allocated, or resident memory on the CPU)."""
+        from mixchat.distributed.follower import peak_memory_bytes
+
+        g = self.group
+        with self.lock:
+            self.drain()
+            self.command(Op.PEAK_MEMORY)
+            others = [int(g.recv([1], torch.long, r, back=True).item()) for r in range(1, g.world)]
+        return [peak_memory_bytes(self.device), *others]
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        with self.lock:
+            self.drain()
+            self.command(Op.EXIT)
+            self.group.flush()
+            dist.barrier(group=self.group.control)
+
+    # ---- forward passes ----------------------------------------------------------------------------------
+    def __call__(self, *args, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        return self.forward(*args, **kwargs)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [T]
+        layout: BatchLayout,
+        cache: PipelineCache | None = None,
+        router_out: list[Routing] | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        if not isinstance(cache, PipelineCache):
+            raise ValueError("a pipeline-parallel model runs only with a PipelineCache")
+        traced = router_out is not None
+        n = len(layout.seqlens)
+        m = min(self.micro_batches, n)
+        if m <= 1:
+            return self.submit(tokens, layout, cache, traced, last_only).wait(router_out)
+        assert layout.row_ids is not None
+        rows = list(layout.row_ids)
+        bounds = [n * i // m for i in range(m + 1)]
+        starts = [0]
+        for s in layout.seqlens:
+            starts.append(starts[-1] + s)
+        passes = []
+        for a, b in itertools.pairwise(bounds):
+            sub = cache.plan(layout.seqlens[a:b], rows[a:b])
+            passes.append(self.submit(tokens[starts[a] : starts[b]], sub, cache, traced, last_only))
+        traces: list[list[Routing]] = []
+        outs = []
+        for p in passes:
+            r: list[Routing] | None = [] if traced else None
+            outs.append(p.wait(r))
+            if r is not None:
+                traces.append(r)
+        if router_out is not None:
+            for layer in zip(*traces, strict=True):
+                router_out.append(Routing(*(torch.cat(parts) for parts in zip(*layer, strict=True))))
+        return torch.cat(outs)
+
+    @torch.inference_mode()
+    def submit(
+        self, tokens: torch.Tensor, layout: BatchLayout, cache: PipelineCache, traced: bool, last_only: bool
+    ) -> PendingPass:
+        """Announce a pass, run rank 0's stage on it and send the activations on; returns without waiting."""
+        assert layout.row_ids is not None
+        rows = list(layout.row_ids)
+        n_tokens = int(tokens.shape[0])
+        with self.lock:
+            self.command(Op.FORWARD, cache.cache_id, len(rows), n_tokens, int(last_only), int(traced),
+                         payload=[*rows, *layout.seqlens, *tokens.tolist()])
+            routing: list[Routing] | None = [] if traced else None
+            h = self.stage.run_layers(self.stage.embed(tokens), layout, cache, routing)
+            sent = [(self.group.send(h, 1), h)]
+            p = PendingPass(self, len(rows) if last_only else n_tokens, n_tokens, self.experts_per_token or 0,
+                            routing, sent)
+            self._in_flight.append(p)
+        return p
+
+    def complete(self, p: PendingPass) -> None:
+        """Receive the results of every pass up to and including `p`, in the order they were submitted."""
+        with self.lock:
+            while p.logits is None:
+                q = self._in_flight.popleft()
+                self._receive(q)
+
+    def _receive(self, p: PendingPass) -> None:
+        g = self.group
+        p.logits = g.recv([p.n_out, self.args.vocab_size], torch.float32, g.last, back=True)
+        if p.routing is not None and self.args.moe is not None:
+            E = self.args.moe.num_experts
+            for r in range(1, g.world):
+                L = len(self.parts[r].layers)
+                experts = g.recv([L, p.n_tokens, p.k], torch.long, r, back=True)
+                weights = g.recv([L, p.n_tokens, p.k], torch.float32, r, back=True)
+                gate = g.recv([L, p.n_tokens, E], self.dtype, r, back=True)
+                p.routing.extend(Routing(experts[i], weights[i], gate[i]) for i in range(L))
+        for work, _ in p.sent:
+            work.wait()
+        p.sent = []
+
+
+class PipelineCache(RollingCache):
+    """A RollingCache whose rows hold rank 0's layers; the other ranks keep theirs under the same id.
+
+    Planning, advancing and attending happen on every rank from the same commands, so they agree without
+    being told. Operations that change rows outside a pass are mirrored explicitly; `snapshot` gathers all
+    layers to rank 0 and `restore` deals them out, so a saved cache does not depend on the partition.
+    """
+
+    def __init__(self, model: PipelineModel, batch: int, max_context: int | None = None) -> None:
+        super().__init__(model.args, batch, model.device, model.dtype, layers=model.parts[0].layers,
+                         max_context=max_context)
+        self.model = model
+        self.cache_id = model.new_cache_id()
+        model.command(Op.NEW_CACHE, self.cache_id, batch, max_context or 0)
+        weakref.finalize(self, model.release, self.cache_id)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole cache, over all ranks (every layer's buffer has the same size)."""
+        return super().nbytes // len(self.layers) * self.args.n_layers
+
+    def snapshot(self, row: int = 0) -> RowSnapshot:
+        m, g = self.model, self.model.group
+        with m.lock:
+            m.drain()
+            m.command(Op.SNAPSHOT, self.cache_id, row)
+            own = super().snapshot(row)
+            live = int(own.k.shape[1])
+            ks, vs = [own.k], [own.v]
+            if live:
+                shape = own.k.shape[2:]
+                for r in range(1, g.world):
+                    L = len(m.parts[r].layers)
+                    ks.append(g.recv([L, live, *shape], self.dtype, r, back=True))
+                    vs.append(g.recv([L, live, *shape], self.dtype, r, back=True))
+        return RowSnapshot(torch.cat(ks), torch.cat(vs), own.seen)
+
+    def restore(self, snap: RowSnapshot, row: int = 0) -> None:
+        live = int(snap.k.shape[1])
+        if live > self.capacity:
+            raise ValueError(f"snapshot holds {live} tokens but the cache has {self.capacity} slots")
+        if snap.k.shape[0] != self.args.n_layers or snap.k.shape[2:] != self.k.shape[3:]:
+            raise ValueError("snapshot shape does not match this cache")
+        m, g = self.model, self.model.group
+        with m.lock:
+            m.drain()
+            m.command(Op.RESTORE, self.cache_id, row, snap.seen, live)
+            if live:
+                works = []
+                for r in range(1, g.world):
+                    layers = m.parts[r].layers
+                    for t in (snap.k, snap.v):
+                        part = t[layers.start : layers.stop].to(self.device, self.dtype).contiguous()
+                        works.append((g.send(part, r), part))
+                for work, _ in works:
+                    work.wait()
+            own = m.parts[0].layers
+            super().restore(RowSnapshot(snap.k[own.start : own.stop], snap.v[own.start : own.stop], snap.seen), row)
+
+    def reset(self, row: int = 0) -> None:
+        self.model.command(Op.RESET, self.cache_id, row)
+        super().reset(row)
+
+    def undo_point(self, row: int, n: int) -> UndoPoint:
+        self.model.command(Op.UNDO_POINT, self.cache_id, row, n)
+        return super().undo_point(row, n)
+
+    def rollback(self, point: UndoPoint) -> None:
+        """Undo to `point`; the other ranks go back to the undo point they took last for this cache."""
+        self.model.command(Op.ROLLBACK, self.cache_id)
+        super().rollback(point)
+
+
+class PipelineEngine(Engine):
+    """The ordinary engine; only its caches are pipeline caches."""
+
+    model: PipelineModel  # type: ignore[assignment]
+
+    def new_cache(self, batch: int = 1, max_context: int | None = None) -> PipelineCache:
+        return PipelineCache(self.model, batch, max_context)

@@ -1,0 +1,107 @@
+"""Engine and conversation runs that tests/test_pipeline.py does twice: in one process, and under torchrun.
+
+Each scenario returns a flat dict of tensors (token ids, routing, the logits of every forward pass) so the
+two runs can be compared exactly and to float tolerance. `pipeline_worker.py` runs them on rank 0 of a
+torchrun job and writes the dict with safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixchat.engine import SequenceFinished, TokenGenerated
+from mixchat.runtime import Runtime, load_runtime
+from mixchat.sampling import SamplingSettings
+from mixchat.session import ChatSettings, Conversation, ConversationStore
+
+PROMPTS = [[1, 415, 2936, 9060, 285, 1142, 10575, 754, 21, 3], [1, 22557], [1, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+           17, 18, 19, 20, 21, 22, 23, 24, 25, 26]]
+TURNS = ["Hello there, how are you today?", "Tell me about the sea", "And the mountains?", "Thanks, bye"]
+CHUNK = 5
+
+
+def runtime(ckpt: Path) -> Runtime:
+    return load_runtime(ckpt, device="cpu", dtype="float32", chunk_size=CHUNK)
+
+
+class Recorder:
+    """Keeps the logits of every forward pass the engine runs."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.logits: list[torch.Tensor] = []
+        original = engine.forward
+
+        def forward(cache, rows, chunks, router_out=None):  # type: ignore[no-untyped-def]
+            out = original(cache, rows, chunks, router_out)
+            self.logits.append(out.detach().clone())
+            return out
+
+        engine.forward = forward
+
+    def remove(self) -> None:
+        del self.engine.forward
+
+
+def generate_packed(rt: Runtime, tag: str) -> dict[str, torch.Tensor]:
+    """Three prompts of different lengths packed into shared passes, greedy, with the routing trace."""
+    rec = Recorder(rt.engine)
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[int, list[list[list[int]]]] = {i: [] for i in range(len(PROMPTS))}
+    try:
+        for ev in rt.engine.generate(PROMPTS, SamplingSettings(temperature=0.0, max_tokens=7), trace=True):
+            if isinstance(ev, TokenGenerated) and ev.routing is not None:
+                experts[ev.seq].append(ev.routing.experts)
+            elif isinstance(ev, SequenceFinished):
+                out[f"{tag}.ids.{ev.seq}"] = torch.tensor(ev.ids)
+    finally:
+        rec.remove()
+    for i, e in experts.items():
+        out[f"{tag}.experts.{i}"] = torch.tensor(e)
+    for j, x in enumerate(rec.logits):
+        out[f"{tag}.logits.{j}"] = x
+    return out
+
+
+def _turn(conv: Conversation, text: str, tag: str, out: dict[str, torch.Tensor]) -> None:
+    rec = Recorder(conv.engine)
+    try:
+        for _ in conv.send(text):
+            pass
+    finally:
+        rec.remove()
+    for j, x in enumerate(rec.logits):
+        out[f"{tag}.logits.{j}"] = x
+    out[f"{tag}.ids"] = torch.tensor(conv.ids)
+    assert conv.last is not None
+    out[f"{tag}.experts"] = torch.tensor([r.experts for r in conv.last.routing])
+    out[f"{tag}.next"] = conv.next_token_logits()  # snapshot + restore of the whole cache
+
+
+def settings() -> ChatSettings:
+    return ChatSettings(temperature=0.0, max_tokens=6, chunk_size=CHUNK)
+
+
+def conversation(rt: Runtime, data: Path, save_as: str, tag: str) -> dict[str, torch.Tensor]:
+    """Four turns; saved as `save_as` after the second."""
+    out: dict[str, torch.Tensor] = {}
+    conv = Conversation.from_runtime(rt, settings())
+    store = ConversationStore(data)
+    for i, text in enumerate(TURNS):
+        _turn(conv, text, f"{tag}.turn{i}", out)
+        if i == 1:
+            store.save(conv, save_as)
+    return out
+
+
+def resumed(rt: Runtime, data: Path, name: str, tag: str) -> dict[str, torch.Tensor]:
+    """Turns three and four of a conversation saved after turn two (by a run with another rank count)."""
+    loaded = ConversationStore(data).load_for(rt, name)
+    assert loaded.problem is None, loaded.problem
+    out: dict[str, torch.Tensor] = {}
+    for i, text in enumerate(TURNS[2:], start=2):
+        _turn(loaded.conversation, text, f"{tag}.turn{i}", out)
+    return out
