@@ -122,7 +122,9 @@ class Engine:
         self.small_step_threads: int | None = 1 if total < SMALL_MODEL_PARAMS else None
         # Small float32 models on the CPU run through the lean executor (see cpu_runner.py); the module's
         # own forward stays the reference, the training path and the path for everything else.
-        self._runner = CpuRunner(model) if CpuRunner.suits(model) else None
+        # MIXCHAT_CPU_RUNNER=0 keeps the module path (tests compare a pipeline's stages, which run it).
+        use_runner = os.environ.get("MIXCHAT_CPU_RUNNER", "1") != "0"
+        self._runner = CpuRunner(model) if use_runner and CpuRunner.suits(model) else None
         # On a GPU, decode steps replay captured CUDA graphs (see cuda_graphs.py); pre-fill stays eager.
         self.graph_decoder: GraphDecoder | None = None
         if graphs_supported(model) and os.environ.get("MIXCHAT_CUDA_GRAPHS", "1") != "0":

@@ -10,7 +10,8 @@
 #   pp-b8-m2, pp-b8-m4         batch 8 in 2 / 4 micro-batches (decode steps interleaved across stages)
 #   pp-b16-m2                  two micro-batches of 8 each (each stage busy with a batch-8 micro-batch)
 # and prints decode tokens/s, the ratios the issue asks for, and the peak memory of every GPU.
-set -euo pipefail
+set -uo pipefail
+ONLY=${ONLY:-}  # e.g. ONLY="one-b1 pp-b1": run just these (on a tight GPU budget)
 
 OUT=${1:-pipeline-bench}
 PY=${PYTHON:-python}
@@ -21,10 +22,11 @@ TORCHRUN=("$PY" -m torch.distributed.run --nproc-per-node 2)
 
 run() {  # name, command...
     local name=$1; shift
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
     echo "== $name: $*" >&2
     local start=$SECONDS
-    "$@" > "$OUT/$name.json"
-    echo "   done in $((SECONDS - start)) s" >&2
+    "$@" > "$OUT/$name.json.tmp" 2> "$OUT/$name.err" && mv "$OUT/$name.json.tmp" "$OUT/$name.json"
+    echo "   exit $?, $((SECONDS - start)) s" >&2
 }
 
 run one-b1 env CUDA_VISIBLE_DEVICES=0 "$PY" -m mixchat "${COMMON[@]}" --batch 1
@@ -56,12 +58,16 @@ for name, x in r.items():
     print(f"{name:<11} {x['batch']:>5} {pp['micro_batches'] if pp else 1:>5} {tps(name):>12.1f} "
           f"{x['ttft_s']['median'] * 1000:>8.1f}  " + ", ".join(f"{m / gib:.1f}" for m in mem))
 
-one_mem = r["one-b1"]["peak_memory_bytes"]
-pp_mem = r["pp-b1"]["pipeline"]["peak_memory_bytes_per_rank"]
-print()
-print(f"memory per GPU, two stages / one GPU: {', '.join(f'{m / one_mem:.2f}' for m in pp_mem)}  (target ~0.5)")
-print(f"decode batch 1, two stages / one GPU: {tps('pp-b1') / tps('one-b1'):.2f}  (target >= 0.85)")
+try:
+    one_mem = r["one-b1"]["peak_memory_bytes"]
+    pp_mem = r["pp-b1"]["pipeline"]["peak_memory_bytes_per_rank"]
+    print()
+    print(f"memory per GPU, two stages / one GPU: {', '.join(f'{m / one_mem:.2f}' for m in pp_mem)}  (target ~0.5)")
+    print(f"decode batch 1, two stages / one GPU: {tps('pp-b1') / tps('one-b1'):.2f}  (target >= 0.85)")
+except KeyError as e:
+    print(f"(no batch-1 comparison: run {e} missing)")
 for name in ("pp-b8", "pp-b8-m2", "pp-b8-m4", "pp-b16-m2"):
-    print(f"decode {name}, tokens/s over one GPU's batch 8: {tps(name) / tps('one-b8'):.2f}  (target >= 1.5 "
-          "with micro-batching)")
+    if name in r and "one-b8" in r:
+        print(f"decode {name}, tokens/s over one GPU's batch 8: {tps(name) / tps('one-b8'):.2f}  (target >= 1.5 "
+              "with micro-batching)")
 PYEOF

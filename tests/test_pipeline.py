@@ -48,7 +48,9 @@ def test_partition() -> None:
     assert micro_batches(1, 4) == [range(0, 1)]
 
 
-def assert_same(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], prefix: str, into: str) -> None:
+def assert_same(
+    ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], prefix: str, into: str, atol: float = 1e-5
+) -> None:
     keys = sorted(k for k in ours if k.startswith(prefix))
     assert keys
     mapped = {into + k[len(prefix):] for k in keys}
@@ -58,7 +60,7 @@ def assert_same(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], 
         a, b = ours[k], theirs[into + k[len(prefix):]]
         assert a.shape == b.shape, k
         if a.is_floating_point():
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=k)
+            torch.testing.assert_close(a, b, atol=atol, rtol=0, msg=f"{k}: max difference {(a - b).abs().max():.2e}")
         else:
             assert torch.equal(a, b), k
 
@@ -73,7 +75,10 @@ def test_two_ranks_match_one_process(ckpt: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     pp = load_file(str(out))
     assert_same(pp, ref, "gen1.", "gen.")  # packed prompts, one pass per step
-    assert_same(pp, ref, "gen2.", "gen.")  # the same, split into two micro-batches
+    # The same, split into two micro-batches. Each micro-batch is its own pass, so the matmul and attention
+    # kernels see other shapes than in the one-process batch and round differently (measured 1.04e-5 at
+    # most); the token ids and routing must still be identical.
+    assert_same(pp, ref, "gen2.", "gen.", atol=3e-5)
     assert_same(pp, ref, "conv.", "conv.")  # four turns; after each, logits from a restored copy of the cache
     assert_same(pp, ref, "resumed.", "conv.")  # saved by one process, resumed on two ranks
     back = resumed(rt, tmp_path, "pipeline", "back")  # saved on two ranks, resumed by one process

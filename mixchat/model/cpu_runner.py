@@ -104,6 +104,8 @@ class CpuRunner:
     @staticmethod
     def suits(model: Transformer) -> bool:
         """Small float32 models on the CPU, where per-op overhead dominates and a weight copy is cheap."""
+        if not isinstance(model, Transformer):
+            return False  # pipeline stages and other wrappers hold only part of the weights
         total, _ = model.args.param_counts()
         return model.device.type == "cpu" and model.dtype == torch.float32 and total <= MAX_PARAMS
 
