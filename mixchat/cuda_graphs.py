@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from mixchat.cache import RollingCache
 from mixchat.model.layers import FeedForward, MoeLayer, Routing
 from mixchat.model.moe_grouped import grouped_mm_works, grouped_moe_forward
+from mixchat.model.moe_triton import expert_gemv_works
 from mixchat.model.rope import apply_rotary
 from mixchat.model.transformer import Transformer
 
@@ -40,7 +41,11 @@ def graphs_supported(model: Transformer) -> bool:
     """CUDA graphs need a CUDA model; a MoE model also needs grouped GEMMs (no host sync in routing)."""
     if not isinstance(model, Transformer) or model.device.type != "cuda":
         return False  # pipeline stages and wrappers run eagerly
-    return model.args.moe is None or grouped_mm_works("cuda", model.dtype)
+    if model.args.moe is None:
+        return True
+    # Probed here, before any capture: the probes synchronise, which a capturing stream must not.
+    expert_gemv_works("cuda", model.dtype)
+    return grouped_mm_works("cuda", model.dtype)
 
 
 @dataclass

@@ -74,3 +74,38 @@ def test_graph_step_equals_module_decode(kind: str, mixtral_model: Transformer, 
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
             assert len(routes) == (model.args.n_layers if model.args.moe else 0)
         assert torch.allclose(caches[0].k, caches[1].k, atol=1e-5)
+
+
+_TRITON_CHECK = """
+import torch
+from mixchat.model import moe_triton as mt
+from mixchat.model.layers import MoeLayer
+from mixchat.model import moe_grouped
+
+g = torch.Generator().manual_seed(3)
+w = torch.randn(8, 200, 96, generator=g)
+x = torch.randn(7, 96, generator=g)
+counts = [0, 3, 0, 0, 1, 0, 3, 0]  # empty experts, and groups of several rows
+offs = torch.tensor(counts).cumsum(0).to(torch.int32)
+experts = [e for e, n in enumerate(counts) for _ in range(n)]
+want = torch.stack([w[e] @ x[i] for i, e in enumerate(experts)])
+torch.testing.assert_close(mt.expert_gemv(x, w, offs), want, rtol=1e-4, atol=1e-4)
+fused = torch.randn(8, 400, 96, generator=g)  # w1 as a view of a fused gate/up tensor (bench's twin)
+view = fused[:, :200]
+torch.testing.assert_close(mt.expert_gemv(x, view, offs), torch.stack([view[e] @ x[i] for i, e in enumerate(experts)]),
+                           rtol=1e-4, atol=1e-4)
+assert mt.expert_gemv_works("cpu", torch.float32)
+print("ok")
+"""
+
+
+def test_expert_gemv_kernel_in_triton_interpreter() -> None:
+    """The decode GEMV kernel, run by Triton's CPU interpreter (the GPU compiles the same kernel)."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", _TRITON_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -61,11 +61,11 @@ class MoeLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, router_out: list[Routing] | None = None) -> torch.Tensor:
         # x: [T, D]
-        if x.is_cuda and not torch.is_grad_enabled() and x.dtype == self.w1.dtype:
-            # Inference on a GPU: grouped GEMMs with the group sizes kept on the device (no host sync).
-            from mixchat.model.moe_grouped import grouped_mm_works, grouped_moe_forward
+        if x.is_cuda:
+            # Inference on a GPU: grouped kernels with the group sizes kept on the device (no host sync).
+            from mixchat.model.moe_grouped import grouped_moe_forward, use_grouped
 
-            if grouped_mm_works("cuda", x.dtype):
+            if use_grouped(x, self.w1):
                 return grouped_moe_forward(self, x, router_out)
         k = self.k
         logits = self.gate(x)  # [T, E]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mixchat.model.layers import MoeLayer, Routing
+from mixchat.model.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
 
 
 @functools.cache
@@ -34,6 +35,18 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
         return bool(torch.isfinite(out.float()).all().item())
     except (RuntimeError, NotImplementedError, TypeError):
         return False
+
+
+FORCE_LOOP = False
+"""Set by scripts/check_gpu_fast_path.py to run the plain per-expert loop of `MoeLayer` as a baseline."""
+
+
+def use_grouped(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Grouped kernels serve inference on a GPU when the weights' dtype has them (not training: no grads)."""
+    return (
+        not FORCE_LOOP and x.is_cuda and not torch.is_grad_enabled() and x.dtype == weight.dtype
+        and grouped_mm_works(x.device.type, x.dtype)
+    )  # fmt: skip
 
 
 def _gmm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
@@ -58,8 +71,11 @@ def grouped_moe_forward(layer: MoeLayer, x: torch.Tensor, router_out: list[Routi
     offs = torch.cumsum(counts, 0).to(torch.int32)  # [E] end row of each expert's group
     token_of = order // k  # [T*k] token of each sorted assignment
     xs = x.index_select(0, token_of)  # [T*k, D]
-    h = F.silu(_gmm(xs, layer.w1, offs)) * _gmm(xs, layer.w3, offs)  # [T*k, F]
-    ys = _gmm(h, layer.w2, offs)  # [T*k, D]
+    # Decode-sized passes (an expert gets at most one row per token) stream weights with the GEMV kernel.
+    small = x.is_cuda and x.shape[0] <= MAX_ROWS and expert_gemv_works(x.device.type, x.dtype)
+    mm = expert_gemv if small else _gmm
+    h = F.silu(mm(xs, layer.w1, offs)) * mm(xs, layer.w3, offs)  # [T*k, F]
+    ys = mm(h, layer.w2, offs)  # [T*k, D]
     ys = ys * weights.reshape(-1).index_select(0, order)[:, None].to(ys.dtype)
     out = torch.zeros_like(x)
     out.index_add_(0, token_of, ys)
