@@ -59,6 +59,15 @@ class MoeLayer(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
         self.w3 = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
 
+    def route(self, x: torch.Tensor, router_out: list[Routing] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k experts per token and their weights (softmax over the k chosen logits, in float32)."""
+        logits = self.gate(x)  # [T, E]
+        top_logits, experts = torch.topk(logits, self.k, dim=-1)  # [T, k]
+        weights = torch.softmax(top_logits, dim=-1, dtype=torch.float32)  # [T, k]
+        if router_out is not None:
+            router_out.append(Routing(experts, weights, logits))
+        return experts, weights
+
     def forward(self, x: torch.Tensor, router_out: list[Routing] | None = None) -> torch.Tensor:
         # x: [T, D]
         if x.is_cuda:
@@ -68,12 +77,7 @@ class MoeLayer(nn.Module):
             if use_grouped(x, self.w1):
                 return grouped_moe_forward(self, x, router_out)
         k = self.k
-        logits = self.gate(x)  # [T, E]
-        top_logits, experts = torch.topk(logits, k, dim=-1)  # [T, k]
-        weights = torch.softmax(top_logits, dim=-1, dtype=torch.float32)  # [T, k]
-        if router_out is not None:
-            router_out.append(Routing(experts, weights, logits))
-
+        experts, weights = self.route(x, router_out)
         flat = experts.reshape(-1)  # [T*k]
         order = torch.argsort(flat, stable=True)
         counts = torch.bincount(flat, minlength=self.num_experts).tolist()

@@ -58,12 +58,7 @@ def grouped_moe_forward(layer: MoeLayer, x: torch.Tensor, router_out: list[Routi
     """The same function as `MoeLayer.forward` (semantics 5), with no host synchronisation."""
     # x: [T, D]
     E, k = layer.num_experts, layer.k
-    logits = layer.gate(x)  # [T, E]
-    top_logits, experts = torch.topk(logits, k, dim=-1)  # [T, k]
-    weights = torch.softmax(top_logits, dim=-1, dtype=torch.float32)  # [T, k]
-    if router_out is not None:
-        router_out.append(Routing(experts, weights, logits))
-
+    experts, weights = layer.route(x, router_out)  # [T, k] each
     flat = experts.reshape(-1)  # [T*k]
     order = torch.argsort(flat, stable=True)  # assignments grouped by expert
     # Rows per expert without bincount (whose output size is data-dependent): compare against 0..E-1.
