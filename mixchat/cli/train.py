@@ -12,16 +12,12 @@ from mixchat.runtime import UserError
 DESCRIPTION = """\
 Train the built-in model from the corpus folder (the *.txt.xz files described in its SOURCES.md).
 Stage 1 builds the tokenizer and the packed token sets into OUT/dataset (skipped when --dataset is given);
-stage 2 trains and writes a Mistral-native model folder to OUT/model, with train_log.csv and summary.json.
-The shipped model is a first run followed by a short second pass (--init, --definitions) in which half of
-every batch comes from the definition turns."""
+stage 2 trains and writes a Mistral-native model folder to OUT/model, with train_log.csv and summary.json."""
 
 EPILOG = """\
 examples:
   mixchat train --corpus ../shared/data --out runs/moe                      # the shipped model (GPU)
   mixchat train --dataset runs/moe/dataset --out runs/dense --dense          # its dense twin, same data
-  mixchat train --dataset runs/moe/dataset --out runs/final --init runs/moe/model --definitions --steps 400
-      --batch-size 8 --lr 5e-4                                              # second pass: definitions
   mixchat train --corpus ../shared/data --out /tmp/smoke --preset smoke --steps 5   # seconds, on a CPU"""
 
 
@@ -35,9 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=["builtin", "smoke"], default="builtin",
                    help="model size: the shipped shape, or a tiny one for a CPU smoke test")
     p.add_argument("--dense", action="store_true", help="train the dense twin (same active parameters)")
-    p.add_argument("--init", metavar="DIR", help="start from this model folder's weights (a second pass)")
-    p.add_argument("--definitions", action="store_true",
-                   help="draw half of every batch from the definition turns (with --init: sharpens recall)")
     p.add_argument("--steps", type=positive_int, default=3000)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -69,13 +62,7 @@ def run(args: argparse.Namespace) -> int:
         stats = build_dataset(corpus, dataset, vocab_size=args.vocab_size, seq_len=args.seq_len, seed=args.seed)
         print(f"  train {stats['splits']['train']['tokens']:,} tokens, "
               f"held-out {stats['splits']['heldout']['tokens']:,} tokens", flush=True)
-    init = Path(args.init) if args.init else None
-    if init is not None and not (init / "params.json").is_file():
-        raise UserError(f"--init {init}: not a model folder (no params.json)")
-    if args.definitions and not (dataset / "definitions.safetensors").is_file():
-        raise UserError(f"{dataset} has no definitions.safetensors: rebuild it with --corpus")
     cfg = TrainConfig(dataset=dataset, out=out, preset=args.preset, dense=args.dense, steps=args.steps,
-                      init=init, definitions=args.definitions,
                       batch_size=args.batch_size, lr=args.lr, eval_every=min(args.eval_every, args.steps),
                       eval_batches=args.eval_batches, seed=args.seed, device=args.device,
                       warmup=min(150, max(1, args.steps // 10)))

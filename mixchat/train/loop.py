@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mixchat.loader import build_model, inspect_folder, save_native
+from mixchat.loader import save_native
 from mixchat.model import attn_ops
 from mixchat.model.args import ModelArgs, MoeArgs
 from mixchat.model.layers import Routing
@@ -73,8 +73,6 @@ class TrainConfig:
     eval_batches: int = 20
     seed: int = 0
     device: str = "auto"
-    init: Path | None = None  # start from this model folder's weights instead of a random init
-    definitions: bool = False  # draw half of each batch from the dataset's definition turns
     extra: dict = field(default_factory=dict)
 
 
@@ -128,16 +126,7 @@ class Trainer:
         make = builtin_args if cfg.preset == "builtin" else smoke_args
         self.args = make(vocab, dense=cfg.dense)
         self.model = Transformer(self.args).to(self.device)
-        if cfg.init is not None:
-            self._load_init(cfg.init)
-        else:
-            _init_weights(self.model, self.args)
-        self.def_tokens = self.def_mask = None
-        if cfg.definitions:
-            path = cfg.dataset / "definitions.safetensors"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: rebuild the dataset with this version of mixchat")
-            self.def_tokens, self.def_mask = load_packed(path)
+        _init_weights(self.model, self.args)
         decay = [p for n, p in self.model.named_parameters() if "norm" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if "norm" in n]
         fused = self.device.type == "cuda"
@@ -150,25 +139,10 @@ class Trainer:
         cfg.out.mkdir(parents=True, exist_ok=True)
         attn_ops.force_sdpa(True)  # SDPA has backward kernels for every mask we use
 
-    def _load_init(self, folder: Path) -> None:
-        """Weights from a model folder (the first pass's output); its shape must be this run's shape."""
-        ckpt = inspect_folder(folder)
-        if ckpt.args.to_params_json() != self.args.to_params_json():
-            raise ValueError(f"{folder} holds a model of another shape than --preset/--dense describe")
-        loaded = build_model(ckpt, self.device, torch.float32)
-        self.model.load_state_dict(loaded.state_dict())
-
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.cfg.batch_size
-        idx = torch.randint(0, self.train_tokens.shape[0], (n,), generator=self.gen)
-        toks, mask = self.train_tokens[idx], self.train_mask[idx]
-        if self.def_tokens is not None and self.def_mask is not None:
-            # Half definitions, half chat: recall sharpens while the chat keeps the model's manners.
-            half = n // 2
-            didx = torch.randint(0, self.def_tokens.shape[0] - 1, (half,), generator=self.gen)  # last row padded
-            toks = torch.cat([self.def_tokens[didx], toks[half:]])
-            mask = torch.cat([self.def_mask[didx], mask[half:]])
-        return toks.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        idx = torch.randint(0, self.train_tokens.shape[0], (self.cfg.batch_size,), generator=self.gen)
+        return (self.train_tokens[idx].to(self.device, non_blocking=True),
+                self.train_mask[idx].to(self.device, non_blocking=True))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

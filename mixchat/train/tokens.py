@@ -241,16 +241,6 @@ def build_dataset(
             src: {k: c[k] for k in ("dialogues", "turns", "chars", "tokens", "loss_tokens")}
             for src, c in sorted(per_source.items())
         }
-    # The definition turns of the train split once more, on their own: a short second training pass can
-    # draw half of each batch from them (`mixchat train --init ... --definitions`) to sharpen recall.
-    defs = [d for d in train if d.source == "wordnet"]
-    random.Random(f"{seed}:definitions").shuffle(defs)
-    if defs:
-        tokens, mask = pack_examples([encode_dialogue_v3(sp, d) for d in defs], seq_len)
-        path = out_dir / "definitions.safetensors"
-        size = save_packed(path, tokens, mask, vocab_size, split="definitions", seq_len=seq_len)
-        stats["splits"]["definitions"] = {"dialogues": len(defs), "rows": tokens.shape[0], "file": path.name,
-                                          "file_bytes": size, "sha256": _sha256(path)}
     stats["seconds"] = {
         "corpus": round(t_corpus, 1),
         "tokenizer": round(t_tokenizer, 1),
