@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from mixchat.cache import RollingCache
 from mixchat.model.layers import FeedForward, MoeLayer, Routing
+from mixchat.model.layout import BatchLayout
 from mixchat.model.moe_grouped import grouped_mm_works, grouped_moe_forward
 from mixchat.model.moe_triton import expert_gemv_works
 from mixchat.model.rope import apply_rotary
@@ -110,18 +111,18 @@ class GraphDecoder:
 
     # ---- running it ----------------------------------------------------------------------------------
     def decode(
-        self, cache: RollingCache, rows: list[int], tokens: list[int], router_out: list[Routing] | None
+        self, cache: RollingCache, layout: BatchLayout, tokens: list[int], router_out: list[Routing] | None
     ) -> torch.Tensor:
-        """Feed one token to each of `rows`; the caller plans nothing and advances the cache itself."""
-        C, S = cache.capacity, cache.slots
-        seen = [cache.seen[r] for r in rows]
+        """Feed one token to each row of a decode `layout` (from `cache.plan`); the caller advances the cache."""
+        assert layout.mode == "decode" and layout.row_ids is not None and layout.slot_list is not None
+        rows = layout.row_ids
         host = self._pinned_for(len(rows))
         host[0] = torch.tensor(tokens)
-        host[1] = torch.tensor(seen)
-        host[2] = torch.tensor([r * S + p % C for r, p in zip(rows, seen, strict=True)])
-        host[3] = torch.tensor([min(p + 1, C) for p in seen])
+        host[1] = torch.tensor(layout.pos_list)
+        host[2] = torch.tensor(layout.slot_list)
+        host[3] = torch.tensor(layout.kv_lens)
         traced = router_out is not None
-        key = (tuple(rows), cache.k.data_ptr(), cache.v.data_ptr(), S, traced, self._experts_per_token())
+        key = (tuple(rows), cache.k.data_ptr(), cache.v.data_ptr(), cache.slots, traced, self.model.experts_per_token)
         cap = self._graphs.get(key)
         if cap is None:
             cap = self._capture(cache, rows, host, traced)
@@ -140,9 +141,6 @@ class GraphDecoder:
     def captured(self) -> int:
         """Graphs held now (the check script reports it to show the graph path ran)."""
         return len(self._graphs)
-
-    def _experts_per_token(self) -> int | None:
-        return self.model.experts_per_token
 
     def _pinned_for(self, B: int) -> torch.Tensor:
         # One staging buffer per batch size; reusing it is safe because the copy that reads it is queued

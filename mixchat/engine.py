@@ -153,7 +153,7 @@ class Engine:
         """
         layout = cache.plan([len(c) for c in chunks], rows)
         if self.graph_decoder is not None and layout.mode == "decode" and isinstance(cache, RollingCache):
-            logits = self.graph_decoder.decode(cache, list(rows), [c[0] for c in chunks], router_out)
+            logits = self.graph_decoder.decode(cache, layout, [c[0] for c in chunks], router_out)
             cache.advance(layout)
             return logits
         tokens = torch.tensor([t for c in chunks for t in c], dtype=torch.long, device=self.device)
