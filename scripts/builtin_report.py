@@ -65,8 +65,17 @@ def samples(rt) -> str:  # type: ignore[no-untyped-def]
     return "\n".join(lines) + "\n"
 
 
+UNSEEN_PHRASING = "Tell me what {w} means."
+"""A way to ask that no training turn uses: recall under it shows the word -> gloss link, not a memorised string."""
+
+
 def definition_recall(rt, corpus: Path, batch: int = 48) -> str:  # type: ignore[no-untyped-def]
-    """Ask "What does W mean?" for every word the training data defines, at temperature 0.
+    """Recall under the card's phrasing ("What does W mean?") and under one that training never uses."""
+    return "\n".join(_recall_table(rt, corpus, q, batch) for q in ("What does {w} mean?", UNSEEN_PHRASING))
+
+
+def _recall_table(rt, corpus: Path, phrasing: str, batch: int) -> str:  # type: ignore[no-untyped-def]
+    """Ask `phrasing` for every word the training data defines, at temperature 0.
 
     A reply counts as right when it contains the gloss that the training data gave as the word's first
     answer, and as "another sense" when it contains another of the word's WordNet glosses instead.
@@ -88,7 +97,7 @@ def definition_recall(rt, corpus: Path, batch: int = 48) -> str:  # type: ignore
     right, other, wrong = [], [], []
     for i in range(0, len(words), batch):
         group = words[i : i + batch]
-        prompts = [encode_chat(rt.tokenizer, [Message("user", f"What does {w} mean?")]) for w in group]
+        prompts = [encode_chat(rt.tokenizer, [Message("user", phrasing.format(w=w))]) for w in group]
         texts = [""] * len(group)
         for ev in rt.engine.generate(prompts, settings, trace=False):
             if isinstance(ev, TokenGenerated):
@@ -104,7 +113,7 @@ def definition_recall(rt, corpus: Path, batch: int = 48) -> str:  # type: ignore
                 wrong.append(w)
     n = len(words)
     lines = [
-        f"Definition recall over all {n} words the training data defines (\"What does W mean?\", temperature 0):",
+        f'Definition recall over all {n} words the training data defines ("{phrasing.format(w="W")}", temperature 0):',
         "",
         "| reply holds | words | share |",
         "|---|---|---|",
@@ -155,15 +164,24 @@ def usage(rt, dataset: Path, rows: int = 200) -> str:  # type: ignore[no-untyped
                 first_by_class[li][e][classes[t]] += 1
     share = counts / counts.sum(1, keepdim=True) * 100
     n_tok = sum(base.values())
-    out = [f"Share of top-2 assignments per expert, {n_tok:,} held-out tokens ({tokens.shape[0]} rows):", "",
-           "| layer | " + " | ".join(f"e{e}" for e in range(E)) + " | min |", "|---" * (E + 2) + "|"]
+    out = [
+        f"Share of top-2 assignments per expert, {n_tok:,} held-out tokens ({tokens.shape[0]} rows):",
+        "",
+        "| layer | " + " | ".join(f"e{e}" for e in range(E)) + " | min |",
+        "|---" * (E + 2) + "|",
+    ]
     for li in range(L):
-        out.append(f"| {li} | " + " | ".join(f"{x:.1f}%" for x in share[li].tolist())
-                   + f" | {share[li].min().item():.1f}% |")
-    out += ["", "Specialisation: for each layer, the expert whose first choice is most skewed towards one token "
-            "class of text tokens, compared with that class's share of all tokens:", "",
-            "| layer | expert | class | share of the expert's first choices | share of all tokens | lift |",
-            "|---|---|---|---|---|---|"]
+        out.append(
+            f"| {li} | " + " | ".join(f"{x:.1f}%" for x in share[li].tolist()) + f" | {share[li].min().item():.1f}% |"
+        )
+    out += [
+        "",
+        "Specialisation: for each layer, the expert whose first choice is most skewed towards one token "
+        "class of text tokens, compared with that class's share of all tokens:",
+        "",
+        "| layer | expert | class | share of the expert's first choices | share of all tokens | lift |",
+        "|---|---|---|---|---|---|",
+    ]
     for li in range(L):
         best = None
         for e in range(E):
@@ -184,6 +202,7 @@ def usage(rt, dataset: Path, rows: int = 200) -> str:  # type: ignore[no-untyped
 
 def svg_plot(moe_csv: Path, dense_csv: Path, out: Path) -> None:
     """A small hand-made SVG line chart (no plotting library needed)."""
+
     def read(p: Path) -> list[tuple[float, float]]:
         with open(p) as f:
             return [(int(r["tokens"]) / 1e6, float(r["heldout_loss"])) for r in csv.DictReader(f)]
@@ -200,13 +219,15 @@ def svg_plot(moe_csv: Path, dense_csv: Path, out: Path) -> None:
     def Y(y: float) -> float:
         return H - m - (y - y0) / (y1 - y0) * (H - 2 * m)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
-             f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
-             f'<line x1="{m}" y1="{H - m}" x2="{W - m}" y2="{H - m}" stroke="black"/>',
-             f'<line x1="{m}" y1="{m}" x2="{m}" y2="{H - m}" stroke="black"/>',
-             f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle">training tokens (millions)</text>',
-             f'<text x="14" y="{H / 2}" transform="rotate(-90 14 {H / 2})" text-anchor="middle">'
-             'held-out loss per token (nats)</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+        f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+        f'<line x1="{m}" y1="{H - m}" x2="{W - m}" y2="{H - m}" stroke="black"/>',
+        f'<line x1="{m}" y1="{m}" x2="{m}" y2="{H - m}" stroke="black"/>',
+        f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle">training tokens (millions)</text>',
+        f'<text x="14" y="{H / 2}" transform="rotate(-90 14 {H / 2})" text-anchor="middle">'
+        "held-out loss per token (nats)</text>",
+    ]
     for i in range(5):
         yv = y0 + (y1 - y0) * i / 4
         parts.append(f'<text x="{m - 6}" y="{Y(yv) + 4:.1f}" text-anchor="end">{yv:.2f}</text>')

@@ -20,6 +20,7 @@ from mixchat.train.corpus import (
     Dialogue,
     load_corpus,
     messages_to_dialogues,
+    rephrase_definition,
     split,
     summarize,
     wordnet_dialogues,
@@ -152,6 +153,24 @@ def test_everyday_sense_is_picked_from_chat_context() -> None:
     assert "beverage" in d.turns[0][1] and "shrubs" in d.turns[1][1]
     ctx = ContextStats(chat, ["coffee"])
     assert ctx.relatedness("coffee", "a hot drink in a cup") > ctx.relatedness("coffee", "trees and shrubs") == 0.0
+
+
+def test_definition_repeats_rotate_the_question_phrasing() -> None:
+    """Every phrasing of the question reaches every word, the answers stay word for word, and chat is untouched."""
+    chat = [Dialogue([("I love my dog.", "My dog loves me too.")], "persona")] * 3
+    wordnet = (
+        'love (noun): a strong positive emotion of regard and affection; "his love for his work"\n'
+        'love (verb): have a great affection or liking for; "I love French food"\n'
+    )
+    (d,) = wordnet_dialogues(wordnet, chat, min_count=1)
+    variants = [rephrase_definition(d, r) for r in range(8)]
+    firsts = {v.turns[0][0] for v in variants}
+    assert len(firsts) == 8 and all("love" in q for q in firsts)
+    assert "What does love mean?" in firsts
+    assert len({v.turns[1][0] for v in variants}) == 4  # the follow-up rotates through its own phrasings
+    assert all([a for _, a in v.turns] == [a for _, a in d.turns] for v in variants)
+    assert rephrase_definition(d, 0) == d
+    assert rephrase_definition(chat[0], 5) == chat[0]
 
 
 def test_placeholders_replaced_or_dropped(dialogues: list[Dialogue]) -> None:

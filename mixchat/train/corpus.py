@@ -458,6 +458,10 @@ _FOLLOW_UPS = (
 )
 
 
+_QUESTION_RES = tuple(re.compile(re.escape(q).replace(re.escape("{w}"), "([a-z-]+)")) for q in _QUESTIONS)
+_FOLLOW_UP_RES = tuple(re.compile(re.escape(q)) for q in _FOLLOW_UPS)
+
+
 def _answer(sense: Sense, variant: int, previous_pos: str | None, max_chars: int) -> str | None:
     """A fluent one- or two-sentence definition, with the first example if it fits in `max_chars`.
 
@@ -481,6 +485,26 @@ def _answer(sense: Sense, variant: int, previous_pos: str | None, max_chars: int
         if len(full) <= max_chars:
             return full
     return head if len(head) <= max_chars else None
+
+
+def rephrase_definition(dialogue: Dialogue, variant: int) -> Dialogue:
+    """The same definition dialogue with its questions asked in another of the phrasings.
+
+    A definition seen many times in one phrasing is learnt as that exact string: the first built-in model
+    recalled 91 % of its glosses when asked the way it was taught, and 45 % when asked "What does W mean?",
+    which matched the taught phrasing for only one word in eight. Repeats that rotate through the phrasings
+    teach the word -> gloss link itself. Answers are unchanged; turns that match no phrasing stay as they are.
+    """
+    turns: list[tuple[str, str]] = []
+    for question, answer in dialogue.turns:
+        for forms, templates in ((_QUESTION_RES, _QUESTIONS), (_FOLLOW_UP_RES, _FOLLOW_UPS)):
+            hit = next(((i, m) for i, rx in enumerate(forms) if (m := rx.fullmatch(question))), None)
+            if hit is not None:
+                i, m = hit
+                question = templates[(i + variant) % len(templates)].format(w=m[1] if m.groups() else "")
+                break
+        turns.append((question, answer))
+    return Dialogue(turns, dialogue.source)
 
 
 def wordnet_dialogues(

@@ -50,8 +50,17 @@ def builtin_args(vocab_size: int, dense: bool = False) -> ModelArgs:
 
 
 def smoke_args(vocab_size: int, dense: bool = False) -> ModelArgs:
-    return ModelArgs(dim=32, n_layers=2, head_dim=8, hidden_dim=64 if dense else 32, n_heads=4, n_kv_heads=2,
-                     vocab_size=vocab_size, sliding_window=16, moe=None if dense else MoeArgs(8, 2))
+    return ModelArgs(
+        dim=32,
+        n_layers=2,
+        head_dim=8,
+        hidden_dim=64 if dense else 32,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=vocab_size,
+        sliding_window=16,
+        moe=None if dense else MoeArgs(8, 2),
+    )
 
 
 @dataclass
@@ -132,7 +141,10 @@ class Trainer:
         fused = self.device.type == "cuda"
         self.opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused,
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+            eps=1e-8,
+            fused=fused,
         )
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if fused else _null()
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -141,8 +153,10 @@ class Trainer:
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, self.train_tokens.shape[0], (self.cfg.batch_size,), generator=self.gen)
-        return (self.train_tokens[idx].to(self.device, non_blocking=True),
-                self.train_mask[idx].to(self.device, non_blocking=True))
+        return (
+            self.train_tokens[idx].to(self.device, non_blocking=True),
+            self.train_mask[idx].to(self.device, non_blocking=True),
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -206,23 +220,33 @@ class Trainer:
                 if (step + 1) % cfg.eval_every == 0 or last:
                     k = (step % cfg.eval_every) + 1
                     ev = self.evaluate()
-                    row = {"step": step + 1, "tokens": n_tok, "lr": f"{lr_at(step, cfg):.3e}",
-                           "train_loss": f"{run_loss / k:.4f}", "aux_loss": f"{run_aux / k:.4f}",
-                           "heldout_loss": f"{ev['heldout_loss']:.4f}",
-                           "heldout_reply_loss": f"{ev['heldout_reply_loss']:.4f}",
-                           "elapsed_s": f"{time.perf_counter() - start:.1f}"}
+                    row = {
+                        "step": step + 1,
+                        "tokens": n_tok,
+                        "lr": f"{lr_at(step, cfg):.3e}",
+                        "train_loss": f"{run_loss / k:.4f}",
+                        "aux_loss": f"{run_aux / k:.4f}",
+                        "heldout_loss": f"{ev['heldout_loss']:.4f}",
+                        "heldout_reply_loss": f"{ev['heldout_reply_loss']:.4f}",
+                        "elapsed_s": f"{time.perf_counter() - start:.1f}",
+                    }
                     w.writerow(row)
                     fh.flush()
                     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
                     run_loss = run_aux = 0.0
         elapsed = time.perf_counter() - start
         self.save(cfg.out / "model")
-        summary.update({
-            "steps": cfg.steps, "tokens": n_tok, "seconds": round(elapsed, 1),
-            "device": torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu",
-            "final": self.evaluate(), "expert_usage": self.last_usage,
-            "params": dict(zip(("total", "active"), self.args.param_counts(), strict=True)),
-        })
+        summary.update(
+            {
+                "steps": cfg.steps,
+                "tokens": n_tok,
+                "seconds": round(elapsed, 1),
+                "device": torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu",
+                "final": self.evaluate(),
+                "expert_usage": self.last_usage,
+                "params": dict(zip(("total", "active"), self.args.param_counts(), strict=True)),
+            }
+        )
         (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 

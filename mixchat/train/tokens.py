@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mixchat.train.corpus import Dialogue, load_corpus, split
+from mixchat.train.corpus import Dialogue, load_corpus, rephrase_definition, split
 from mixchat.train.spm import BOS_ID, EOS_ID, INST_END_ID, INST_ID, load_processor, train_tokenizer
 
 PACKED_FORMAT = "mixchat-packed-v1"
@@ -210,7 +210,11 @@ def build_dataset(
     for name, dialogues in (("train", train), ("heldout", heldout)):
         order = list(dialogues)
         if name == "train":
-            order += [d for d in dialogues for _ in range(TRAIN_REPEATS.get(d.source, 1) - 1)]
+            order += [
+                rephrase_definition(d, r) if d.source == "wordnet" else d
+                for d in dialogues
+                for r in range(1, TRAIN_REPEATS.get(d.source, 1))
+            ]
         random.Random(f"{seed}:{name}").shuffle(order)
         examples = [encode_dialogue_v3(sp, d) for d in order]
         per_source: dict[str, Counter[str]] = {}
