@@ -44,12 +44,12 @@ def graphs_supported(model: Transformer) -> bool:
     """CUDA graphs need a CUDA model; a MoE model also needs grouped GEMMs (no host sync in routing)."""
     if not isinstance(model, Transformer) or model.device.type != "cuda":
         return False  # pipeline stages and wrappers run eagerly
+    # Probed here, before any capture: the probes synchronise, which a capturing stream must not.
+    if ft.fused_enabled():
+        ft.fused_decode_works("cuda", model.dtype)  # also probes the norm kernel RMSNorm.forward uses
     if model.args.moe is None:
         return True
-    # Probed here, before any capture: the probes synchronise, which a capturing stream must not.
     expert_gemv_works("cuda", model.dtype)
-    if ft.fused_enabled():
-        ft.fused_decode_works("cuda", model.dtype)
     return grouped_mm_works("cuda", model.dtype)
 
 
