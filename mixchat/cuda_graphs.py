@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from mixchat.cache import RollingCache
+from mixchat.model import fused_triton as ft
+from mixchat.model.attention import Attention
 from mixchat.model.layers import FeedForward, MoeLayer, Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.moe_grouped import grouped_mm_works, grouped_moe_forward
-from mixchat.model.moe_triton import expert_gemv_works
+from mixchat.model.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
 from mixchat.model.rope import apply_rotary
 from mixchat.model.transformer import Transformer
 
@@ -42,11 +44,40 @@ def graphs_supported(model: Transformer) -> bool:
     """CUDA graphs need a CUDA model; a MoE model also needs grouped GEMMs (no host sync in routing)."""
     if not isinstance(model, Transformer) or model.device.type != "cuda":
         return False  # pipeline stages and wrappers run eagerly
+    # Probed here, before any capture: the probes synchronise, which a capturing stream must not.
+    if ft.fused_enabled():
+        ft.fused_decode_works("cuda", model.dtype)  # also probes the norm kernel RMSNorm.forward uses
     if model.args.moe is None:
         return True
-    # Probed here, before any capture: the probes synchronise, which a capturing stream must not.
     expert_gemv_works("cuda", model.dtype)
     return grouped_mm_works("cuda", model.dtype)
+
+
+def _fuse_qkv(attn: Attention) -> torch.Tensor:
+    """One [(H + 2 Hkv) hd, D] weight for q, k and v, so a decode step reads x once and launches one GEMV.
+
+    A separate concatenated copy would cost Mixtral 8x7B 1.6 GB (32 layers x 50 MB), so instead wq, wk and
+    wv are re-pointed at row slices of the new tensor and their old storage is freed: memory stays the same
+    and the modules keep working (and saving) as before.
+    """
+    ws = [attn.wq.weight, attn.wk.weight, attn.wv.weight]
+    D = ws[0].shape[1]
+    rows = sum(w.shape[0] for w in ws)
+    end = ws[0].data_ptr()
+    adjacent = True
+    for w in ws:  # already slices of one tensor (an earlier GraphDecoder of this model): no new copy
+        adjacent = adjacent and w.is_contiguous() and w.data_ptr() == end
+        end = w.data_ptr() + w.numel() * w.element_size()
+    if adjacent:
+        return ws[0].data.as_strided((rows, D), (D, 1))
+    with torch.no_grad():
+        cat = torch.cat([w.data for w in ws])
+        start = 0
+        for w in ws:
+            n = w.shape[0]
+            w.data = cat[start : start + n]
+            start += n
+    return cat
 
 
 @dataclass
@@ -58,10 +89,16 @@ class _Captured:
 
 
 class GraphDecoder:
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: Transformer, fused: bool | None = None) -> None:
+        """`fused`: run the step with the fused Triton kernels (`fused_triton.py`). None decides: on for a
+        CUDA model whose kernels pass their probe, unless MIXCHAT_FUSED=0."""
         self.model = model
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pinned: dict[int, torch.Tensor] = {}
+        if fused is None:
+            fused = model.device.type == "cuda" and ft.fused_enabled() and ft.fused_decode_works("cuda", model.dtype)
+        self.fused = fused
+        self._qkv: list[torch.Tensor] = [_fuse_qkv(layer.attention) for layer in model.layers] if fused else []
 
     # ---- the step, as captured -----------------------------------------------------------------------
     def _step(
@@ -72,6 +109,18 @@ class GraphDecoder:
         router_out: list[Routing] | None,
     ) -> torch.Tensor:
         """One decode token per row. Every shape here depends only on B and the cache's slot count."""
+        if self.fused:
+            return self._step_fused(cache, row_idx, inputs, router_out)
+        return self._step_unfused(cache, row_idx, inputs, router_out)
+
+    def _step_unfused(
+        self,
+        cache: RollingCache,
+        row_idx: torch.Tensor | None,
+        inputs: torch.Tensor,
+        router_out: list[Routing] | None,
+    ) -> torch.Tensor:
+        """The step as plain torch ops (~60 kernels a Mixtral layer); the fallback of `_step_fused`."""
         model, args = self.model, self.model.args
         tokens, positions, slots, live = inputs[0], inputs[1], inputs[2], inputs[3]  # each [B]
         B = inputs.shape[1]
@@ -108,6 +157,67 @@ class GraphDecoder:
                 assert isinstance(ff, FeedForward)
                 h = h + ff(x)
         return model.output(model.norm(h)).float()  # [B, vocab]
+
+    def _step_fused(
+        self,
+        cache: RollingCache,
+        row_idx: torch.Tensor | None,
+        inputs: torch.Tensor,
+        router_out: list[Routing] | None,
+    ) -> torch.Tensor:
+        """`_step_unfused` with the fused kernels: per Mixtral layer, the launches are
+
+        qkv GEMV, rope_store, SDPA, wo GEMV, add_rmsnorm, gate GEMV, route_topk, expert_gemv_swiglu,
+        expert_gemv (w2), combine_add_rmsnorm (MoE sum + residual + the next layer's attention norm).
+
+        The residual stream `h` and its normalised copy `x` come out of one kernel at each of the two adds,
+        so no norm runs on its own except the first layer's.
+        """
+        model, args = self.model, self.model.args
+        tokens, positions, slots, live = inputs[0], inputs[1], inputs[2], inputs[3]  # each [B]
+        B = inputs.shape[1]
+        S = cache.slots
+        H, Hkv, hd = args.n_heads, args.n_kv_heads, args.head_dim
+        h = model.tok_embeddings(tokens)  # [B, D]
+        cos_sin = torch.view_as_real(model.rotary.rotation(positions))  # [B, 1, hd/2, 2] float32, all layers
+        visible = torch.arange(S, device=cache.device)[None, :] < live[:, None]  # [B, S]
+        mask = visible[:, None, None, :]  # [B, 1, 1, S]
+        layers = model.layers
+        first = layers[0].attention_norm
+        x = ft.rmsnorm(h, first.weight, first.eps)
+        for li, layer in enumerate(layers):
+            attn = layer.attention
+            qkv = F.linear(x, self._qkv[li])  # [B, (H + 2 Hkv) hd]
+            q = qkv[:, : H * hd].view(B, H, hd)
+            k = qkv[:, H * hd : (H + Hkv) * hd].view(B, Hkv, hd)
+            v = qkv[:, (H + Hkv) * hd :].view(B, Hkv, hd)
+            kc, vc = cache.k[li], cache.v[li]  # [Bc, S, Hkv, hd]
+            q = ft.rope_store(q, k, v, cos_sin, kc.view(-1, Hkv, hd), vc.view(-1, Hkv, hd), slots)
+            if row_idx is not None:
+                kc, vc = kc.index_select(0, row_idx), vc.index_select(0, row_idx)
+            out = F.scaled_dot_product_attention(
+                q[:, :, None, :],  # [B, H, 1, hd]
+                kc.transpose(1, 2),  # [B, Hkv, S, hd]
+                vc.transpose(1, 2),
+                attn_mask=mask,
+                enable_gqa=Hkv != H,
+            )  # [B, H, 1, hd]
+            norm = layer.ffn_norm
+            h, x = ft.add_rmsnorm(h, attn.wo(out.reshape(B, H * hd)), norm.weight, norm.eps)
+            nxt = layers[li + 1].attention_norm if li + 1 < len(layers) else model.norm
+            ff = layer.feed_forward
+            if isinstance(ff, MoeLayer) and ft.route_fits(B, ff.k, ff.num_experts) and B <= MAX_ROWS:
+                logits = ff.gate(x)  # [B, E]
+                routed = ft.route_topk(logits, ff.k)
+                if router_out is not None:
+                    router_out.append(Routing(routed.experts, routed.weights, logits))
+                hidden = ft.expert_gemv_swiglu(x, ff.w1, ff.w3, routed.offs, routed.token_of)  # [B*k, F]
+                ys = expert_gemv(hidden, ff.w2, routed.offs)  # [B*k, D] grouped by expert
+                h, x = ft.combine_add_rmsnorm(h, ys, routed, nxt.weight, nxt.eps)
+            else:
+                delta = grouped_moe_forward(ff, x, router_out) if isinstance(ff, MoeLayer) else ff(x)
+                h, x = ft.add_rmsnorm(h, delta, nxt.weight, nxt.eps)
+        return model.output(x).float()  # [B, vocab]
 
     # ---- running it ----------------------------------------------------------------------------------
     def decode(

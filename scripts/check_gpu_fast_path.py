@@ -17,6 +17,7 @@ agreement at most 5 points lower).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -25,7 +26,7 @@ import torch
 from mixchat.cache import RollingCache
 from mixchat.engine import Engine
 from mixchat.loader import random_model
-from mixchat.model import attn_ops, moe_grouped
+from mixchat.model import attn_ops, fused_triton, moe_grouped
 from mixchat.model.args import ModelArgs, MoeArgs
 from mixchat.model.moe_grouped import grouped_mm_works
 from mixchat.model.moe_triton import expert_gemv_works
@@ -50,6 +51,9 @@ def run_case(name: str, window: int | None, n_seqs: int, seed: int, steps: int =
             engine.graph_decoder = None
         moe_grouped.FORCE_LOOP = not fast
         attn_ops.force_sdpa(not fast)
+        fused_env = os.environ.get("MIXCHAT_FUSED")
+        if not fast:
+            os.environ["MIXCHAT_FUSED"] = "0"  # the plain run: no fused Triton norms either
         try:
             cache = engine.new_cache(batch=n_seqs)
             out = []
@@ -62,6 +66,10 @@ def run_case(name: str, window: int | None, n_seqs: int, seed: int, steps: int =
         finally:
             moe_grouped.FORCE_LOOP = False
             attn_ops.force_sdpa(False)
+            if fused_env is None:
+                os.environ.pop("MIXCHAT_FUSED", None)
+            else:
+                os.environ["MIXCHAT_FUSED"] = fused_env
         graphs = engine.graph_decoder.captured if engine.graph_decoder is not None else 0
         return out, graphs
 
@@ -130,7 +138,9 @@ def main() -> int:
     seed = a.seed if a.seed is not None else int(time.time()) % 100_000
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, seed {seed}")
     print(f"  grouped GEMM available in bf16: {grouped_mm_works('cuda', torch.bfloat16)}; "
-          f"decode GEMV kernel: {expert_gemv_works('cuda', torch.bfloat16)}")
+          f"decode GEMV kernel: {expert_gemv_works('cuda', torch.bfloat16)}; "
+          f"fused decode kernels: {fused_triton.fused_decode_works('cuda', torch.bfloat16)} "
+          f"(MIXCHAT_FUSED={os.environ.get('MIXCHAT_FUSED', '1')})")
     results = [
         run_case("full attention, 3 packed sequences", None, 3, seed),
         run_case("full attention, 1 sequence", None, 1, seed + 1),

@@ -20,9 +20,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward: FeedForward | MoeLayer
         if args.moe is not None:
-            self.feed_forward = MoeLayer(
-                args.dim, args.hidden_dim, args.moe.num_experts, args.moe.num_experts_per_tok
-            )
+            self.feed_forward = MoeLayer(args.dim, args.hidden_dim, args.moe.num_experts, args.moe.num_experts_per_tok)
         else:
             self.feed_forward = FeedForward(args.dim, args.hidden_dim)
 
@@ -34,7 +32,15 @@ class TransformerBlock(nn.Module):
         cache: KVStore | None,
         router_out: list[Routing] | None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rot, layout, cache)
+        a = self.attention(self.attention_norm(x), rot, layout, cache)
+        if x.is_cuda:
+            # GPU inference: the residual add and the FFN norm in one Triton kernel.
+            from mixchat.model.fused_triton import add_rmsnorm, use_fused_norm
+
+            if use_fused_norm(x, self.ffn_norm.weight):
+                h, xn = add_rmsnorm(x, a, self.ffn_norm.weight, self.ffn_norm.eps)
+                return h + self.feed_forward(xn, router_out)
+        h = x + a
         return h + self.feed_forward(self.ffn_norm(h), router_out)
 
 
