@@ -61,15 +61,16 @@ def _fuse_qkv(attn: Attention) -> torch.Tensor:
     and the modules keep working (and saving) as before.
     """
     ws = [attn.wq.weight, attn.wk.weight, attn.wv.weight]
-    D = ws[0].shape[1]
-    rows = sum(w.shape[0] for w in ws)
-    end = ws[0].data_ptr()
-    adjacent = True
-    for w in ws:  # already slices of one tensor (an earlier GraphDecoder of this model): no new copy
-        adjacent = adjacent and w.is_contiguous() and w.data_ptr() == end
-        end = w.data_ptr() + w.numel() * w.element_size()
-    if adjacent:
-        return ws[0].data.as_strided((rows, D), (D, 1))
+    fused = attn.__dict__.get("_fused_qkv")
+    if fused is not None:  # an earlier GraphDecoder of this model: reuse if the weights still point into it
+        start = 0
+        for w in ws:
+            same = w.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+            if not same or w.data_ptr() != fused[start].data_ptr():
+                break
+            start += w.shape[0]
+        else:
+            return fused
     with torch.no_grad():
         cat = torch.cat([w.data for w in ws])
         start = 0
@@ -77,6 +78,8 @@ def _fuse_qkv(attn: Attention) -> torch.Tensor:
             n = w.shape[0]
             w.data = cat[start : start + n]
             start += n
+    # Not a parameter or buffer: a plain attribute, so state dicts and saving do not see it twice.
+    attn.__dict__["_fused_qkv"] = cat
     return cat
 
 

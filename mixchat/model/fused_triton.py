@@ -387,7 +387,12 @@ def route_topk(logits: torch.Tensor, k: int) -> Routed:
 
 
 def expert_gemv_swiglu(
-    x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, offs: torch.Tensor, token_of: torch.Tensor
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    offs: torch.Tensor,
+    token_of: torch.Tensor,
+    config: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """silu(w1[e] @ x[token_of[r]]) * (w3[e] @ x[token_of[r]]) for rows r grouped by expert.
 
@@ -402,12 +407,13 @@ def expert_gemv_swiglu(
     E, N, K = w1.shape
     assert w1.stride(2) == 1 and w3.stride(2) == 1 and x.stride(1) == 1
     out = torch.empty(R, N, device=x.device, dtype=x.dtype)
-    block_n = 32  # two weight tiles per program: keep the column block narrow
-    grid = (E, triton.cdiv(N, block_n))
+    # Two weight tiles per program: keep the column block narrow.
+    cfg = {"BLOCK_N": 32, "BLOCK_K": 128, **(config or {})}
+    grid = (E, triton.cdiv(N, cfg["BLOCK_N"]))
     _expert_swiglu_kernel[grid](
         x, token_of, w1, w3, offs, out, N, K, x.stride(0),
         w1.stride(0), w1.stride(1), w3.stride(0), w3.stride(1),
-        BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=128,
+        BLOCK_M=MAX_ROWS, **cfg,
     )  # fmt: skip
     return out
 

@@ -62,7 +62,9 @@ if triton is not None:
             tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-def expert_gemv(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+def expert_gemv(
+    x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, config: dict[str, int] | None = None
+) -> torch.Tensor:
     """out[r] = w[e(r)] @ x[r] for rows grouped by expert (`offs` cumulative ends); at most MAX_ROWS per expert."""
     # x: [R, K] contiguous; w: [E, N, K] with contiguous expert rows; offs: [E] int32 -> [R, N]
     R, K = x.shape
@@ -70,9 +72,9 @@ def expert_gemv(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.T
     assert w.stride(2) == 1 and w.stride(1) == K, "expert weights must have contiguous rows"
     out = torch.empty(R, N, device=x.device, dtype=x.dtype)
     # Enough programs to keep every SM streaming: narrower column blocks for the narrow w2 output.
-    block_n = 64 if N >= 8192 else 32
-    grid = (E, triton.cdiv(N, block_n))
-    _expert_gemv_kernel[grid](x, w, offs, out, N, K, w.stride(0), BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=128)
+    cfg = {"BLOCK_N": 64 if N >= 8192 else 32, "BLOCK_K": 128, **(config or {})}
+    grid = (E, triton.cdiv(N, cfg["BLOCK_N"]))
+    _expert_gemv_kernel[grid](x, w, offs, out, N, K, w.stride(0), BLOCK_M=MAX_ROWS, **cfg)
     return out
 
 
