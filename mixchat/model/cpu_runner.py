@@ -321,7 +321,14 @@ class CpuRunner:
     def _experts_grouped(
         self, x: torch.Tensor, xn: torch.Tensor, lw: _LayerWeights, experts: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
-        """Many tokens: sort the (token, expert) pairs by expert, one matmul pair per expert that has tokens."""
+        """Many tokens: sort the (token, expert) pairs by expert, one matmul pair per expert that has tokens.
+
+        Each expert's matmuls write into shared buffers (`out=`), so the SwiGLU runs once over all pairs
+        rather than once per expert. The routing weights scale the output rows, and `index_add_` adds them
+        onto their tokens' residual rows: this replaces putting the rows back in token order (an
+        `index_copy_`, single-threaded and about 4x slower on a 1 MiB chunk) followed by one `addcmul_` per
+        choice.
+        """
         k = experts.shape[1]
         E = lw.w13.shape[0]
         flat = experts.reshape(-1)  # [T*k]
@@ -329,20 +336,22 @@ class CpuRunner:
         counts = torch.bincount(flat, minlength=E).tolist()
         token_of = order.div(k, rounding_mode="floor")  # token of each sorted pair
         xs = xn.index_select(0, token_of)  # [T*k, dim] grouped by expert
+        n = xs.shape[0]
+        hidden = self.hidden
+        h = xs.new_empty(n, 2 * hidden)  # [T*k, w1 | w3]
+        groups = [(e, c) for e, c in enumerate(counts) if c]
+        start = 0
+        for e, c in groups:
+            torch.mm(xs[start : start + c], lw.w13s[e], out=h[start : start + c])
+            start += c
+        act = F.silu(h[:, :hidden], inplace=True).mul_(h[:, hidden:])  # [T*k, hidden], rows 2 * hidden apart
         ys = torch.empty_like(xs)
         start = 0
-        for e in (e for e, c in enumerate(counts) if c):
-            end = start + counts[e]
-            h = torch.mm(xs[start:end], lw.w13s[e])  # [n, 2 * hidden]
-            torch.mm(_swiglu(h, self.hidden), lw.w2s[e], out=ys[start:end])
-            start = end
-        # Back to (token, choice) order by a permutation (no colliding writes, unlike index_add_), then each
-        # token's k outputs are weighed and added onto its residual row.
-        T, D = x.shape
-        per_token = torch.empty_like(ys).index_copy_(0, order, ys).view(T, k, D)
-        for j in range(k):
-            x.addcmul_(per_token[:, j], weights[:, j : j + 1])
-        return x
+        for e, c in groups:
+            torch.mm(act[start : start + c], lw.w2s[e], out=ys[start : start + c])
+            start += c
+        ys.mul_(weights.reshape(-1).index_select(0, order)[:, None])
+        return x.index_add_(0, token_of, ys)
 
 
 def _rms_scale(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
