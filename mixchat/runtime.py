@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mixchat.engine import Engine
+from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
 from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder
 from mixchat.model.transformer import Transformer
 from mixchat.tokenizer import Tokenizer, TokenizerError
@@ -95,7 +95,7 @@ def load_runtime(
     model: str | Path | None = None,
     device: str = "auto",
     dtype: str = "auto",
-    chunk_size: int = 512,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_context: int | None = None,
 ) -> Runtime:
     start = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from mixchat.cli.common import add_conversation_options, add_model_options, load_from_args
 from mixchat.cli.conversations import add_data_dir_option
+from mixchat.engine import DEFAULT_CHUNK_SIZE
 from mixchat.runtime import UserError
 from mixchat.units import human_bytes
 
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
 
     # The conversation's own chunk size is applied before every turn; the engine's initial one does not matter.
-    rt = load_from_args(argparse.Namespace(**{**vars(args), "chunk_size": args.chunk_size or 512}))
+    rt = load_from_args(argparse.Namespace(**{**vars(args), "chunk_size": args.chunk_size or DEFAULT_CHUNK_SIZE}))
     moe = rt.model.args.moe
     if args.experts_per_token is not None and (moe is None or args.experts_per_token > moe.num_experts):
         limit = f"between 1 and {moe.num_experts}" if moe else "only for mixture-of-experts models"

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mixchat.engine import DEFAULT_CHUNK_SIZE
 from mixchat.runtime import Runtime, UserError, load_runtime
 
 
@@ -28,8 +29,8 @@ def add_model_options(p: argparse.ArgumentParser, chunk: bool = True) -> None:
     g.add_argument("--max-context", type=positive_int, metavar="N",
                    help="context limit for models without a sliding window (default 32768)")
     if chunk:
-        g.add_argument("--chunk-size", type=positive_int, default=512, metavar="N",
-                       help="pre-fill at most N tokens per sequence per forward pass (default 512)")
+        g.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE, metavar="N",
+                       help=f"pre-fill at most N tokens per sequence per forward pass (default {DEFAULT_CHUNK_SIZE})")
 
 
 def add_sampling_options(p: argparse.ArgumentParser, temperature: float = 0.7, max_tokens: int = 256) -> None:
@@ -100,7 +101,7 @@ def load_from_args(args: argparse.Namespace, quiet: bool = False) -> Runtime:
             args.model,
             device=args.device,
             dtype=args.dtype,
-            chunk_size=getattr(args, "chunk_size", 512),
+            chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
             max_context=args.max_context,
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from mixchat.engine import DEFAULT_CHUNK_SIZE
 from mixchat.sampling import SamplingSettings
 
 
@@ -25,7 +26,7 @@ class ChatSettings:
     top_p: float = 0.95
     max_tokens: int = 512  # per reply
     seed: int | None = None  # with a seed, turn n samples with seed + n: reproducible, yet not every turn alike
-    chunk_size: int = 512  # pre-fill at most this many tokens per forward pass
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # pre-fill at most this many tokens per forward pass
     experts_per_token: int | None = None  # MoE top-k; None = the model's own value
 
     def __post_init__(self) -> None:
