@@ -27,6 +27,7 @@ from mixchat.model.cpu_runner import CpuRunner
 from mixchat.model.layers import Routing
 from mixchat.model.transformer import Transformer
 from mixchat.sampling import Sampler, SamplingSettings
+from mixchat.thread_choice import ThreadChooser
 
 FinishReason = Literal["eos", "length", "cancelled"]
 SMALL_MODEL_PARAMS = 200_000_000
@@ -120,13 +121,11 @@ class Engine:
         self.tokenizer = tokenizer
         self.chunk_size = chunk_size
         self.eos_id = eos_id if eos_id is not None else getattr(tokenizer, "eos_id", None)
-        # A small model's decode step is hundreds of tiny ops. Spread over threads, each op waits for the
-        # slowest one, and on a busy machine (a TUI thread, another process) a descheduled thread costs a
-        # scheduler tick per op. On the built-in model beside one busy process we measured 39 tokens/s with
-        # two threads against 109 with one (and 1.4 against ~90 under heavier load). Such steps therefore run
-        # on one thread; big models and long chunks keep them all.
+        # Small models' decode steps pick their thread count by timing themselves (see thread_choice.py);
+        # big models and long chunks use every thread.
         total, _ = model.args.param_counts()
-        self.small_step_threads: int | None = 1 if total < SMALL_MODEL_PARAMS else None
+        small = total < SMALL_MODEL_PARAMS and self.device.type == "cpu"
+        self.step_threads: ThreadChooser | None = ThreadChooser([1, torch.get_num_threads()]) if small else None
         # Small float32 models on the CPU run through the lean executor (see cpu_runner.py); the module's
         # own forward stays the reference, the training path and the path for everything else.
         # MIXCHAT_CPU_RUNNER=0 keeps the module path (tests compare a pipeline's stages, which run it).
@@ -165,16 +164,20 @@ class Engine:
             return logits
         tokens = torch.tensor([t for c in chunks for t in c], dtype=torch.long, device=self.device)
         last_only = isinstance(router_out, LastTokenRoutes)
-        runner = self._runner
-        if runner is not None and runner.usable():
-            with _threads(self.small_step_threads if len(tokens) <= 16 else None):
+        runner = self._runner if self._runner is not None and self._runner.usable() else None
+        chooser = self.step_threads if len(tokens) <= 16 else None
+        threads = chooser.pick(len(tokens)) if chooser is not None else None
+        start = time.perf_counter()
+        with _threads(threads):
+            if runner is not None:
                 logits = runner.forward(tokens, layout, cache, router_out, routing_last_only=last_only)
-        else:
-            with _threads(self.small_step_threads if self.device.type == "cpu" and len(tokens) <= 16 else None):
+            else:
                 logits = self.model(tokens, layout, cache, router_out=router_out, last_only=True)
-            if last_only and router_out and len(tokens) != len(chunks):
-                idx = layout.last_token_index()
-                router_out[:] = [Routing(*(t.index_select(0, idx) for t in r)) for r in router_out]
+        if chooser is not None and threads is not None:
+            chooser.record(len(tokens), threads, time.perf_counter() - start)
+        if runner is None and last_only and router_out and len(tokens) != len(chunks):
+            idx = layout.last_token_index()
+            router_out[:] = [Routing(*(t.index_select(0, idx) for t in r)) for r in router_out]
         cache.advance(layout)
         return logits
 

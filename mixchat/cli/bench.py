@@ -276,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
         "model": label,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        # Small CPU models choose their decode threads by timing steps (mixchat/thread_choice.py): the pick.
+        "decode_threads": chooser.best(args.batch) if (chooser := getattr(engine, "step_threads", None)) else None,
         "dtype": str(dtype).removeprefix("torch."),
         "batch": args.batch,
         "prompt_tokens": args.prompt_tokens,
