@@ -116,8 +116,18 @@ class PipelineGroup:
         assert work is not None
         return work
 
-    def recv(self, shape: Sequence[int], dtype: torch.dtype, src: int, back: bool = False) -> torch.Tensor:
-        t = torch.empty(tuple(shape), dtype=dtype, device=self.device)
+    def recv(self, shape: Sequence[int], dtype: torch.dtype, src: int, back: bool = False,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        """Receive a tensor; into `out` when given (a captured graph's static input: no copy afterwards).
+
+        With NCCL the wait orders the current stream after the transfer and returns without a host wait; the
+        transfer itself is ordered after the work already queued on the current stream, so receiving into a
+        buffer that an earlier queued graph replay reads is safe."""
+        if out is not None:
+            assert tuple(out.shape) == tuple(shape) and out.dtype == dtype and out.is_contiguous()
+            t = out
+        else:
+            t = torch.empty(tuple(shape), dtype=dtype, device=self.device)
         work = dist.irecv(t, src, group=self.back if back else self.forward)
         assert work is not None
         work.wait()
