@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
 from mixchat.cuda_graphs import GraphDecoder, stage_graphs_wanted
-from mixchat.distributed.comm import Command, Op, PipelineGroup
+from mixchat.distributed.comm import Command, Op, PipelineGroup, SentWork
 from mixchat.model.layers import Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel
@@ -35,7 +35,7 @@ class Follower:
         self.group = group
         self.caches: dict[int, RollingCache] = {}
         self.undo: dict[int, UndoPoint] = {}
-        self.sending: list[tuple[dist.Work, torch.Tensor]] = []
+        self.sending: list[tuple[SentWork, torch.Tensor]] = []
         # On a GPU, decode steps replay this stage's layers from CUDA graphs (cuda_graphs.py); pre-fill, and
         # everything on the CPU, runs the modules eagerly.
         self.graphs: GraphDecoder | None = GraphDecoder(stage) if stage_graphs_wanted(stage) else None
@@ -141,7 +141,7 @@ class Follower:
             works += self._send_back(*cap.stacked)
         cap.fences.extend(works)
 
-    def _send_back(self, *tensors: torch.Tensor) -> list[dist.Work]:
+    def _send_back(self, *tensors: torch.Tensor) -> list[SentWork]:
         works = []
         for t in tensors:
             t = t.contiguous()
