@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,15 +94,50 @@ def _fuse_qkv(attn: Attention) -> torch.Tensor:
     return cat
 
 
+def graphs_mode() -> str:
+    """MIXCHAT_CUDA_GRAPHS: "1" (default) graphs where supported, "0" never, "eager" the graph step's code
+    run eagerly on any device, replaying nothing (`_EagerReplay`): for checking the step and its callers'
+    static-buffer protocol where no graph can be captured (the CPU tests of pipelines run it over gloo)."""
+    mode = os.environ.get("MIXCHAT_CUDA_GRAPHS", "1")
+    return mode if mode in ("0", "eager") else "1"
+
+
+def decoder_wanted(model: Transformer | StageModel) -> bool:
+    """Whether a whole model (the engine) or a pipeline stage (rank 0's driver, the followers) runs its
+    decode steps through a `GraphDecoder`."""
+    mode = graphs_mode()
+    if mode == "eager":
+        return isinstance(model, (Transformer, StageModel))
+    return mode == "1" and graphs_supported(model)
+
+
 def stage_graphs_wanted(stage: StageModel) -> bool:
     """Whether a pipeline stage replays its decode steps from graphs: on CUDA when the probes pass, unless
     MIXCHAT_CUDA_GRAPHS=0 (the switch the one-GPU engine obeys too)."""
-    return os.environ.get("MIXCHAT_CUDA_GRAPHS", "1") != "0" and graphs_supported(stage)
+    return decoder_wanted(stage)
+
+
+class _EagerReplay:
+    """Stands in for a captured graph where none is captured (MIXCHAT_CUDA_GRAPHS=eager, or on the CPU):
+    each replay runs the step's code again and copies its results into the first run's buffers, so callers
+    see the same static buffers, rewritten by each replay, as with a CUDA graph."""
+
+    def __init__(self, run: Callable[[list[Routing]], torch.Tensor], out: torch.Tensor, routing: list[Routing]):
+        self.run = run
+        self.out = out
+        self.routing = routing
+
+    def replay(self) -> None:
+        routing: list[Routing] = []
+        self.out.copy_(self.run(routing))
+        for static, new in zip(self.routing, routing, strict=True):
+            for a, b in zip(static, new, strict=True):
+                a.copy_(b)
 
 
 @dataclass
 class _Captured:
-    graph: torch.cuda.CUDAGraph
+    graph: torch.cuda.CUDAGraph | _EagerReplay
     inputs: torch.Tensor  # [4, B] int64 on the device: tokens, positions, flat slots, live keys
     out: torch.Tensor  # [B, vocab] float32 logits (a model's back end) or [B, D] residual stream, per replay
     routing: list[Routing]  # per layer, rewritten by each replay (empty when not traced)
@@ -138,6 +173,7 @@ class GraphDecoder:
         self.norm = model.norm  # None (and output None): an earlier pipeline stage, whose output is `h`
         self.output = model.output
         self.whole = self.embeddings is not None and self.output is not None
+        self.eager = model.device.type != "cuda" or graphs_mode() == "eager"  # no capture: `_EagerReplay`
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pinned: dict[int, torch.Tensor] = {}
         if fused is None:
@@ -381,7 +417,8 @@ class GraphDecoder:
         # before the next step's host code can run past the caller's read of the sampled token.
         buf = self._pinned.get(B)
         if buf is None:
-            buf = torch.empty(4, B, dtype=torch.long).pin_memory()
+            buf = torch.empty(4, B, dtype=torch.long)
+            buf = buf if self.model.device.type != "cuda" else buf.pin_memory()
             self._pinned[B] = buf
         return buf
 
@@ -393,6 +430,8 @@ class GraphDecoder:
         if hidden is not None:
             hidden = hidden.contiguous()
         row_idx = None if rows == list(range(cache.batch)) else torch.tensor(rows, device=cache.device)
+        if self.eager:
+            return self._run_eagerly(cache, row_idx, inputs, traced, hidden)
         # Warm-up runs on a side stream (cuBLAS and the allocator settle there), then capture. The warm-up
         # writes this step's own K/V into this step's own slots, which the replay below writes again.
         stream = torch.cuda.Stream(cache.device)
@@ -410,12 +449,37 @@ class GraphDecoder:
         mode = "global" if self.whole else "thread_local"
         with torch.cuda.graph(graph, capture_error_mode=mode):
             out = self._step(cache, row_idx, inputs, routing if traced else None, hidden)
-            if routing and not self.whole:
-                stacked = (
-                    torch.stack([r.experts for r in routing]),  # [L, B, k]
-                    torch.stack([r.weights for r in routing]),  # [L, B, k]
-                    torch.stack([r.logits for r in routing]),  # [L, B, E]
-                )
-                routing = [Routing(stacked[0][i], stacked[1][i], stacked[2][i]) for i in range(len(routing))]
+            routing, stacked = self._stack(routing)
         graph.replay()
         return _Captured(graph, inputs, out, routing, hidden, stacked)
+
+    def _stack(
+        self, routing: list[Routing]
+    ) -> tuple[list[Routing], tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        """A stage's routing as three stacked tensors (sent as three messages) and per-layer views of them."""
+        if not routing or self.whole:
+            return routing, None
+        stacked = (
+            torch.stack([r.experts for r in routing]),  # [L, B, k]
+            torch.stack([r.weights for r in routing]),  # [L, B, k]
+            torch.stack([r.logits for r in routing]),  # [L, B, E]
+        )
+        return [Routing(stacked[0][i], stacked[1][i], stacked[2][i]) for i in range(len(routing))], stacked
+
+    def _run_eagerly(
+        self,
+        cache: RollingCache,
+        row_idx: torch.Tensor | None,
+        inputs: torch.Tensor,
+        traced: bool,
+        hidden: torch.Tensor | None,
+    ) -> _Captured:
+        """`_capture` without a graph: the first run's results become the static buffers."""
+
+        def run(routing: list[Routing]) -> torch.Tensor:
+            return self._step(cache, row_idx, inputs, routing if traced else None, hidden)
+
+        routing: list[Routing] = []
+        out = run(routing)
+        routing, stacked = self._stack(routing)
+        return _Captured(_EagerReplay(run, out, routing), inputs, out, routing, hidden, stacked)
