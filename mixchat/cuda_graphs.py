@@ -148,6 +148,8 @@ class _Captured:
     # Communication still reading `out` / `stacked` (dist.Work of sends): the next replay, which rewrites
     # them, first makes the stream wait for these. Never a host wait: NCCL's Work.wait() orders streams.
     fences: list[Any] = field(default_factory=list)
+    host: torch.Tensor | None = None  # [4, B] int64 host staging of a stage graph's inputs (see `_staging`)
+    copied: torch.cuda.Event | None = None  # recorded after each copy from `host` (CUDA stages only)
 
     @property
     def logits(self) -> torch.Tensor:
@@ -383,15 +385,19 @@ class GraphDecoder:
     ) -> _Captured:
         assert layout.mode == "decode" and layout.row_ids is not None and layout.slot_list is not None
         rows = layout.row_ids
-        host = self._pinned_for(len(rows))
+        key = self._key(cache, rows, traced)
+        cap = self._graphs.get(key)
+        host = self._staging(cap, len(rows))
         host[0] = torch.tensor(tokens) if tokens is not None else 0
         host[1] = torch.tensor(layout.pos_list)
         host[2] = torch.tensor(layout.slot_list)
         host[3] = torch.tensor(layout.kv_lens)
-        key = self._key(cache, rows, traced)
-        cap = self._graphs.get(key)
         if cap is None:
             cap = self._capture(cache, rows, host, traced, hidden)
+            if not self.whole:
+                cap.host = host
+                if cache.device.type == "cuda":
+                    cap.copied = torch.cuda.Event()
             self._graphs[key] = cap
             while len(self._graphs) > MAX_GRAPHS:
                 self._graphs.popitem(last=False)
@@ -401,6 +407,8 @@ class GraphDecoder:
                 work.wait()
             cap.fences.clear()
             cap.inputs.copy_(host, non_blocking=True)
+            if cap.copied is not None:
+                cap.copied.record()
             if hidden is not None and hidden is not cap.hidden:
                 assert cap.hidden is not None
                 cap.hidden.copy_(hidden)
@@ -411,6 +419,25 @@ class GraphDecoder:
     def captured(self) -> int:
         """Graphs held now (the check script reports it to show the graph path ran)."""
         return len(self._graphs)
+
+    def _staging(self, cap: _Captured | None, B: int) -> torch.Tensor:
+        """The pinned [4, B] host buffer this step's inputs are copied from.
+
+        A whole model shares one per batch size (see `_pinned_for`). A pipeline rank queues steps without
+        reading anything back in between (rank 0 submits every micro-batch before collecting any; the other
+        ranks never read back at all), so a copy may still wait in the stream behind the previous
+        micro-batch's receive when the host fills the next step: each stage graph keeps its own buffer, and
+        an event says when its last copy has run (long since, in practice: that graph's previous step had to
+        come back round before this one could be issued)."""
+        if self.whole:
+            return self._pinned_for(B)
+        if cap is None:
+            buf = torch.empty(4, B, dtype=torch.long)
+            return buf if self.model.device.type != "cuda" else buf.pin_memory()
+        if cap.copied is not None:
+            cap.copied.synchronize()
+        assert cap.host is not None
+        return cap.host
 
     def _pinned_for(self, B: int) -> torch.Tensor:
         # One staging buffer per batch size; reusing it is safe because the copy that reads it is queued
