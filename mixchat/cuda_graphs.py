@@ -151,10 +151,6 @@ class _Captured:
     host: torch.Tensor | None = None  # [4, B] int64 host staging of a stage graph's inputs (see `_staging`)
     copied: torch.cuda.Event | None = None  # recorded after each copy from `host` (CUDA stages only)
 
-    @property
-    def logits(self) -> torch.Tensor:
-        return self.out
-
 
 class GraphDecoder:
     def __init__(self, model: Transformer | StageModel, fused: bool | None = None) -> None:
@@ -452,7 +448,7 @@ class GraphDecoder:
     def _capture(
         self, cache: RollingCache, rows: list[int], host: torch.Tensor, traced: bool, hidden: torch.Tensor | None
     ) -> _Captured:
-        inputs = host.to(cache.device)
+        inputs = host.to(cache.device, copy=True)  # a copy on the CPU too: the graph owns its inputs
         # A stage's input buffer: the tensor the activations were just received into becomes the graph's own.
         if hidden is not None:
             hidden = hidden.contiguous()
