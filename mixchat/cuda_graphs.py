@@ -17,12 +17,21 @@ A graph bakes in the addresses of the cache tensors, the rows it serves and whet
 so graphs are kept per such key and captured on first use (a fraction of a second; it happens again only
 when a full-attention cache grows or a new cache is made). The only synchronisation left in a step is the
 caller reading the sampled token.
+
+The step runs a contiguous range of layers with the ends of the model it owns, so the same code serves a
+whole `Transformer` (all layers, token ids in, logits out) and a pipeline stage (`StageModel`): a stage
+without the embeddings starts from a static hidden-state input buffer that the caller receives the previous
+stage's activations into, and a stage without the head ends with its residual stream `h` in a static output
+buffer, which the caller sends on. Sends and receives stay outside the graph (see `run_stage`).
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,15 +44,17 @@ from mixchat.model.layout import BatchLayout
 from mixchat.model.moe_grouped import grouped_mm_works, grouped_moe_forward
 from mixchat.model.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
 from mixchat.model.rope import apply_rotary
-from mixchat.model.transformer import Transformer
+from mixchat.model.stage import StageModel
+from mixchat.model.transformer import Transformer, TransformerBlock
 
 MAX_GRAPHS = 8  # captured graphs kept (each holds a small private memory pool)
 
 
-def graphs_supported(model: Transformer) -> bool:
-    """CUDA graphs need a CUDA model; a MoE model also needs grouped GEMMs (no host sync in routing)."""
-    if not isinstance(model, Transformer) or model.device.type != "cuda":
-        return False  # pipeline stages and wrappers run eagerly
+def graphs_supported(model: Transformer | StageModel) -> bool:
+    """CUDA graphs need a CUDA model (a whole one or one pipeline stage); a MoE model also needs grouped GEMMs
+    (no host sync in routing). Wrappers (rank 0's `PipelineModel`) say no: their stage decides for itself."""
+    if not isinstance(model, (Transformer, StageModel)) or model.device.type != "cuda":
+        return False
     # Probed here, before any capture: the probes synchronise, which a capturing stream must not.
     if ft.fused_enabled():
         ft.fused_decode_works("cuda", model.dtype)  # also probes the norm kernel RMSNorm.forward uses
@@ -83,25 +94,97 @@ def _fuse_qkv(attn: Attention) -> torch.Tensor:
     return cat
 
 
+def graphs_mode() -> str:
+    """MIXCHAT_CUDA_GRAPHS: "1" (default) graphs where supported, "0" never, "eager" the graph step's code
+    run eagerly on any device, replaying nothing (`_EagerReplay`): for checking the step and its callers'
+    static-buffer protocol where no graph can be captured (the CPU tests of pipelines run it over gloo)."""
+    mode = os.environ.get("MIXCHAT_CUDA_GRAPHS", "1")
+    return mode if mode in ("0", "eager") else "1"
+
+
+def decoder_wanted(model: Transformer | StageModel) -> bool:
+    """Whether a whole model (the engine) or a pipeline stage (rank 0's driver, the followers) runs its
+    decode steps through a `GraphDecoder`."""
+    mode = graphs_mode()
+    if mode == "eager":
+        return isinstance(model, (Transformer, StageModel))
+    return mode == "1" and graphs_supported(model)
+
+
+def stage_graphs_wanted(stage: StageModel) -> bool:
+    """Whether a pipeline stage replays its decode steps from graphs: on CUDA when the probes pass, unless
+    MIXCHAT_CUDA_GRAPHS=0 (the switch the one-GPU engine obeys too)."""
+    return decoder_wanted(stage)
+
+
+class _EagerReplay:
+    """Stands in for a captured graph where none is captured (MIXCHAT_CUDA_GRAPHS=eager, or on the CPU):
+    each replay runs the step's code again and copies its results into the first run's buffers, so callers
+    see the same static buffers, rewritten by each replay, as with a CUDA graph."""
+
+    def __init__(self, run: Callable[[list[Routing]], torch.Tensor], out: torch.Tensor, routing: list[Routing]):
+        self.run = run
+        self.out = out
+        self.routing = routing
+
+    def replay(self) -> None:
+        routing: list[Routing] = []
+        self.out.copy_(self.run(routing))
+        for static, new in zip(self.routing, routing, strict=True):
+            for a, b in zip(static, new, strict=True):
+                a.copy_(b)
+
+
 @dataclass
 class _Captured:
-    graph: torch.cuda.CUDAGraph
+    graph: torch.cuda.CUDAGraph | _EagerReplay
     inputs: torch.Tensor  # [4, B] int64 on the device: tokens, positions, flat slots, live keys
-    logits: torch.Tensor  # [B, vocab] float32, rewritten by each replay
+    out: torch.Tensor  # [B, vocab] float32 logits (a model's back end) or [B, D] residual stream, per replay
     routing: list[Routing]  # per layer, rewritten by each replay (empty when not traced)
+    hidden: torch.Tensor | None = None  # [B, D] static input of a stage without the embeddings
+    # A stage's routing stacked over its layers by the graph itself ([L, B, k] int64, [L, B, k] float32,
+    # [L, B, E] model dtype), ready to send in three messages; None for a whole model or when not traced.
+    stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # Communication still reading `out` / `stacked` (dist.Work of sends): the next replay, which rewrites
+    # them, first makes the stream wait for these. Never a host wait: NCCL's Work.wait() orders streams.
+    fences: list[Any] = field(default_factory=list)
+    host: torch.Tensor | None = None  # [4, B] int64 host staging of a stage graph's inputs (see `_staging`)
+    copied: torch.cuda.Event | None = None  # recorded after each copy from `host` (CUDA stages only)
 
 
 class GraphDecoder:
-    def __init__(self, model: Transformer, fused: bool | None = None) -> None:
+    def __init__(self, model: Transformer | StageModel, fused: bool | None = None) -> None:
         """`fused`: run the step with the fused Triton kernels (`fused_triton.py`). None decides: on for a
-        CUDA model whose kernels pass their probe, unless MIXCHAT_FUSED=0."""
+        CUDA model whose kernels pass their probe, unless MIXCHAT_FUSED=0.
+
+        `model` is a whole `Transformer` or one pipeline `StageModel`; the step covers its layers, starting
+        from token ids when it holds the embeddings (else from a hidden-state buffer) and ending with logits
+        when it holds the final norm and head (else with the residual stream)."""
         self.model = model
+        self.args = model.args
+        self.layers: list[TransformerBlock]
+        if isinstance(model, StageModel):
+            self.layers = list(model.layers.values())  # type: ignore[arg-type]
+        else:
+            self.layers = list(model.layers)  # type: ignore[arg-type]
+        self.embeddings = model.tok_embeddings  # None: a later pipeline stage, fed activations
+        self.norm = model.norm  # None (and output None): an earlier pipeline stage, whose output is `h`
+        self.output = model.output
+        self.whole = self.embeddings is not None and self.output is not None
+        self.eager = model.device.type != "cuda" or graphs_mode() == "eager"  # no capture: `_EagerReplay`
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pinned: dict[int, torch.Tensor] = {}
         if fused is None:
             fused = model.device.type == "cuda" and ft.fused_enabled() and ft.fused_decode_works("cuda", model.dtype)
         self.fused = fused
-        self._qkv: list[torch.Tensor] = [_fuse_qkv(layer.attention) for layer in model.layers] if fused else []
+        self._qkv: list[torch.Tensor] = [_fuse_qkv(layer.attention) for layer in self.layers] if fused else []
+
+    @property
+    def experts_per_token(self) -> int | None:
+        for layer in self.layers:
+            if isinstance(layer.feed_forward, MoeLayer):
+                return int(layer.feed_forward.k)
+        return None
 
     # ---- the step, as captured -----------------------------------------------------------------------
     def _step(
@@ -110,11 +193,21 @@ class GraphDecoder:
         row_idx: torch.Tensor | None,  # [B] cache rows, or None when the step covers every row in order
         inputs: torch.Tensor,  # [4, B]
         router_out: list[Routing] | None,
+        hidden: torch.Tensor | None = None,  # [B, D]: the input of a stage without the embeddings
     ) -> torch.Tensor:
-        """One decode token per row. Every shape here depends only on B and the cache's slot count."""
+        """One decode token per row. Every shape here depends only on B and the cache's slot count.
+
+        Returns [B, vocab] float32 logits when the model holds the head, else the residual stream [B, D]."""
         if self.fused:
-            return self._step_fused(cache, row_idx, inputs, router_out)
-        return self._step_unfused(cache, row_idx, inputs, router_out)
+            return self._step_fused(cache, row_idx, inputs, router_out, hidden)
+        return self._step_unfused(cache, row_idx, inputs, router_out, hidden)
+
+    def _front(self, inputs: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream entering the first layer here: embedded tokens, or the previous stage's `h`."""
+        if self.embeddings is not None:
+            return self.embeddings(inputs[0])  # [B, D]
+        assert hidden is not None, "a stage without the embeddings starts from the previous stage's activations"
+        return hidden
 
     def _step_unfused(
         self,
@@ -122,18 +215,19 @@ class GraphDecoder:
         row_idx: torch.Tensor | None,
         inputs: torch.Tensor,
         router_out: list[Routing] | None,
+        hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The step as plain torch ops (~60 kernels a Mixtral layer); the fallback of `_step_fused`."""
-        model, args = self.model, self.model.args
-        tokens, positions, slots, live = inputs[0], inputs[1], inputs[2], inputs[3]  # each [B]
+        model, args = self.model, self.args
+        positions, slots, live = inputs[1], inputs[2], inputs[3]  # each [B]
         B = inputs.shape[1]
         S = cache.slots
         H, Hkv, hd = args.n_heads, args.n_kv_heads, args.head_dim
-        h = model.tok_embeddings(tokens)  # [B, D]
+        h = self._front(inputs, hidden)  # [B, D]
         rot = model.rotary.rotation(positions)  # [B, 1, hd/2]
         visible = torch.arange(S, device=cache.device)[None, :] < live[:, None]  # [B, S]
         mask = visible[:, None, None, :]  # [B, 1, 1, S]
-        for li, layer in enumerate(model.layers):
+        for li, layer in enumerate(self.layers):  # li: the cache's (local) layer index
             attn = layer.attention
             x = layer.attention_norm(h)
             q = apply_rotary(attn.wq(x).view(B, H, hd), rot)
@@ -159,7 +253,10 @@ class GraphDecoder:
             else:
                 assert isinstance(ff, FeedForward)
                 h = h + ff(x)
-        return model.output(model.norm(h)).float()  # [B, vocab]
+        if self.output is None:
+            return h  # [B, D]: the next stage applies its own first attention norm
+        assert self.norm is not None
+        return self.output(self.norm(h)).float()  # [B, vocab]
 
     def _step_fused(
         self,
@@ -167,6 +264,7 @@ class GraphDecoder:
         row_idx: torch.Tensor | None,
         inputs: torch.Tensor,
         router_out: list[Routing] | None,
+        hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`_step_unfused` with the fused kernels: per Mixtral layer, the launches are
 
@@ -174,21 +272,25 @@ class GraphDecoder:
         expert_gemv (w2), combine_add_rmsnorm (MoE sum + residual + the next layer's attention norm).
 
         The residual stream `h` and its normalised copy `x` come out of one kernel at each of the two adds,
-        so no norm runs on its own except the first layer's.
+        so no norm runs on its own except the first layer's here. At the end of a stage that does not hold
+        the head, the norm that follows belongs to the next stage: what goes on is `h` itself, and the next
+        stage starts with `rmsnorm(h)` of its first layer, exactly as a whole model's first layer does. The
+        last combine here still normalises (with this layer's ffn norm weight, a stand-in) and that `x` is
+        dropped: a [B, D] write, cheaper than a second kernel variant.
         """
-        model, args = self.model, self.model.args
-        tokens, positions, slots, live = inputs[0], inputs[1], inputs[2], inputs[3]  # each [B]
+        model, args = self.model, self.args
+        positions, slots, live = inputs[1], inputs[2], inputs[3]  # each [B]
         B = inputs.shape[1]
         S = cache.slots
         H, Hkv, hd = args.n_heads, args.n_kv_heads, args.head_dim
-        h = model.tok_embeddings(tokens)  # [B, D]
+        h = self._front(inputs, hidden)  # [B, D]
         cos_sin = torch.view_as_real(model.rotary.rotation(positions))  # [B, 1, hd/2, 2] float32, all layers
         visible = torch.arange(S, device=cache.device)[None, :] < live[:, None]  # [B, S]
         mask = visible[:, None, None, :]  # [B, 1, 1, S]
-        layers = model.layers
+        layers = self.layers
         first = layers[0].attention_norm
         x = ft.rmsnorm(h, first.weight, first.eps)
-        for li, layer in enumerate(layers):
+        for li, layer in enumerate(layers):  # li: the cache's (local) layer index
             attn = layer.attention
             qkv = F.linear(x, self._qkv[li])  # [B, (H + 2 Hkv) hd]
             q = qkv[:, : H * hd].view(B, H, hd)
@@ -207,77 +309,200 @@ class GraphDecoder:
             )  # [B, H, 1, hd]
             norm = layer.ffn_norm
             h, x = ft.add_rmsnorm(h, attn.wo(out.reshape(B, H * hd)), norm.weight, norm.eps)
-            nxt = layers[li + 1].attention_norm if li + 1 < len(layers) else model.norm
+            if li + 1 < len(layers):
+                nxt = layers[li + 1].attention_norm
+            else:
+                nxt = self.norm if self.norm is not None else layer.ffn_norm  # the stand-in at a stage's end
             ff = layer.feed_forward
             if isinstance(ff, MoeLayer) and ft.route_fits(B, ff.k, ff.num_experts) and B <= MAX_ROWS:
                 logits = ff.gate(x)  # [B, E]
                 routed = ft.route_topk(logits, ff.k)
                 if router_out is not None:
                     router_out.append(Routing(routed.experts, routed.weights, logits))
-                hidden = ft.expert_gemv_swiglu(x, ff.w1, ff.w3, routed.offs, routed.token_of)  # [B*k, F]
-                ys = expert_gemv(hidden, ff.w2, routed.offs)  # [B*k, D] grouped by expert
+                hidden_ff = ft.expert_gemv_swiglu(x, ff.w1, ff.w3, routed.offs, routed.token_of)  # [B*k, F]
+                ys = expert_gemv(hidden_ff, ff.w2, routed.offs)  # [B*k, D] grouped by expert
                 h, x = ft.combine_add_rmsnorm(h, ys, routed, nxt.weight, nxt.eps)
             else:
                 delta = grouped_moe_forward(ff, x, router_out) if isinstance(ff, MoeLayer) else ff(x)
                 h, x = ft.add_rmsnorm(h, delta, nxt.weight, nxt.eps)
-        return model.output(x).float()  # [B, vocab]
+        if self.output is None:
+            return h  # [B, D]
+        return self.output(x).float()  # [B, vocab]
 
     # ---- running it ----------------------------------------------------------------------------------
     def decode(
         self, cache: RollingCache, layout: BatchLayout, tokens: list[int], router_out: list[Routing] | None
     ) -> torch.Tensor:
         """Feed one token to each row of a decode `layout` (from `cache.plan`); the caller advances the cache."""
+        cap = self._run(cache, layout, tokens, None, router_out is not None)
+        if router_out is not None:
+            router_out.extend(cap.routing)
+        return cap.out
+
+    def hidden_buffer(self, cache: RollingCache, layout: BatchLayout, traced: bool) -> torch.Tensor | None:
+        """The static [B, D] input of the graph that will run this step, for the caller to receive the
+        previous stage's activations straight into (no copy); None before that graph is captured."""
+        assert layout.row_ids is not None
+        cap = self._graphs.get(self._key(cache, layout.row_ids, traced))
+        return None if cap is None else cap.hidden
+
+    def run_stage(
+        self,
+        cache: RollingCache,
+        layout: BatchLayout,
+        traced: bool,
+        tokens: Sequence[int] | None = None,
+        hidden: torch.Tensor | None = None,  # [B, D]; best `hidden_buffer(...)` itself
+    ) -> _Captured:
+        """Run a pipeline stage's decode step; the caller advances the cache.
+
+        Returns the graph's record: `out` holds the logits ([B, vocab] float32, last stage) or the residual
+        stream ([B, D], for the next stage), `routing` / `stacked` the routing when traced. All are static
+        buffers, rewritten by the next replay of the same graph: the caller sends them with NCCL on the
+        current stream and appends each send's work to `fences`, which that next replay waits for on the
+        stream first. Nothing here waits on the host, so the ranks' stages overlap across micro-batches.
+        """
+        if self.embeddings is not None:
+            assert tokens is not None, "the first stage starts from token ids"
+        else:
+            assert hidden is not None, "a later stage starts from the previous stage's activations"
+        return self._run(cache, layout, tokens, hidden, traced)
+
+    def _key(self, cache: RollingCache, rows: Sequence[int], traced: bool) -> tuple:
+        return (tuple(rows), cache.k.data_ptr(), cache.v.data_ptr(), cache.slots, traced, self.experts_per_token)
+
+    def _run(
+        self,
+        cache: RollingCache,
+        layout: BatchLayout,
+        tokens: Sequence[int] | None,
+        hidden: torch.Tensor | None,
+        traced: bool,
+    ) -> _Captured:
         assert layout.mode == "decode" and layout.row_ids is not None and layout.slot_list is not None
         rows = layout.row_ids
-        host = self._pinned_for(len(rows))
-        host[0] = torch.tensor(tokens)
+        key = self._key(cache, rows, traced)
+        cap = self._graphs.get(key)
+        host = self._staging(cap, len(rows))
+        host[0] = torch.tensor(tokens) if tokens is not None else 0
         host[1] = torch.tensor(layout.pos_list)
         host[2] = torch.tensor(layout.slot_list)
         host[3] = torch.tensor(layout.kv_lens)
-        traced = router_out is not None
-        key = (tuple(rows), cache.k.data_ptr(), cache.v.data_ptr(), cache.slots, traced, self.model.experts_per_token)
-        cap = self._graphs.get(key)
         if cap is None:
-            cap = self._capture(cache, rows, host, traced)
+            cap = self._capture(cache, rows, host, traced, hidden)
+            if not self.whole:
+                cap.host = host
+                if cache.device.type == "cuda":
+                    cap.copied = torch.cuda.Event()
             self._graphs[key] = cap
             while len(self._graphs) > MAX_GRAPHS:
                 self._graphs.popitem(last=False)
         else:
             self._graphs.move_to_end(key)
+            for work in cap.fences:  # the last replay's outputs are sent before this one rewrites them
+                work.wait()
+            cap.fences.clear()
             cap.inputs.copy_(host, non_blocking=True)
+            if cap.copied is not None:
+                cap.copied.record()
+            if hidden is not None and hidden is not cap.hidden:
+                assert cap.hidden is not None
+                cap.hidden.copy_(hidden)
             cap.graph.replay()
-        if router_out is not None:
-            router_out.extend(cap.routing)
-        return cap.logits
+        return cap
 
     @property
     def captured(self) -> int:
         """Graphs held now (the check script reports it to show the graph path ran)."""
         return len(self._graphs)
 
+    def _staging(self, cap: _Captured | None, B: int) -> torch.Tensor:
+        """The pinned [4, B] host buffer this step's inputs are copied from.
+
+        A whole model shares one per batch size (see `_pinned_for`). A pipeline rank queues steps without
+        reading anything back in between (rank 0 submits every micro-batch before collecting any; the other
+        ranks never read back at all), so a copy may still wait in the stream behind the previous
+        micro-batch's receive when the host fills the next step: each stage graph keeps its own buffer, and
+        an event says when its last copy has run (long since, in practice: that graph's previous step had to
+        come back round before this one could be issued)."""
+        if self.whole:
+            return self._pinned_for(B)
+        if cap is None:
+            buf = torch.empty(4, B, dtype=torch.long)
+            return buf if self.model.device.type != "cuda" else buf.pin_memory()
+        if cap.copied is not None:
+            cap.copied.synchronize()
+        assert cap.host is not None
+        return cap.host
+
     def _pinned_for(self, B: int) -> torch.Tensor:
         # One staging buffer per batch size; reusing it is safe because the copy that reads it is queued
         # before the next step's host code can run past the caller's read of the sampled token.
         buf = self._pinned.get(B)
         if buf is None:
-            buf = torch.empty(4, B, dtype=torch.long).pin_memory()
+            buf = torch.empty(4, B, dtype=torch.long)
+            buf = buf if self.model.device.type != "cuda" else buf.pin_memory()
             self._pinned[B] = buf
         return buf
 
-    def _capture(self, cache: RollingCache, rows: list[int], host: torch.Tensor, traced: bool) -> _Captured:
-        inputs = host.to(cache.device)
+    def _capture(
+        self, cache: RollingCache, rows: list[int], host: torch.Tensor, traced: bool, hidden: torch.Tensor | None
+    ) -> _Captured:
+        inputs = host.to(cache.device, copy=True)  # a copy on the CPU too: the graph owns its inputs
+        # A stage's input buffer: the tensor the activations were just received into becomes the graph's own.
+        if hidden is not None:
+            hidden = hidden.contiguous()
         row_idx = None if rows == list(range(cache.batch)) else torch.tensor(rows, device=cache.device)
+        if self.eager:
+            return self._run_eagerly(cache, row_idx, inputs, traced, hidden)
         # Warm-up runs on a side stream (cuBLAS and the allocator settle there), then capture. The warm-up
         # writes this step's own K/V into this step's own slots, which the replay below writes again.
         stream = torch.cuda.Stream(cache.device)
         stream.wait_stream(torch.cuda.current_stream(cache.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._step(cache, row_idx, inputs, [] if traced else None)
+                self._step(cache, row_idx, inputs, [] if traced else None, hidden)
         torch.cuda.current_stream(cache.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         routing: list[Routing] = []
-        with torch.cuda.graph(graph):
-            logits = self._step(cache, row_idx, inputs, routing if traced else None)
+        stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # A pipeline rank captures while its NCCL work may be in flight: "thread_local" lets the process
+        # group's watchdog thread query that work's events meanwhile (in "global" mode a query from another
+        # thread during a capture invalidates it). The one-GPU path keeps torch's default.
+        mode = "global" if self.whole else "thread_local"
+        with torch.cuda.graph(graph, capture_error_mode=mode):
+            out = self._step(cache, row_idx, inputs, routing if traced else None, hidden)
+            routing, stacked = self._stack(routing)
         graph.replay()
-        return _Captured(graph, inputs, logits, routing)
+        return _Captured(graph, inputs, out, routing, hidden, stacked)
+
+    def _stack(
+        self, routing: list[Routing]
+    ) -> tuple[list[Routing], tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        """A stage's routing as three stacked tensors (sent as three messages) and per-layer views of them."""
+        if not routing or self.whole:
+            return routing, None
+        stacked = (
+            torch.stack([r.experts for r in routing]),  # [L, B, k]
+            torch.stack([r.weights for r in routing]),  # [L, B, k]
+            torch.stack([r.logits for r in routing]),  # [L, B, E]
+        )
+        return [Routing(stacked[0][i], stacked[1][i], stacked[2][i]) for i in range(len(routing))], stacked
+
+    def _run_eagerly(
+        self,
+        cache: RollingCache,
+        row_idx: torch.Tensor | None,
+        inputs: torch.Tensor,
+        traced: bool,
+        hidden: torch.Tensor | None,
+    ) -> _Captured:
+        """`_capture` without a graph: the first run's results become the static buffers."""
+
+        def run(routing: list[Routing]) -> torch.Tensor:
+            return self._step(cache, row_idx, inputs, routing if traced else None, hidden)
+
+        routing: list[Routing] = []
+        out = run(routing)
+        routing, stacked = self._stack(routing)
+        return _Captured(_EagerReplay(run, out, routing), inputs, out, routing, hidden, stacked)

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from mixchat.cache import ContextFullError, RollingCache
-from mixchat.cuda_graphs import GraphDecoder, graphs_supported
+from mixchat.cuda_graphs import GraphDecoder, decoder_wanted
 from mixchat.model.cpu_runner import CpuRunner
 from mixchat.model.layers import Routing
 from mixchat.model.transformer import Transformer
@@ -133,7 +133,8 @@ class Engine:
         self._runner = CpuRunner(model) if use_runner and CpuRunner.suits(model) else None
         # On a GPU, decode steps replay captured CUDA graphs (see cuda_graphs.py); pre-fill stays eager.
         self.graph_decoder: GraphDecoder | None = None
-        if graphs_supported(model) and os.environ.get("MIXCHAT_CUDA_GRAPHS", "1") != "0":
+        # (MIXCHAT_CUDA_GRAPHS=eager runs that step's code without capturing, on any device: for checking it.)
+        if decoder_wanted(model):
             self.graph_decoder = GraphDecoder(model)
 
     @property

@@ -177,6 +177,23 @@ for kind in ("mixtral", "mistral", "full"):
 print("ok")
 """
 
+_STAGES = """
+import os, sys
+import torch
+import conftest
+from conftest import W, make_model, random_tokens
+
+sys.path.insert(0, os.path.join(os.path.dirname(conftest.__file__), "helpers"))
+from stage_steps import check_split_step
+
+torch.set_num_threads(1)
+for kind in ("mixtral", "mistral"):
+    model = make_model(kind, max_context=512)
+    prompts = [random_tokens(n, seed=n) for n in (W // 2, 2 * W + 3, 5)]
+    check_split_step(model, prompts, W, fused=True, world=2)
+print("ok")
+"""
+
 
 def _run_interpreted(script: str) -> None:
     pytest.importorskip("triton")
@@ -194,3 +211,9 @@ def test_fused_kernels_in_triton_interpreter() -> None:
 def test_fused_step_equals_unfused_step_in_triton_interpreter() -> None:
     """The fused decode step against the unfused one: logits, routing trace and cache contents."""
     _run_interpreted(_STEP)
+
+
+def test_fused_stage_steps_compose_to_the_whole_step_in_triton_interpreter() -> None:
+    """Two pipeline stages' fused steps, chained, against the whole model's fused step: at the boundary the
+    first stage hands on the residual stream and the second normalises it with its own first norm."""
+    _run_interpreted(_STAGES)

@@ -7,9 +7,12 @@ so a mistake in slot arithmetic, masking, row selection or expert grouping fails
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from conftest import W, random_tokens
+from conftest import W, make_model, random_tokens
 
 from mixchat.cache import RollingCache
 from mixchat.cuda_graphs import GraphDecoder
@@ -74,6 +77,19 @@ def test_graph_step_equals_module_decode(kind: str, mixtral_model: Transformer, 
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
             assert len(routes) == (model.args.n_layers if model.args.moe else 0)
         assert torch.allclose(caches[0].k, caches[1].k, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "mistral", "full"])
+@pytest.mark.parametrize("world", [2, 3])
+def test_stage_steps_compose_to_the_whole_step(kind: str, world: int) -> None:
+    """A pipeline stage's graph step (layers of one rank, from token ids or from the previous stage's `h`,
+    to `h` or to logits), chained over a 2- and a 3-way split, equals the whole model's graph step."""
+    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+    from stage_steps import check_split_step
+
+    model = make_model(kind, max_context=512)
+    prompts = [random_tokens(n, seed=n) for n in (W // 2, 2 * W + 3, 5)]
+    check_split_step(model, prompts, W, fused=False, world=world)
 
 
 _TRITON_CHECK = """

@@ -85,6 +85,27 @@ def test_two_ranks_match_one_process(ckpt: Path, tmp_path: Path) -> None:
     assert_same(back, ref, "back.", "conv.")
 
 
+def test_stage_graph_steps_over_gloo(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MIXCHAT_CUDA_GRAPHS=eager: every rank runs its decode steps through `GraphDecoder.run_stage`, the GPU
+    path's code and static-buffer protocol (receive into the step's input, send from its outputs, stacked
+    routing), without capturing; the one-process reference runs the whole model's graph step alike."""
+    monkeypatch.setenv("MIXCHAT_CUDA_GRAPHS", "eager")
+    rt = runtime(ckpt)
+    assert rt.engine.graph_decoder is not None
+    ref = generate_packed(rt, "gen")
+    ref |= conversation(rt, tmp_path, "single", "conv")
+    out = tmp_path / "pipeline.safetensors"
+    proc = subprocess.run([*TORCHRUN, str(REPO / "tests" / "helpers" / "pipeline_worker.py"), str(ckpt), str(out),
+                           str(tmp_path)], capture_output=True, env=env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    pp = load_file(str(out))
+    assert int(pp["stage_graphs"]) > 0  # rank 0 decoded through its stage's graph step
+    assert_same(pp, ref, "gen1.", "gen.")
+    assert_same(pp, ref, "gen2.", "gen.", atol=3e-5)  # micro-batches: two graphs (row subsets) per stage
+    assert_same(pp, ref, "conv.", "conv.")
+    assert_same(pp, ref, "resumed.", "conv.")
+
+
 def test_chat_plain_from_a_pipe_shows_every_layer(ckpt: Path, tmp_path: Path) -> None:
     stdin = b"Hello\nTell me more\n/stats\n"
     opts = ["chat", "--plain", "--model", str(ckpt), "--device", "cpu", "--temperature", "0", "--max-tokens", "8"]

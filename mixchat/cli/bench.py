@@ -300,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
             "micro_batches": args.micro_batches,
             "layers_per_rank": [len(p.layers) for p in pipeline.parts],
             "peak_memory_bytes_per_rank": per_rank,
+            # rank 0's stage replays its decode steps from CUDA graphs (the other ranks decide alike)
+            "stage_graphs": model.graphs is not None,
         }
     if device.type == "cuda" and args.batch == 1:
         step_bytes = active * elem

@@ -59,6 +59,22 @@ class Command:
     payload: list[int]
 
 
+class SentWork:
+    """A send's `dist.Work` that may be waited for from more than one place (the pending-sends list, and a
+    graph's fences, see `cuda_graphs._Captured`); only the first wait reaches the backend. Gloo counts
+    completions, so a second wait on its work would block for a send that never comes; with NCCL a wait
+    orders the current stream after the send, which one wait does for every later use of that stream."""
+
+    def __init__(self, work: dist.Work) -> None:
+        self.work = work
+        self.waited = False
+
+    def wait(self) -> None:
+        if not self.waited:
+            self.waited = True
+            self.work.wait()
+
+
 @dataclass
 class PipelineGroup:
     """This process's place in the pipeline and the groups it talks over."""
@@ -110,14 +126,24 @@ class PipelineGroup:
         return Command(Op(fields[0]), fields[1 : HEADER - 1], payload)
 
     # ---- tensors ------------------------------------------------------------------------------------------
-    def send(self, t: torch.Tensor, dst: int, back: bool = False) -> dist.Work:
+    def send(self, t: torch.Tensor, dst: int, back: bool = False) -> SentWork:
         """Start sending `t`; the caller keeps `t` alive until the returned work is waited for."""
         work = dist.isend(t.contiguous(), dst, group=self.back if back else self.forward)
         assert work is not None
-        return work
+        return SentWork(work)
 
-    def recv(self, shape: Sequence[int], dtype: torch.dtype, src: int, back: bool = False) -> torch.Tensor:
-        t = torch.empty(tuple(shape), dtype=dtype, device=self.device)
+    def recv(self, shape: Sequence[int], dtype: torch.dtype, src: int, back: bool = False,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        """Receive a tensor; into `out` when given (a captured graph's static input: no copy afterwards).
+
+        With NCCL the wait orders the current stream after the transfer and returns without a host wait; the
+        transfer itself is ordered after the work already queued on the current stream, so receiving into a
+        buffer that an earlier queued graph replay reads is safe."""
+        if out is not None:
+            assert tuple(out.shape) == tuple(shape) and out.dtype == dtype and out.is_contiguous()
+            t = out
+        else:
+            t = torch.empty(tuple(shape), dtype=dtype, device=self.device)
         work = dist.irecv(t, src, group=self.back if back else self.forward)
         assert work is not None
         work.wait()

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
+from mixchat.cuda_graphs import GraphDecoder, stage_graphs_wanted
 from mixchat.distributed.comm import Op, PipelineGroup
 from mixchat.engine import Engine
 from mixchat.model.layers import Routing
@@ -64,6 +65,9 @@ class PipelineModel:
         self._in_flight: deque[PendingPass] = deque()
         self._freed: list[int] = []
         self._next_cache = 0
+        # On a GPU, rank 0's decode steps replay its layers (embeddings included) from CUDA graphs, as every
+        # other rank does for its own (cuda_graphs.py); pre-fill, and everything on the CPU, runs eagerly.
+        self.graphs: GraphDecoder | None = GraphDecoder(stage) if stage_graphs_wanted(stage) else None
 
     @property
     def device(self) -> torch.device:
@@ -186,12 +190,24 @@ class PipelineModel:
         assert layout.row_ids is not None
         rows = list(layout.row_ids)
         n_tokens = int(tokens.shape[0])
+        token_ids = tokens.tolist()
         with self.lock:
             self.command(Op.FORWARD, cache.cache_id, len(rows), n_tokens, int(last_only), int(traced),
-                         payload=[*rows, *layout.seqlens, *tokens.tolist()])
+                         payload=[*rows, *layout.seqlens, *token_ids])
             routing: list[Routing] | None = [] if traced else None
-            h = self.stage.run_layers(self.stage.embed(tokens), layout, cache, routing)
-            sent = [(self.group.send(h, 1), h)]
+            if self.graphs is not None and layout.mode == "decode":
+                # One graph replay; `h` and the routing are the graph's static buffers. The send's work fences
+                # the next replay of the same graph (on the stream), which would rewrite `h`.
+                cap = self.graphs.run_stage(cache, layout, traced, tokens=token_ids)
+                h = cap.out  # [B, D]
+                if routing is not None:
+                    routing.extend(cap.routing)
+                work = self.group.send(h, 1)
+                cap.fences.append(work)
+                sent = [(work, h)]
+            else:
+                h = self.stage.run_layers(self.stage.embed(tokens), layout, cache, routing)
+                sent = [(self.group.send(h, 1), h)]
             p = PendingPass(self, len(rows) if last_only else n_tokens, n_tokens, self.experts_per_token or 0,
                             routing, sent)
             self._in_flight.append(p)

@@ -11,8 +11,10 @@ import torch
 import torch.distributed as dist
 
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
-from mixchat.distributed.comm import Command, Op, PipelineGroup
+from mixchat.cuda_graphs import GraphDecoder, stage_graphs_wanted
+from mixchat.distributed.comm import Command, Op, PipelineGroup, SentWork
 from mixchat.model.layers import Routing
+from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel
 
 MAX_UNFINISHED_SENDS = 16
@@ -33,7 +35,10 @@ class Follower:
         self.group = group
         self.caches: dict[int, RollingCache] = {}
         self.undo: dict[int, UndoPoint] = {}
-        self.sending: list[tuple[dist.Work, torch.Tensor]] = []
+        self.sending: list[tuple[SentWork, torch.Tensor]] = []
+        # On a GPU, decode steps replay this stage's layers from CUDA graphs (cuda_graphs.py); pre-fill, and
+        # everything on the CPU, runs the modules eagerly.
+        self.graphs: GraphDecoder | None = GraphDecoder(stage) if stage_graphs_wanted(stage) else None
 
     @torch.inference_mode()
     def run(self) -> None:
@@ -92,6 +97,10 @@ class Follower:
         # The token ids (payload[2 * n_seqs:]) are for rank 0's embeddings; this stage starts from activations.
         cache = self.caches[cache_id]
         layout = cache.plan(seqlens, rows)
+        if self.graphs is not None and layout.mode == "decode":
+            self._decode_graph(cache, layout, bool(traced))
+            cache.advance(layout)
+            return
         g, s = self.group, self.stage
         h = g.recv([n_tokens, s.args.dim], s.dtype, g.rank - 1)
         routing: list[Routing] | None = [] if traced else None
@@ -107,10 +116,39 @@ class Follower:
                             torch.stack([r.logits for r in routing]))
         cache.advance(layout)
 
-    def _send_back(self, *tensors: torch.Tensor) -> None:
+    def _decode_graph(self, cache: RollingCache, layout: BatchLayout, traced: bool) -> None:
+        """A decode step as one graph replay of this stage's layers, between a receive and sends.
+
+        The activations arrive straight in the graph's static input (after its first capture); the outputs
+        leave from its static buffers, and the sends' works become the graph's fences, so its next replay
+        waits on the stream (not the host) until they have gone. Same messages, in the same order, as the
+        eager path: activations on (or logits back), then the stacked routing when traced.
+        """
+        assert self.graphs is not None
+        g, s = self.group, self.stage
+        B = len(layout.seqlens)
+        buf = self.graphs.hidden_buffer(cache, layout, traced)
+        h = g.recv([B, s.args.dim], s.dtype, g.rank - 1, out=buf)  # [B, D]
+        cap = self.graphs.run_stage(cache, layout, traced, hidden=h)
+        self._finish_sends(MAX_UNFINISHED_SENDS)
+        if s.part.last:
+            works = self._send_back(cap.out)  # [B, vocab] float32
+        else:
+            work = g.send(cap.out, g.rank + 1)  # [B, D]
+            self.sending.append((work, cap.out))
+            works = [work]
+        if cap.stacked is not None:
+            works += self._send_back(*cap.stacked)
+        cap.fences.extend(works)
+
+    def _send_back(self, *tensors: torch.Tensor) -> list[SentWork]:
+        works = []
         for t in tensors:
             t = t.contiguous()
-            self.sending.append((self.group.send(t, 0, back=True), t))
+            work = self.group.send(t, 0, back=True)
+            self.sending.append((work, t))
+            works.append(work)
+        return works
 
     def _finish_sends(self, keep: int) -> None:
         while len(self.sending) > keep:

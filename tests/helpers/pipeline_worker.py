@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch
 from pipeline_scenarios import conversation, generate_packed, resumed, runtime
 from safetensors.torch import save_file
 
@@ -32,6 +33,8 @@ def main() -> int:
         tensors |= generate_packed(rt, "gen2")
         tensors |= conversation(rt, data, "pipeline", "conv")
         tensors |= resumed(rt, data, "single", "resumed")
+        graphs = getattr(rt.model, "graphs", None)  # rank 0's stage decoder (MIXCHAT_CUDA_GRAPHS=eager)
+        tensors["stage_graphs"] = torch.tensor([graphs.captured if graphs is not None else -1])
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out))
         return 0
 
