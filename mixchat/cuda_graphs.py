@@ -60,8 +60,20 @@ def graphs_supported(model: Transformer | StageModel) -> bool:
         ft.fused_decode_works("cuda", model.dtype)  # also probes the norm kernel RMSNorm.forward uses
     if model.args.moe is None:
         return True
+    # torch's grouped GEMM has CUDA kernels for bf16 only; other dtypes take a fallback that copies the group
+    # sizes to the host, which a capture refuses (float32 MoE decode failed so on an H200). They run eagerly.
+    if model.dtype != torch.bfloat16:
+        return False
     expert_gemv_works("cuda", model.dtype)
     return grouped_mm_works("cuda", model.dtype)
+
+
+def stage_graph_fits(cache: RollingCache, layout: BatchLayout) -> bool:
+    """Whether a pipeline stage replays this decode step from a graph: only steps over every row of the
+    cache, in order. Micro-batched steps (a subset of the rows each, several graphs in flight) hit a
+    device-side index assert on two H200s; until that is understood they run the eager stage path, which
+    is correct but slower."""
+    return layout.mode == "decode" and layout.row_ids == list(range(cache.batch))
 
 
 def _fuse_qkv(attn: Attention) -> torch.Tensor:

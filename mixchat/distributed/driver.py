@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
-from mixchat.cuda_graphs import GraphDecoder, stage_graphs_wanted
+from mixchat.cuda_graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
 from mixchat.distributed.comm import Op, PipelineGroup
 from mixchat.engine import Engine
 from mixchat.model.layers import Routing
@@ -195,7 +195,7 @@ class PipelineModel:
             self.command(Op.FORWARD, cache.cache_id, len(rows), n_tokens, int(last_only), int(traced),
                          payload=[*rows, *layout.seqlens, *token_ids])
             routing: list[Routing] | None = [] if traced else None
-            if self.graphs is not None and layout.mode == "decode":
+            if self.graphs is not None and stage_graph_fits(cache, layout):
                 # One graph replay; `h` and the routing are the graph's static buffers. The send's work fences
                 # the next replay of the same graph (on the stream), which would rewrite `h`.
                 cap = self.graphs.run_stage(cache, layout, traced, tokens=token_ids)

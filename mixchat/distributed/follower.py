@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
-from mixchat.cuda_graphs import GraphDecoder, stage_graphs_wanted
+from mixchat.cuda_graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
 from mixchat.distributed.comm import Command, Op, PipelineGroup, SentWork
 from mixchat.model.layers import Routing
 from mixchat.model.layout import BatchLayout
@@ -97,7 +97,7 @@ class Follower:
         # The token ids (payload[2 * n_seqs:]) are for rank 0's embeddings; this stage starts from activations.
         cache = self.caches[cache_id]
         layout = cache.plan(seqlens, rows)
-        if self.graphs is not None and layout.mode == "decode":
+        if self.graphs is not None and stage_graph_fits(cache, layout):
             self._decode_graph(cache, layout, bool(traced))
             cache.advance(layout)
             return
