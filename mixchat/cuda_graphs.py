@@ -147,6 +147,34 @@ class _EagerReplay:
                 a.copy_(b)
 
 
+
+def _live_mask(live: torch.Tensor, S: int) -> torch.Tensor:
+    """[B, 1, 1, S] bool: which of each row's S buffer slots hold live keys (`live`: [B] counts, on the device)."""
+    return (torch.arange(S, device=live.device)[None, :] < live[:, None])[:, None, None, :]
+
+
+def _attend_buffer(
+    q: torch.Tensor,  # [B, H, hd]
+    kc: torch.Tensor,  # [Bc, S, Hkv, hd]: one layer's whole rolling buffer
+    vc: torch.Tensor,
+    row_idx: torch.Tensor | None,  # [B] the rows this step serves, or None for every row in order
+    mask: torch.Tensor,  # [B, 1, 1, S]
+) -> torch.Tensor:  # [B, H * hd]
+    """One query per row over that row's whole buffer, with the dead slots masked. SDPA rather than xformers:
+    xformers' padded-keys bias carries its sizes as Python integers, fixed when it is built, which a graph
+    replayed at every position cannot have."""
+    if row_idx is not None:
+        kc, vc = kc.index_select(0, row_idx), vc.index_select(0, row_idx)
+    B, H, hd = q.shape
+    out = F.scaled_dot_product_attention(
+        q[:, :, None, :],  # [B, H, 1, hd]
+        kc.transpose(1, 2),  # [B, Hkv, S, hd]
+        vc.transpose(1, 2),
+        attn_mask=mask,
+        enable_gqa=kc.shape[2] != H,
+    )  # [B, H, 1, hd]
+    return out.reshape(B, H * hd)
+
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph | _EagerReplay
@@ -237,8 +265,7 @@ class GraphDecoder:
         H, Hkv, hd = args.n_heads, args.n_kv_heads, args.head_dim
         h = self._front(inputs, hidden)  # [B, D]
         rot = model.rotary.rotation(positions)  # [B, 1, hd/2]
-        visible = torch.arange(S, device=cache.device)[None, :] < live[:, None]  # [B, S]
-        mask = visible[:, None, None, :]  # [B, 1, 1, S]
+        mask = _live_mask(live, S)  # [B, 1, 1, S]
         for li, layer in enumerate(self.layers):  # li: the cache's (local) layer index
             attn = layer.attention
             x = layer.attention_norm(h)
@@ -248,16 +275,7 @@ class GraphDecoder:
             kc, vc = cache.k[li], cache.v[li]  # [Bc, S, Hkv, hd]
             kc.view(-1, Hkv, hd).index_copy_(0, slots, k)
             vc.view(-1, Hkv, hd).index_copy_(0, slots, v)
-            if row_idx is not None:
-                kc, vc = kc.index_select(0, row_idx), vc.index_select(0, row_idx)
-            out = F.scaled_dot_product_attention(
-                q[:, :, None, :],  # [B, H, 1, hd]
-                kc.transpose(1, 2),  # [B, Hkv, S, hd]
-                vc.transpose(1, 2),
-                attn_mask=mask,
-                enable_gqa=Hkv != H,
-            )  # [B, H, 1, hd]
-            h = h + attn.wo(out.reshape(B, H * hd))
+            h = h + attn.wo(_attend_buffer(q, kc, vc, row_idx, mask))
             x = layer.ffn_norm(h)
             ff = layer.feed_forward
             if isinstance(ff, MoeLayer):
@@ -297,8 +315,7 @@ class GraphDecoder:
         H, Hkv, hd = args.n_heads, args.n_kv_heads, args.head_dim
         h = self._front(inputs, hidden)  # [B, D]
         cos_sin = torch.view_as_real(model.rotary.rotation(positions))  # [B, 1, hd/2, 2] float32, all layers
-        visible = torch.arange(S, device=cache.device)[None, :] < live[:, None]  # [B, S]
-        mask = visible[:, None, None, :]  # [B, 1, 1, S]
+        mask = _live_mask(live, S)  # [B, 1, 1, S]
         layers = self.layers
         first = layers[0].attention_norm
         x = ft.rmsnorm(h, first.weight, first.eps)
@@ -310,17 +327,8 @@ class GraphDecoder:
             v = qkv[:, (H + Hkv) * hd :].view(B, Hkv, hd)
             kc, vc = cache.k[li], cache.v[li]  # [Bc, S, Hkv, hd]
             q = ft.rope_store(q, k, v, cos_sin, kc.view(-1, Hkv, hd), vc.view(-1, Hkv, hd), slots)
-            if row_idx is not None:
-                kc, vc = kc.index_select(0, row_idx), vc.index_select(0, row_idx)
-            out = F.scaled_dot_product_attention(
-                q[:, :, None, :],  # [B, H, 1, hd]
-                kc.transpose(1, 2),  # [B, Hkv, S, hd]
-                vc.transpose(1, 2),
-                attn_mask=mask,
-                enable_gqa=Hkv != H,
-            )  # [B, H, 1, hd]
             norm = layer.ffn_norm
-            h, x = ft.add_rmsnorm(h, attn.wo(out.reshape(B, H * hd)), norm.weight, norm.eps)
+            h, x = ft.add_rmsnorm(h, attn.wo(_attend_buffer(q, kc, vc, row_idx, mask)), norm.weight, norm.eps)
             if li + 1 < len(layers):
                 nxt = layers[li + 1].attention_norm
             else:
