@@ -10,8 +10,9 @@ engine on the GPU in bf16, where decode steps replay captured CUDA graphs. The s
 plain `Transformer.forward` in float32 on the CPU, and to a plain bf16 run on the GPU (eager, per-expert
 loop, SDPA). Each step's logits are compared relative to their scale. bf16 alone moves a random MoE's
 logits by a few per cent (a near-tie between two experts flips), so the verdict is relative: the fast
-path must be as close to float32 as plain bf16 is (median error at most 1.5 times plain bf16's, greedy
-agreement at most 5 points lower).
+path must be as close to float32 as plain bf16 is: median error at most 1.5 times plain bf16's, and the
+same greedy token as float32 wherever float32's choice is clear (its best logit ahead by over 5 % of the
+scale), missing at most one more such token than plain bf16 does.
 """
 
 from __future__ import annotations
@@ -101,30 +102,43 @@ def run_case(name: str, window: int | None, n_seqs: int, seed: int, steps: int =
     plain, _ = bf16_run(fast=False)
     fast, graphs = bf16_run(fast=True)
 
-    def stats(run: list[torch.Tensor], against: list[torch.Tensor]) -> tuple[float, float, float, int]:
+    # Decode steps where float32's best token leads its second by more than 5 % of the logit scale: there
+    # any bf16 path must pick the same token, while on closer calls either bf16 run may go either way.
+    clear = [[i for i in rows if _margin(r[i]) > 0.05] for r in reference[1:]]
+    n_clear = sum(len(c) for c in clear)
+
+    def stats(run: list[torch.Tensor], against: list[torch.Tensor]) -> tuple[float, float, float, int, int]:
         errs = [_rel(a[i], b[i]) for a, b in zip(run, against, strict=True) for i in rows]
         agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(run[1:], against[1:], strict=True))
-        return statistics.median(errs), sum(errs) / len(errs), max(errs), agree
+        pairs = zip(run[1:], against[1:], clear, strict=True)
+        agree_clear = sum(int(a[i].argmax() == b[i].argmax()) for a, b, c in pairs for i in c)
+        return statistics.median(errs), sum(errs) / len(errs), max(errs), agree, agree_clear
 
     # The verdict compares medians: a mean over a few dozen steps is set by how many of them saw a near-tied
     # expert flip (a 10-25 % jump at that step), which happens at random in either bf16 run (one such flip
     # made a fast run's mean 1.7 times the plain run's on an H200 while the plain run had none). The median
     # measures the rounding of the ordinary steps; greedy agreement measures what the flips do to the output.
     total = steps * n_seqs
-    p_med, p_mean, p_max, p_agree = stats(plain, reference)
-    f_med, f_mean, f_max, f_agree = stats(fast, reference)
-    fp_med, fp_mean, fp_max, fp_agree = stats(fast, plain)
-    ok = graphs > 0 and f_med <= max(0.01, 1.5 * p_med) and f_agree >= p_agree - 0.05 * total
+    p_med, p_mean, p_max, p_agree, p_clear = stats(plain, reference)
+    f_med, f_mean, f_max, f_agree, f_clear = stats(fast, reference)
+    fp = stats(fast, plain)
+    ok = graphs > 0 and f_med <= max(0.01, 1.5 * p_med) and f_clear >= p_clear - 1
     print(f"  {name} (graphs captured: {graphs})")
-    for label, (med, mean, mx, agree) in (
-        ("plain bf16 vs fp32", (p_med, p_mean, p_max, p_agree)),
-        ("fast bf16  vs fp32", (f_med, f_mean, f_max, f_agree)),
-        ("fast vs plain bf16", (fp_med, fp_mean, fp_max, fp_agree)),
+    for label, (med, mean, mx, agree, agree_clear) in (
+        ("plain bf16 vs fp32", (p_med, p_mean, p_max, p_agree, p_clear)),
+        ("fast bf16  vs fp32", (f_med, f_mean, f_max, f_agree, f_clear)),
+        ("fast vs plain bf16", fp),
     ):
         verdict = f"  {'ok' if ok else 'FAIL'}" if label.startswith("fast vs") else ""
-        print(f"    {label}: rel. error median {med:.2e} mean {mean:.2e} max {mx:.2e}, "
-              f"greedy agreement {agree}/{total}{verdict}")
+        print(f"    {label}: rel. error median {med:.2e} mean {mean:.2e} max {mx:.2e}, greedy agreement "
+              f"{agree}/{total} ({agree_clear}/{n_clear} where float32 is clear){verdict}")
     return ok
+
+
+def _margin(logits: torch.Tensor) -> float:
+    """How far the best logit leads the second, relative to the largest magnitude."""
+    top = logits.float().topk(2).values
+    return float((top[0] - top[1]) / logits.abs().max())
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
