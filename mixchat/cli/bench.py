@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=1, help="sequences packed per pass (default 1)")
     p.add_argument("--prompt-tokens", type=positive_int, default=1000, help="prompt length (default 1000)")
     p.add_argument("--new-tokens", type=positive_int, default=64, help="decode steps (default 64)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="repeats; medians are reported (default 3)")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="timed repeats after a warm-up; medians are reported (default 5)")
     p.add_argument("--compare", choices=["transformers"], help="also run the same weights through transformers")
     p.add_argument("--window-check", action="store_true",
                    help="pre-fill 20 windows of tokens and print the cache size along the way")
@@ -71,36 +72,62 @@ def _peak_bytes(device: torch.device) -> int:
 
 @torch.inference_mode()
 def time_mixchat(engine, prompts: list[list[int]], new_tokens: int, repeats: int) -> Timing:  # type: ignore[no-untyped-def]
+    _mixchat_round(engine, prompts, new_tokens)  # warms up
+    rounds = [_mixchat_round(engine, prompts, new_tokens) for _ in range(repeats)]
+    return Timing([r[0] for r in rounds], [r[2] for r in rounds], [r[1] for r in rounds])
+
+
+def _mixchat_round(engine, prompts: list[list[int]], new_tokens: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """One timed generation: (time to first token, first decode step, decode tokens/s after it)."""
     dev = engine.device
     rows = list(range(len(prompts)))
-    ttft, tps, first_step = [], [], []
-    for _ in range(repeats + 1):  # the first round warms up
-        cache = engine.new_cache(batch=len(prompts))
-        _sync(dev)
-        t0 = time.perf_counter()
-        logits = None
-        for item in engine.prefill(cache, rows, prompts):
-            if isinstance(item, torch.Tensor):
-                logits = item
-        assert logits is not None
-        nxt = logits.argmax(-1).tolist()
-        t1 = time.perf_counter()
-        # The first step on a new cache captures the CUDA graph on a GPU: counted apart from the speed.
-        logits = engine.forward(cache, rows, [[t] for t in nxt])
-        nxt = logits.argmax(-1).tolist()
-        t1b = time.perf_counter()
-        if getattr(engine.model, "micro_batches", 1) > 1 and len(rows) > 1:
-            _interleaved_decode(engine, cache, nxt, new_tokens - 1)
-        else:
-            for _ in range(new_tokens - 1):
-                logits = engine.forward(cache, rows, [[t] for t in nxt])
-                nxt = logits.argmax(-1).tolist()
-        _sync(dev)
-        t2 = time.perf_counter()
-        ttft.append(t1 - t0)
-        first_step.append(t1b - t1)
-        tps.append(len(prompts) * (new_tokens - 1) / (t2 - t1b))
-    return Timing(ttft[1:], tps[1:], first_step[1:])
+    cache = engine.new_cache(batch=len(prompts))
+    _sync(dev)
+    t0 = time.perf_counter()
+    logits = None
+    for item in engine.prefill(cache, rows, prompts):
+        if isinstance(item, torch.Tensor):
+            logits = item
+    assert logits is not None
+    nxt = logits.argmax(-1).tolist()
+    t1 = time.perf_counter()
+    # The first step on a new cache captures the CUDA graph on a GPU: counted apart from the speed.
+    logits = engine.forward(cache, rows, [[t] for t in nxt])
+    nxt = logits.argmax(-1).tolist()
+    t1b = time.perf_counter()
+    if getattr(engine.model, "micro_batches", 1) > 1 and len(rows) > 1:
+        _interleaved_decode(engine, cache, nxt, new_tokens - 1)
+    else:
+        for _ in range(new_tokens - 1):
+            logits = engine.forward(cache, rows, [[t] for t in nxt])
+            nxt = logits.argmax(-1).tolist()
+    _sync(dev)
+    t2 = time.perf_counter()
+    return t1 - t0, t1b - t1, len(prompts) * (new_tokens - 1) / (t2 - t1b)
+
+
+@torch.inference_mode()
+def time_against_transformers(  # type: ignore[no-untyped-def]
+    engine, prompts: list[list[int]], new_tokens: int, repeats: int
+) -> tuple[Timing, Timing, int]:
+    """mixchat and transformers in alternating rounds: (ours, theirs, our peak memory in bytes).
+
+    On a shared machine a slow spell lasts seconds. Run all of one side and then all of the other, and the
+    spell lands on whichever ran then and skews the ratio; alternate, and it lands on both. Each side warms
+    up first, and our memory peak is read before transformers' twin of the model exists.
+    """
+    _mixchat_round(engine, prompts, new_tokens)
+    peak = _peak_bytes(engine.device)
+    hf = transformers_twin(engine.model)
+    ids = torch.tensor(prompts, device=engine.device)
+    _transformers_round(hf, ids, new_tokens)
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(_mixchat_round(engine, prompts, new_tokens))
+        theirs.append(_transformers_round(hf, ids, new_tokens))
+    del hf
+    mine = Timing([r[0] for r in ours], [r[2] for r in ours], [r[1] for r in ours])
+    return mine, Timing([r[0] for r in theirs], [r[1] for r in theirs]), peak
 
 
 def _interleaved_decode(engine, cache, first: list[int], new_tokens: int) -> None:  # type: ignore[no-untyped-def]
@@ -140,26 +167,19 @@ def _interleaved_decode(engine, cache, first: list[int], new_tokens: int) -> Non
             submit(g)
 
 
-@torch.inference_mode()
-def time_transformers(model, prompts: list[list[int]], new_tokens: int, repeats: int) -> Timing:  # type: ignore[no-untyped-def]
-    """transformers' generate with its KV cache; prompts of equal length, so no padding is involved."""
-    hf = transformers_twin(model)
-    ids = torch.tensor(prompts, device=model.device)
+def _transformers_round(hf, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """transformers' generate with its KV cache (prompts of equal length, so no padding): (time to first
+    token, decode tokens/s). The decode time is a long generation's time less a one-token generation's."""
     kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
-    ttft, tps = [], []
-    for _ in range(repeats + 1):
-        _sync(model.device)
-        t0 = time.perf_counter()
-        hf.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
-        _sync(model.device)
-        t1 = time.perf_counter()
-        hf.generate(ids, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, **kw)
-        _sync(model.device)
-        t2 = time.perf_counter()
-        ttft.append(t1 - t0)
-        tps.append(len(prompts) * new_tokens / max(1e-9, (t2 - t1) - (t1 - t0)))
-    del hf
-    return Timing(ttft[1:], tps[1:])
+    _sync(ids.device)
+    t0 = time.perf_counter()
+    hf.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+    _sync(ids.device)
+    t1 = time.perf_counter()
+    hf.generate(ids, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, **kw)
+    _sync(ids.device)
+    t2 = time.perf_counter()
+    return t1 - t0, ids.shape[0] * new_tokens / max(1e-9, (t2 - t1) - (t1 - t0))
 
 
 def transformers_twin(model):  # type: ignore[no-untyped-def]
@@ -269,7 +289,12 @@ def run(args: argparse.Namespace) -> int:
                for _ in range(args.batch)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    ours = time_mixchat(engine, prompts, args.new_tokens, args.repeats)
+    theirs: Timing | None = None
+    if args.compare:
+        ours, theirs, peak = time_against_transformers(engine, prompts, args.new_tokens, args.repeats)
+    else:
+        ours = time_mixchat(engine, prompts, args.new_tokens, args.repeats)
+        peak = _peak_bytes(device)
     total, active = margs.param_counts()
     elem = torch.tensor([], dtype=dtype).element_size()
     result: dict = {
@@ -290,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
         "decode_tokens_per_s": _summary(ours.decode_tps),
         "first_decode_step_s": statistics.median(ours.first_step or [0.0]),
         "cuda_graphs": engine.graph_decoder is not None,
-        "peak_memory_bytes": _peak_bytes(device),
+        "peak_memory_bytes": peak,
     }
     if pipeline is not None:
         per_rank = model.peak_memory()
@@ -309,8 +334,7 @@ def run(args: argparse.Namespace) -> int:
         result["decode_fraction_of_bound"] = result["decode_tokens_per_s"]["median"] * step_bytes / H200_COPY_BANDWIDTH
     if args.window_check and margs.sliding_window:
         result["cache_bytes_over_conversation"] = _window_check(engine)
-    if args.compare:
-        theirs = time_transformers(model, prompts, args.new_tokens, args.repeats)
+    if theirs is not None:
         result["transformers"] = {"ttft_s": _summary(theirs.ttft), "decode_tokens_per_s": _summary(theirs.decode_tps)}
         result["decode_speed_ratio"] = result["decode_tokens_per_s"]["median"] / statistics.median(theirs.decode_tps)
         result["ttft_speedup_ratio"] = statistics.median(theirs.ttft) / result["ttft_s"]["median"]
