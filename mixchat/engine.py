@@ -137,6 +137,13 @@ class Engine:
         if decoder_wanted(model):
             self.graph_decoder = GraphDecoder(model)
 
+    def leave_a_core_for_the_ui(self) -> None:
+        """Run small decode steps on one thread from now on. A front end that redraws while the model runs
+        (the TUI streams every token) needs a core of its own: on two cores, a two-thread step and the UI
+        thread take turns, and both the step and the redraw stall."""
+        if self.step_threads is not None:
+            self.step_threads = ThreadChooser([1])
+
     @property
     def device(self) -> torch.device:
         return self.model.device

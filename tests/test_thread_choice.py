@@ -64,3 +64,9 @@ def test_engine_times_small_cpu_decode_steps(mixtral_model: Transformer) -> None
         engine.forward(cache, [0], [[t]])
     assert torch.get_num_threads() == before  # restored after each step
     assert {k for k, _ in engine.step_threads._warmed} == {1, 3}  # keyed by tokens in the step
+
+
+def test_the_tui_keeps_small_decode_steps_on_one_thread(mixtral_model: Transformer) -> None:
+    engine = Engine(mixtral_model, None, eos_id=-1)
+    engine.leave_a_core_for_the_ui()
+    assert engine.step_threads is not None and engine.step_threads.choices == [1]

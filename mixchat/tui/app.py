@@ -159,6 +159,7 @@ class MixchatApp(App[int]):
                                                       steps))
                 net = build_model(ckpt, device, dtype)
                 rt = Runtime(ckpt, net, tok, Engine(net, tok), time.perf_counter() - start)
+            rt.engine.leave_a_core_for_the_ui()  # configuration only; the engine's work runs in workers
             self.post_message(ModelLoadProgressed("opening the conversation", 3, steps))
             conv, problem, resumed = self.first_conversation(rt)
             self.post_message(ModelLoadProgressed("ready", 4, steps))
