@@ -126,6 +126,7 @@ class Engine:
         total, _ = model.args.param_counts()
         small = total < SMALL_MODEL_PARAMS and self.device.type == "cpu"
         self.step_threads: ThreadChooser | None = ThreadChooser([1, torch.get_num_threads()]) if small else None
+        self.max_threads: int | None = None  # a cap for every CPU pass (see leave_a_core_for_the_ui)
         # Small float32 models on the CPU run through the lean executor (see cpu_runner.py); the module's
         # own forward stays the reference, the training path and the path for everything else.
         # MIXCHAT_CPU_RUNNER=0 keeps the module path (tests compare a pipeline's stages, which run it).
@@ -138,9 +139,13 @@ class Engine:
             self.graph_decoder = GraphDecoder(model)
 
     def leave_a_core_for_the_ui(self) -> None:
-        """Run small decode steps on one thread from now on. A front end that redraws while the model runs
-        (the TUI streams every token) needs a core of its own: on two cores, a two-thread step and the UI
-        thread take turns, and both the step and the redraw stall."""
+        """From now on, CPU passes use one thread fewer than the machine has, and small decode steps one. A
+        front end that redraws while the model runs (the TUI streams every token and a pre-fill progress bar)
+        needs a core of its own: on the 2-core VM, with pre-fill on both cores, the UI thread stalled for up
+        to half a second at a time."""
+        if self.device.type != "cpu":
+            return
+        self.max_threads = max(1, torch.get_num_threads() - 1)
         if self.step_threads is not None:
             self.step_threads = ThreadChooser([1])
 
@@ -174,7 +179,7 @@ class Engine:
         last_only = isinstance(router_out, LastTokenRoutes)
         runner = self._runner if self._runner is not None and self._runner.usable() else None
         chooser = self.step_threads if len(tokens) <= 16 else None
-        threads = chooser.pick(len(tokens)) if chooser is not None else None
+        threads = chooser.pick(len(tokens)) if chooser is not None else self.max_threads
         start = time.perf_counter()
         with _threads(threads):
             if runner is not None:

@@ -70,3 +70,4 @@ def test_the_tui_keeps_small_decode_steps_on_one_thread(mixtral_model: Transform
     engine = Engine(mixtral_model, None, eos_id=-1)
     engine.leave_a_core_for_the_ui()
     assert engine.step_threads is not None and engine.step_threads.choices == [1]
+    assert engine.max_threads == max(1, torch.get_num_threads() - 1)
