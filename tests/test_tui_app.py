@@ -6,6 +6,7 @@ outside the app), and what it does is checked in the conversation, its cache and
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import time
@@ -285,6 +286,10 @@ def test_long_paste_prefills_in_chunks_keeps_answering_and_cancels_cleanly(tmp_p
             bar = chat.query_one(PrefillBar)
             beats: list[float] = []  # a UI timer: gaps between its ticks show whether the UI ever froze
             app.set_interval(0.02, lambda: beats.append(time.perf_counter()))
+            # What is timed is the app, not a full collection over everything the earlier tests of a whole
+            # run left on the heap (in CI such a pass froze this process for about half a second).
+            gc.collect()
+            gc.freeze()
             with slowed(tiny_runtime().engine, 0.02):
                 await pilot.press("enter")
                 await until(pilot, lambda: bar.display and bar.progress[0] > 0, what="pre-fill progress")
@@ -302,6 +307,7 @@ def test_long_paste_prefills_in_chunks_keeps_answering_and_cancels_cleanly(tmp_p
                 assert len(gaps) > 20 and max(gaps) < 0.25, max(gaps)
                 app.simulate_key("escape")
                 await idle(pilot, chat)
+            gc.unfreeze()
             # as if the paste had never been sent: same ids, same cache, same messages; the text is back
             assert (list(conv.ids), conv.cache.seen[0], len(conv.messages)) == before
             assert not bar.display
