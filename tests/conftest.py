@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from mixchat.cache import RollingCache
 from mixchat.loader import build_model, inspect_folder, random_model, save_native
 from mixchat.model.args import ModelArgs, MoeArgs
 from mixchat.model.layout import fresh_layout
@@ -51,6 +52,16 @@ def random_tokens(n: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     # Avoid 0-2 (pad/bos/eos in the HF configs) so nothing special-cases them.
     return torch.randint(3, VOCAB, (n,), generator=g).tolist()
+
+
+def graph_step_inputs(cache: RollingCache, rows: list[int], tokens: list[int]) -> torch.Tensor:
+    """[4, B] int64 for `GraphDecoder._step`: tokens, positions, flat slots, live keys of `rows`' next token,
+    worked out here from the cache's counts rather than read from its plan."""
+    C, S = cache.capacity, cache.slots
+    seen = [cache.seen[r] for r in rows]
+    return torch.tensor([
+        tokens, seen, [r * S + p % C for r, p in zip(rows, seen, strict=True)], [min(p + 1, C) for p in seen],
+    ])  # fmt: skip
 
 
 @torch.inference_mode()

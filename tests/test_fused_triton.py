@@ -131,7 +131,7 @@ print("ok")
 
 _STEP = """
 import torch
-from conftest import W, make_model, random_tokens
+from conftest import W, graph_step_inputs, make_model, random_tokens
 from mixchat.cache import RollingCache
 from mixchat.cuda_graphs import GraphDecoder
 
@@ -151,12 +151,7 @@ for kind in ("mixtral", "mistral", "full"):
             outs = []
             for decoder, cache in zip((plain, fused), caches, strict=True):
                 layout = cache.plan([1] * len(rows), rows)
-                C, S = cache.capacity, cache.slots
-                seen = [cache.seen[r] for r in rows]
-                inputs = torch.tensor([
-                    step_tokens, seen, [r * S + p % C for r, p in zip(rows, seen, strict=True)],
-                    [min(p + 1, C) for p in seen],
-                ])  # fmt: skip
+                inputs = graph_step_inputs(cache, rows, step_tokens)
                 row_idx = None if rows == [0, 1, 2] else torch.tensor(rows)
                 routes = []
                 outs.append((decoder._step(cache, row_idx, inputs, routes), routes))

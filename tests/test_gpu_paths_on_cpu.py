@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import W, make_model, random_tokens
+from conftest import W, graph_step_inputs, make_model, random_tokens
 
 from mixchat.cache import RollingCache
 from mixchat.cuda_graphs import GraphDecoder
@@ -64,12 +64,7 @@ def test_graph_step_equals_module_decode(kind: str, mixtral_model: Transformer, 
             ref_cache.advance(layout)
 
             layout = fast_cache.plan([1] * len(rows), rows)  # grows a full-attention buffer if needed
-            C, S = fast_cache.capacity, fast_cache.slots
-            seen = [fast_cache.seen[r] for r in rows]
-            inputs = torch.tensor([
-                step_tokens, seen, [r * S + p % C for r, p in zip(rows, seen, strict=True)],
-                [min(p + 1, C) for p in seen],
-            ])  # fmt: skip
+            inputs = graph_step_inputs(fast_cache, rows, step_tokens)
             row_idx = None if rows == [0, 1, 2] else torch.tensor(rows)
             routes: list = []
             got = decoder._step(fast_cache, row_idx, inputs, routes)

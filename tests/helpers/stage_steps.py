@@ -11,6 +11,7 @@ cache's rows for its layers.
 from __future__ import annotations
 
 import torch
+from conftest import graph_step_inputs
 
 from mixchat.cache import RollingCache
 from mixchat.cuda_graphs import GraphDecoder
@@ -30,15 +31,6 @@ def split(model: Transformer, world: int) -> list[StageModel]:
         stage.load_state_dict({name: full[name] for name in own}, strict=True)
         stages.append(stage.eval().requires_grad_(False))
     return stages
-
-
-def _inputs(cache: RollingCache, rows: list[int], tokens: list[int]) -> torch.Tensor:
-    """[4, B] int64: tokens, positions, flat slots, live keys (what `GraphDecoder` copies in per replay)."""
-    C, S = cache.capacity, cache.slots
-    seen = [cache.seen[r] for r in rows]
-    return torch.tensor([
-        tokens, seen, [r * S + p % C for r, p in zip(rows, seen, strict=True)], [min(p + 1, C) for p in seen],
-    ])  # fmt: skip
 
 
 def check_split_step(
@@ -68,7 +60,7 @@ def check_split_step(
             row_idx = None if rows == list(range(B)) else torch.tensor(rows)
             layout = ref_cache.plan([1] * len(rows), rows)
             ref_routes: list[Routing] = []
-            ref = whole._step(ref_cache, row_idx, _inputs(ref_cache, rows, tokens), ref_routes)
+            ref = whole._step(ref_cache, row_idx, graph_step_inputs(ref_cache, rows, tokens), ref_routes)
             ref_cache.advance(layout)
 
             routes: list[Routing] = []
@@ -77,7 +69,7 @@ def check_split_step(
                 layout = cache.plan([1] * len(rows), rows)
                 # Later stages never look at the token ids: zeros there prove it.
                 ids = tokens if i == 0 else [0] * len(rows)
-                h = dec._step(cache, row_idx, _inputs(cache, rows, ids), routes, h)
+                h = dec._step(cache, row_idx, graph_step_inputs(cache, rows, ids), routes, h)
                 cache.advance(layout)
                 if i + 1 < world:
                     assert h.shape == (len(rows), model.args.dim) and h.dtype == model.dtype
