@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
+from mixchat.errors import ContextFullError as ContextFullError  # re-exported
 from mixchat.model.args import ModelArgs
 from mixchat.model.layout import BatchLayout
 
 _INITIAL_GROWABLE_SLOTS = 256
 
 
-class ContextFullError(RuntimeError):
-    """A full-attention sequence would run past the cache's maximum context."""
 
 
 @dataclass

@@ -11,7 +11,6 @@ the next turn). This keeps a stopped reply and the cache consistent without an e
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,12 +21,12 @@ from typing import Literal
 import torch
 
 from mixchat.cache import ContextFullError, RollingCache
-from mixchat.cuda_graphs import GraphDecoder, decoder_wanted
-from mixchat.model.cpu_runner import CpuRunner
+from mixchat.exec.choose import choose_executor
+from mixchat.exec.executors import Executor, GraphExecutor, ModelLike
+from mixchat.exec.graphs import GraphDecoder
+from mixchat.exec.thread_choice import ThreadChooser
 from mixchat.model.layers import Routing
-from mixchat.model.transformer import Transformer
 from mixchat.sampling import Sampler, SamplingSettings
-from mixchat.thread_choice import ThreadChooser
 
 FinishReason = Literal["eos", "length", "cancelled"]
 SMALL_MODEL_PARAMS = 200_000_000
@@ -112,10 +111,11 @@ class LastTokenRoutes(list[Routing]):
 class Engine:
     def __init__(
         self,
-        model: Transformer,
+        model: ModelLike,
         tokenizer: object | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         eos_id: int | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -127,16 +127,8 @@ class Engine:
         small = total < SMALL_MODEL_PARAMS and self.device.type == "cpu"
         self.step_threads: ThreadChooser | None = ThreadChooser([1, torch.get_num_threads()]) if small else None
         self.max_threads: int | None = None  # a cap for every CPU pass (see leave_a_core_for_the_ui)
-        # Small float32 models on the CPU run through the lean executor (see cpu_runner.py); the module's
-        # own forward stays the reference, the training path and the path for everything else.
-        # MIXCHAT_CPU_RUNNER=0 keeps the module path (tests compare a pipeline's stages, which run it).
-        use_runner = os.environ.get("MIXCHAT_CPU_RUNNER", "1") != "0"
-        self._runner = CpuRunner(model) if use_runner and CpuRunner.suits(model) else None
-        # On a GPU, decode steps replay captured CUDA graphs (see cuda_graphs.py); pre-fill stays eager.
-        self.graph_decoder: GraphDecoder | None = None
-        # (MIXCHAT_CUDA_GRAPHS=eager runs that step's code without capturing, on any device: for checking it.)
-        if decoder_wanted(model):
-            self.graph_decoder = GraphDecoder(model)
+        # How passes run on this device (module forward, lean CPU path, CUDA graphs): decided once, here.
+        self.executor: Executor = executor if executor is not None else choose_executor(model)
 
     def leave_a_core_for_the_ui(self) -> None:
         """From now on, CPU passes use one thread fewer than the machine has, and small decode steps one. A
@@ -152,6 +144,11 @@ class Engine:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def graph_decoder(self) -> GraphDecoder | None:
+        """The CUDA-graph decoder when decode steps replay graphs (bench and checks report it)."""
+        return self.executor.decoder if isinstance(self.executor, GraphExecutor) else None
 
     def new_cache(self, batch: int = 1, max_context: int | None = None) -> RollingCache:
         return RollingCache(self.model.args, batch, self.device, self.model.dtype, max_context=max_context)
@@ -171,26 +168,15 @@ class Engine:
         `LastTokenRoutes`, for each sequence's last token only.
         """
         layout = cache.plan([len(c) for c in chunks], rows)
-        if self.graph_decoder is not None and layout.mode == "decode" and isinstance(cache, RollingCache):
-            logits = self.graph_decoder.decode(cache, layout, [c[0] for c in chunks], router_out)
-            cache.advance(layout)
-            return logits
-        tokens = torch.tensor([t for c in chunks for t in c], dtype=torch.long, device=self.device)
+        tokens = [t for c in chunks for t in c]
         last_only = isinstance(router_out, LastTokenRoutes)
-        runner = self._runner if self._runner is not None and self._runner.usable() else None
         chooser = self.step_threads if len(tokens) <= 16 else None
         threads = chooser.pick(len(tokens)) if chooser is not None else self.max_threads
         start = time.perf_counter()
         with _threads(threads):
-            if runner is not None:
-                logits = runner.forward(tokens, layout, cache, router_out, routing_last_only=last_only)
-            else:
-                logits = self.model(tokens, layout, cache, router_out=router_out, last_only=True)
+            logits = self.executor.forward(tokens, layout, cache, router_out, last_only)
         if chooser is not None and threads is not None:
             chooser.record(len(tokens), threads, time.perf_counter() - start)
-        if runner is None and last_only and router_out and len(tokens) != len(chunks):
-            idx = layout.last_token_index()
-            router_out[:] = [Routing(*(t.index_select(0, idx) for t in r)) for r in router_out]
         cache.advance(layout)
         return logits
 

@@ -17,16 +17,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mixchat.errors import LoadError as LoadError  # re-exported
 from mixchat.model.args import ConfigError, ModelArgs, read_json
 from mixchat.model.stage import StageModel, StagePart
 from mixchat.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
-
-
-class LoadError(RuntimeError):
-    """A model folder that cannot be loaded; the message is meant for the user, on one line."""
 
 
 @dataclass

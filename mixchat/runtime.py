@@ -13,15 +13,12 @@ from pathlib import Path
 import torch
 
 from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
+from mixchat.errors import UserError as UserError  # re-exported
 from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder
 from mixchat.model.transformer import Transformer
 from mixchat.tokenizer import Tokenizer, TokenizerError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
-
-
-class UserError(RuntimeError):
-    """Bad input from the user: printed as one line, exit status 2."""
 
 
 def builtin_model_path() -> Path | None:

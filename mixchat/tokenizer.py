@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sentencepiece
 
-__all__ = ["StreamDecoder", "Tokenizer", "TokenizerError"]
+from mixchat.errors import TokenizerError as TokenizerError  # re-exported
 
 _REPLACEMENT = "\ufffd"
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -33,11 +33,6 @@ _VERSION_SUFFIX = re.compile(r"\.v(\d+)(m\d+)?$")
 _V3_LAYOUT_SUFFIXES = {2, 3}
 
 
-class TokenizerError(Exception):
-    """A tokenizer file that cannot be used, or ids that do not belong to it.
-
-    The message is one line, fit to print as is: the CLI shows it instead of a traceback.
-    """
 
 
 class Tokenizer:

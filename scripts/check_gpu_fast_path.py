@@ -18,7 +18,6 @@ scale), missing at most one more such token than plain bf16 does.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -27,11 +26,13 @@ import torch
 
 from mixchat.cache import RollingCache
 from mixchat.engine import Engine
+from mixchat.exec import fused_triton
+from mixchat.exec.executors import ModuleExecutor
+from mixchat.exec.moe_grouped import grouped_mm_works
+from mixchat.exec.moe_triton import expert_gemv_works
+from mixchat.flags import flags
 from mixchat.loader import random_model
-from mixchat.model import attn_ops, fused_triton, moe_grouped
 from mixchat.model.args import ModelArgs, MoeArgs
-from mixchat.model.moe_grouped import grouped_mm_works
-from mixchat.model.moe_triton import expert_gemv_works
 
 DEVICE = "cuda"  # --device cpu runs the script's own code paths without a GPU (no graphs: it must FAIL)
 
@@ -48,30 +49,17 @@ def run_case(name: str, window: int | None, n_seqs: int, seed: int, steps: int =
 
     def bf16_run(fast: bool) -> tuple[list[torch.Tensor], int]:
         model = random_model(args, seed=seed, std=0.03).to(DEVICE, torch.bfloat16)
-        engine = Engine(model, None, chunk_size=64, eos_id=-1)
-        if not fast:
-            engine.graph_decoder = None
-        moe_grouped.FORCE_LOOP = not fast
-        attn_ops.force_sdpa(not fast)
-        fused_env = os.environ.get("MIXCHAT_FUSED")
-        if not fast:
-            os.environ["MIXCHAT_FUSED"] = "0"  # the plain run: no fused Triton norms either
-        try:
-            cache = engine.new_cache(batch=n_seqs)
-            out = []
-            with torch.inference_mode():
-                for item in engine.prefill(cache, rows, prompts):
-                    if isinstance(item, torch.Tensor):
-                        out.append(item.float().cpu())
-                for toks in forced:
-                    out.append(engine.forward(cache, rows, [[t] for t in toks]).float().cpu())
-        finally:
-            moe_grouped.FORCE_LOOP = False
-            attn_ops.force_sdpa(False)
-            if fused_env is None:
-                os.environ.pop("MIXCHAT_FUSED", None)
-            else:
-                os.environ["MIXCHAT_FUSED"] = fused_env
+        # The plain run is the reference modules as they are (no swaps, no graphs, SDPA attention); the fast
+        # run lets the engine choose its executor as it does for users.
+        engine = Engine(model, None, chunk_size=64, eos_id=-1, executor=None if fast else ModuleExecutor(model))
+        cache = engine.new_cache(batch=n_seqs)
+        out = []
+        with torch.inference_mode():
+            for item in engine.prefill(cache, rows, prompts):
+                if isinstance(item, torch.Tensor):
+                    out.append(item.float().cpu())
+            for toks in forced:
+                out.append(engine.forward(cache, rows, [[t] for t in toks]).float().cpu())
         graphs = engine.graph_decoder.captured if engine.graph_decoder is not None else 0
         return out, graphs
 
@@ -163,7 +151,7 @@ def main() -> int:
     print(f"  grouped GEMM available in bf16: {grouped_mm_works('cuda', torch.bfloat16)}; "
           f"decode GEMV kernel: {expert_gemv_works('cuda', torch.bfloat16)}; "
           f"fused decode kernels: {fused_triton.fused_decode_works('cuda', torch.bfloat16)} "
-          f"(MIXCHAT_FUSED={os.environ.get('MIXCHAT_FUSED', '1')})")
+          f"(MIXCHAT_FUSED={'1' if flags().fused else '0'})")
     results = [
         run_case("full attention, 3 packed sequences", None, 3, seed),
         run_case("full attention, 1 sequence", None, 1, seed + 1),

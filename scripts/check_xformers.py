@@ -15,6 +15,9 @@ import sys
 import torch
 
 from mixchat.cache import RollingCache
+from mixchat.exec.gpu_modules import install_gpu_modules, restore_reference
+from mixchat.exec.xformers_attn import attend_xformers
+from mixchat.flags import Flags
 from mixchat.loader import random_model
 from mixchat.model import attn_ops
 from mixchat.model.args import ModelArgs, MoeArgs
@@ -30,12 +33,9 @@ def attention_case(name: str, cache: RollingCache, seqlens: list[int], H: int, D
     shape = (cache.batch, cache.slots, Hkv, D) if layout.mode == "decode" else (layout.kv_total, Hkv, D)
     k = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
     v = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
-    attn_ops.force_sdpa(False)
-    xf = attn_ops.attend(q, k, v, layout)
-    attn_ops.force_sdpa(True)
+    xf = attend_xformers(q, k, v, layout)
     sd = attn_ops.attend(q, k, v, layout)
     ref = attn_ops.attend(q.float(), k.float(), v.float(), layout)
-    attn_ops.force_sdpa(False)
     e1 = (xf.float() - sd.float()).abs().max().item()
     e2 = (xf.float() - ref).abs().max().item()
     ok = e1 <= tol and e2 <= tol
@@ -60,7 +60,10 @@ def model_case(moe: bool, tol: float) -> bool:
     forced: list[torch.Tensor] = []
     for mode, dtype in (("fp32", torch.float32), ("xformers", torch.bfloat16), ("sdpa", torch.bfloat16)):
         model = base.to("cuda", dtype)
-        attn_ops.force_sdpa(mode != "xformers")
+        if mode == "xformers":
+            install_gpu_modules(model, Flags(fused=False))  # xformers attention, everything else as written
+        else:
+            restore_reference(model)
         cache = RollingCache(args, 3, "cuda", dtype)
         out_seq = []
         with torch.inference_mode():
@@ -77,7 +80,6 @@ def model_case(moe: bool, tol: float) -> bool:
                 out_seq.append(model(nxt, layout, cache, last_only=True).float())
                 cache.advance(layout)
         runs[mode] = out_seq
-    attn_ops.force_sdpa(False)
     kind = "Mixtral (MoE)" if moe else "Mistral (dense)"
     for mode in ("xformers", "sdpa"):
         rel = [((a - r).abs().max() / r.abs().max()).item() for a, r in zip(runs[mode], runs["fp32"], strict=True)]

@@ -14,8 +14,8 @@ import itertools
 
 import torch
 
-from mixchat.model.fused_triton import expert_gemv_swiglu
-from mixchat.model.moe_triton import expert_gemv
+from mixchat.exec.fused_triton import expert_gemv_swiglu
+from mixchat.exec.moe_triton import expert_gemv
 
 
 def timed(fn, reps: int = 30) -> float:  # type: ignore[no-untyped-def]

@@ -14,10 +14,21 @@ import pytest
 import torch
 
 from mixchat.cache import RollingCache
+from mixchat.flags import flags
 from mixchat.loader import build_model, inspect_folder, random_model, save_native
 from mixchat.model.args import ModelArgs, MoeArgs
 from mixchat.model.layout import fresh_layout
 from mixchat.model.transformer import Transformer
+
+
+
+@pytest.fixture(autouse=True)
+def _fresh_flags() -> Iterator[None]:
+    """`flags()` reads MIXCHAT_* once per process; a test that sets one with monkeypatch gets it read anew."""
+    flags.cache_clear()
+    yield
+    flags.cache_clear()
+
 
 W = 16  # sliding window of the windowed test models
 VOCAB = 300

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 _KERNELS = """
 import torch
 import torch.nn.functional as F
-from mixchat.model import fused_triton as ft
-from mixchat.model.moe_triton import expert_gemv
+from mixchat.exec import fused_triton as ft
+from mixchat.exec.moe_triton import expert_gemv
 from mixchat.model.rope import Rotary, apply_rotary
 
 g = torch.Generator().manual_seed(0)
@@ -133,7 +133,7 @@ _STEP = """
 import torch
 from conftest import W, graph_step_inputs, make_model, random_tokens
 from mixchat.cache import RollingCache
-from mixchat.cuda_graphs import GraphDecoder
+from mixchat.exec.graphs import GraphDecoder
 
 torch.set_num_threads(1)
 for kind in ("mixtral", "mistral", "full"):

@@ -15,9 +15,9 @@ import torch
 from conftest import W, graph_step_inputs, make_model, random_tokens
 
 from mixchat.cache import RollingCache
-from mixchat.cuda_graphs import GraphDecoder
+from mixchat.exec.graphs import GraphDecoder
+from mixchat.exec.moe_grouped import grouped_mm_works, grouped_moe_forward
 from mixchat.model.layers import MoeLayer
-from mixchat.model.moe_grouped import grouped_mm_works, grouped_moe_forward
 from mixchat.model.transformer import Transformer
 
 pytestmark = [
@@ -89,9 +89,9 @@ def test_stage_steps_compose_to_the_whole_step(kind: str, world: int) -> None:
 
 _TRITON_CHECK = """
 import torch
-from mixchat.model import moe_triton as mt
+from mixchat.exec import moe_triton as mt
 from mixchat.model.layers import MoeLayer
-from mixchat.model import moe_grouped
+from mixchat.exec import moe_grouped
 
 g = torch.Generator().manual_seed(3)
 w = torch.randn(8, 200, 96, generator=g)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from mixchat import thread_choice
 from mixchat.engine import Engine
+from mixchat.exec import thread_choice
+from mixchat.exec.thread_choice import ThreadChooser
 from mixchat.model.transformer import Transformer
-from mixchat.thread_choice import ThreadChooser
 
 
 def drive(chooser: ThreadChooser, cost: dict[int, float], steps: int, key: int = 1) -> list[int]:

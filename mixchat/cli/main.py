@@ -60,21 +60,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_guarded(func, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     """Run a subcommand; known failures print one line on stderr instead of a traceback."""
-    from mixchat.loader import LoadError
-    from mixchat.model.args import ConfigError
-    from mixchat.runtime import UserError
-    from mixchat.tokenizer import TokenizerError
+    from mixchat.errors import UserError
 
-    known: tuple[type[BaseException], ...] = (LoadError, ConfigError, UserError, TokenizerError)
-    try:
-        from mixchat.cache import ContextFullError
-
-        known += (ContextFullError,)
-    except ImportError:
-        pass
     try:
         return int(func(args) or 0)
-    except known as e:
+    except UserError as e:
         print(f"mixchat: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,6 +26,8 @@ from enum import IntEnum
 import torch
 import torch.distributed as dist
 
+from mixchat.flags import flags
+
 HEADER = 8  # int64 fields: op, six arguments, payload length
 IDLE_TIMEOUT = timedelta(days=365)
 
@@ -45,11 +47,7 @@ class Op(IntEnum):
 
 
 def peer_timeout() -> timedelta:
-    try:
-        seconds = float(os.environ.get("MIXCHAT_PEER_TIMEOUT", "60"))
-    except ValueError:
-        seconds = 60.0
-    return timedelta(seconds=max(1.0, seconds))
+    return timedelta(seconds=max(1.0, flags().peer_timeout))
 
 
 @dataclass

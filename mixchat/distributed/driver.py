@@ -23,9 +23,10 @@ from collections.abc import Sequence
 import torch
 
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
-from mixchat.cuda_graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
 from mixchat.distributed.comm import Op, PipelineGroup
 from mixchat.engine import Engine
+from mixchat.exec.choose import prepare_modules
+from mixchat.exec.graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
 from mixchat.model.layers import Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel, StagePart
@@ -67,6 +68,7 @@ class PipelineModel:
         self._next_cache = 0
         # On a GPU, rank 0's decode steps replay its layers (embeddings included) from CUDA graphs, as every
         # other rank does for its own (cuda_graphs.py); pre-fill, and everything on the CPU, runs eagerly.
+        prepare_modules(stage)
         self.graphs: GraphDecoder | None = GraphDecoder(stage) if stage_graphs_wanted(stage) else None
 
     @property

@@ -11,8 +11,9 @@ import torch
 import torch.distributed as dist
 
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
-from mixchat.cuda_graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
 from mixchat.distributed.comm import Command, Op, PipelineGroup, SentWork
+from mixchat.exec.choose import prepare_modules
+from mixchat.exec.graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
 from mixchat.model.layers import Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel
@@ -38,6 +39,7 @@ class Follower:
         self.sending: list[tuple[SentWork, torch.Tensor]] = []
         # On a GPU, decode steps replay this stage's layers from CUDA graphs (cuda_graphs.py); pre-fill, and
         # everything on the CPU, runs the modules eagerly.
+        prepare_modules(stage)
         self.graphs: GraphDecoder | None = GraphDecoder(stage) if stage_graphs_wanted(stage) else None
 
     @torch.inference_mode()

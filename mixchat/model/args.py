@@ -9,9 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A model configuration that cannot describe a Mistral-family model."""
+from mixchat.errors import ConfigError as ConfigError  # re-exported
 
 
 @dataclass

@@ -50,5 +50,9 @@ class Attention(nn.Module):
             keys, values = k, v
         else:
             keys, values = cache.kv_for(self.layer_id, k, v, layout)
-        out = attend(q, keys, values, layout)  # [T, H, hd]
+        out = self.attend(q, keys, values, layout)  # [T, H, hd]
         return self.wo(out.reshape(T, self.n_heads * self.head_dim))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+        """The attention kernel: torch SDPA here; an executor may swap in another (xformers on CUDA)."""
+        return attend(q, k, v, layout)

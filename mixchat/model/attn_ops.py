@@ -1,6 +1,7 @@
-"""Attention over a packed token stream: xformers kernels on CUDA, torch SDPA everywhere else.
+"""Attention over a packed token stream in torch SDPA: the reference every other attention kernel matches.
 
-Both paths read the same BatchLayout; a GPU script (`scripts/check_xformers.py`) checks that they agree.
+On CUDA the GPU executor swaps in xformers kernels (`mixchat/exec/xformers_attn.py`), which read the same
+BatchLayout; a GPU script (`scripts/check_xformers.py`) checks that the two agree.
 
 On the CPU, a pre-fill chunk of a sliding-window model is attended in query blocks: each block of
 `BAND_BLOCK` queries sees only the `BAND_BLOCK + W - 1` keys that can fall inside its queries' windows,
@@ -14,21 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from mixchat.model.layout import BatchLayout
-from mixchat.model.xformers_compat import kernels_work, memory_efficient_attention_fn
 
-_FORCE_SDPA = False
 BAND_BLOCK = 32  # queries per block of the banded path (32-64 measured best on AVX-512 for W = 256)
 BAND_MIN_SAVING = 0.75  # take the banded path when it computes at most this fraction of the dense scores
-
-
-def force_sdpa(value: bool) -> None:
-    """Route attention through SDPA even where xformers kernels work (for comparisons)."""
-    global _FORCE_SDPA
-    _FORCE_SDPA = value
-
-
-def _use_xformers(x: torch.Tensor) -> bool:
-    return not _FORCE_SDPA and x.is_cuda and kernels_work(str(x.device))
 
 
 def attend(
@@ -37,26 +26,9 @@ def attend(
     v: torch.Tensor,
     layout: BatchLayout,
 ) -> torch.Tensor:  # [T, H, D]
-    if _use_xformers(q):
-        return _attend_xformers(q, k, v, layout)
     if layout.mode == "decode":
         return _decode_sdpa(q, k, v, layout)
     return _packed_sdpa(q, k, v, layout)
-
-
-def _attend_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
-    T, H, D = q.shape
-    Hkv = k.shape[-2]
-    g = H // Hkv
-    k = k.reshape(-1, Hkv, D)
-    v = v.reshape(-1, Hkv, D)
-    S = k.shape[0]
-    # 5-D BMGHK form shares each KV head with its g query heads without copying.
-    q5 = q.view(1, T, Hkv, g, D)
-    k5 = k.view(1, S, Hkv, 1, D).expand(1, S, Hkv, g, D)
-    v5 = v.view(1, S, Hkv, 1, D).expand(1, S, Hkv, g, D)
-    out = memory_efficient_attention_fn()(q5, k5, v5, attn_bias=layout.bias)
-    return out.view(T, H, D)
 
 
 def _packed_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
@@ -93,7 +65,7 @@ def _packed_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Batc
 
 def _banded_pays(q: torch.Tensor, tq: int, tk: int, window: int | None) -> bool:
     """Whether query blocks over their window's keys beat one masked pass over all `tk` keys."""
-    if window is None or q.device.type != "cpu":
+    if window is None:
         return False
     n_blocks = -(-tq // BAND_BLOCK)
     banded = n_blocks * BAND_BLOCK * (BAND_BLOCK + window - 1)

@@ -33,13 +33,6 @@ class TransformerBlock(nn.Module):
         router_out: list[Routing] | None,
     ) -> torch.Tensor:
         a = self.attention(self.attention_norm(x), rot, layout, cache)
-        if x.is_cuda:
-            # GPU inference: the residual add and the FFN norm in one Triton kernel.
-            from mixchat.model.fused_triton import add_rmsnorm, use_fused_norm
-
-            if use_fused_norm(x, self.ffn_norm.weight):
-                h, xn = add_rmsnorm(x, a, self.ffn_norm.weight, self.ffn_norm.eps)
-                return h + self.feed_forward(xn, router_out)
         h = x + a
         return h + self.feed_forward(self.ffn_norm(h), router_out)
 

@@ -47,8 +47,6 @@ def kernels_work(device: str) -> bool:
     """True when `memory_efficient_attention` runs on `device` (tried once on tiny tensors)."""
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return False
-    if os.environ.get("MIXCHAT_ATTENTION", "").lower() == "sdpa":
-        return False
     try:
         ops = memory_efficient_attention_fn()
         x = torch.zeros(1, 4, 1, 64, device=device, dtype=torch.bfloat16)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mixchat.runtime import UserError
+from mixchat.errors import UserError
 
 
 class ConversationError(UserError):

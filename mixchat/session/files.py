@@ -22,9 +22,10 @@ from pathlib import Path
 
 import platformdirs
 
+from mixchat.flags import DATA_DIR, folder_from_env
 from mixchat.session.errors import ConversationError
 
-ENV_DATA_DIR = "MIXCHAT_DATA_DIR"
+ENV_DATA_DIR = DATA_DIR
 MAX_NAME = 200  # characters of a conversation name
 MAX_SLUG = 60  # characters of the readable part of a folder name
 TMP_PREFIX = ".tmp-"
@@ -36,7 +37,7 @@ def user_dir(override: str | os.PathLike[str] | None, env_var: str, default: str
     """A command-line override, else an environment variable (tests use it), else the platform's folder."""
     if override:
         return Path(override).expanduser()
-    env = os.environ.get(env_var)
+    env = folder_from_env(env_var)
     if env:
         return Path(env).expanduser()
     return Path(default)

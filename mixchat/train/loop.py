@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from mixchat.loader import save_native
-from mixchat.model import attn_ops
 from mixchat.model.args import ModelArgs, MoeArgs
 from mixchat.model.layers import Routing
 from mixchat.model.layout import fresh_layout
@@ -149,7 +148,6 @@ class Trainer:
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if fused else _null()
         self.gen = torch.Generator().manual_seed(cfg.seed)
         cfg.out.mkdir(parents=True, exist_ok=True)
-        attn_ops.force_sdpa(True)  # SDPA has backward kernels for every mask we use
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, self.train_tokens.shape[0], (self.cfg.batch_size,), generator=self.gen)

@@ -16,9 +16,10 @@ from typing import Any
 
 import platformdirs
 
+from mixchat.flags import CONFIG_DIR
 from mixchat.session.files import user_dir
 
-ENV_CONFIG_DIR = "MIXCHAT_CONFIG_DIR"
+ENV_CONFIG_DIR = CONFIG_DIR
 PREFS_FILE = "tui.json"
 
 

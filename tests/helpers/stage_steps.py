@@ -14,8 +14,8 @@ import torch
 from conftest import graph_step_inputs
 
 from mixchat.cache import RollingCache
-from mixchat.cuda_graphs import GraphDecoder
 from mixchat.distributed.partition import stage_part
+from mixchat.exec.graphs import GraphDecoder
 from mixchat.model.layers import Routing
 from mixchat.model.stage import StageModel
 from mixchat.model.transformer import Transformer

@@ -27,7 +27,6 @@ buffer, which the caller sends on. Sends and receives stay outside the graph (se
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from mixchat.cache import RollingCache
-from mixchat.model import fused_triton as ft
+from mixchat.exec import fused_triton as ft
+from mixchat.exec.moe_grouped import grouped_mm_works, grouped_moe_forward
+from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
+from mixchat.flags import Flags, flags
 from mixchat.model.attention import Attention
 from mixchat.model.layers import FeedForward, MoeLayer, Routing
 from mixchat.model.layout import BatchLayout
-from mixchat.model.moe_grouped import grouped_mm_works, grouped_moe_forward
-from mixchat.model.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
 from mixchat.model.rope import apply_rotary
 from mixchat.model.stage import StageModel
 from mixchat.model.transformer import Transformer, TransformerBlock
@@ -50,13 +50,13 @@ from mixchat.model.transformer import Transformer, TransformerBlock
 MAX_GRAPHS = 8  # captured graphs kept (each holds a small private memory pool)
 
 
-def graphs_supported(model: Transformer | StageModel) -> bool:
+def graphs_supported(model: Transformer | StageModel, settings: Flags) -> bool:
     """CUDA graphs need a CUDA model (a whole one or one pipeline stage); a MoE model also needs grouped GEMMs
     (no host sync in routing). Wrappers (rank 0's `PipelineModel`) say no: their stage decides for itself."""
     if not isinstance(model, (Transformer, StageModel)) or model.device.type != "cuda":
         return False
     # Probed here, before any capture: the probes synchronise, which a capturing stream must not.
-    if ft.fused_enabled():
+    if settings.fused:
         ft.fused_decode_works("cuda", model.dtype)  # also probes the norm kernel RMSNorm.forward uses
     if model.args.moe is None:
         return True
@@ -106,21 +106,16 @@ def _fuse_qkv(attn: Attention) -> torch.Tensor:
     return cat
 
 
-def graphs_mode() -> str:
-    """MIXCHAT_CUDA_GRAPHS: "1" (default) graphs where supported, "0" never, "eager" the graph step's code
-    run eagerly on any device, replaying nothing (`_EagerReplay`): for checking the step and its callers'
-    static-buffer protocol where no graph can be captured (the CPU tests of pipelines run it over gloo)."""
-    mode = os.environ.get("MIXCHAT_CUDA_GRAPHS", "1")
-    return mode if mode in ("0", "eager") else "1"
-
-
-def decoder_wanted(model: Transformer | StageModel) -> bool:
+def decoder_wanted(model: Transformer | StageModel, settings: Flags | None = None) -> bool:
     """Whether a whole model (the engine) or a pipeline stage (rank 0's driver, the followers) runs its
-    decode steps through a `GraphDecoder`."""
-    mode = graphs_mode()
-    if mode == "eager":
+    decode steps through a `GraphDecoder`. MIXCHAT_CUDA_GRAPHS: "1" (default) graphs where supported, "0"
+    never, "eager" the graph step's code run eagerly on any device, replaying nothing (`_EagerReplay`): for
+    checking the step and its callers' static-buffer protocol where no graph can be captured (the CPU tests
+    of pipelines run it over gloo)."""
+    settings = settings or flags()
+    if settings.cuda_graphs == "eager":
         return isinstance(model, (Transformer, StageModel))
-    return mode == "1" and graphs_supported(model)
+    return settings.cuda_graphs == "1" and graphs_supported(model, settings)
 
 
 def stage_graphs_wanted(stage: StageModel) -> bool:
@@ -193,7 +188,9 @@ class _Captured:
 
 
 class GraphDecoder:
-    def __init__(self, model: Transformer | StageModel, fused: bool | None = None) -> None:
+    def __init__(
+        self, model: Transformer | StageModel, fused: bool | None = None, settings: Flags | None = None
+    ) -> None:
         """`fused`: run the step with the fused Triton kernels (`fused_triton.py`). None decides: on for a
         CUDA model whose kernels pass their probe, unless MIXCHAT_FUSED=0.
 
@@ -211,11 +208,12 @@ class GraphDecoder:
         self.norm = model.norm  # None (and output None): an earlier pipeline stage, whose output is `h`
         self.output = model.output
         self.whole = self.embeddings is not None and self.output is not None
-        self.eager = model.device.type != "cuda" or graphs_mode() == "eager"  # no capture: `_EagerReplay`
+        settings = settings or flags()
+        self.eager = model.device.type != "cuda" or settings.cuda_graphs == "eager"  # no capture: `_EagerReplay`
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pinned: dict[int, torch.Tensor] = {}
         if fused is None:
-            fused = model.device.type == "cuda" and ft.fused_enabled() and ft.fused_decode_works("cuda", model.dtype)
+            fused = model.device.type == "cuda" and settings.fused and ft.fused_decode_works("cuda", model.dtype)
         self.fused = fused
         self._qkv: list[torch.Tensor] = [_fuse_qkv(layer.attention) for layer in self.layers] if fused else []
 

@@ -23,10 +23,12 @@ plain torch and say False on any failure, and callers then keep the unfused path
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
+
+from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv
+from mixchat.model.rope import Rotary, apply_rotary
 
 try:  # Triton comes with CUDA builds of torch; the CPU build has none, and then this path is off.
     import triton
@@ -401,8 +403,6 @@ def expert_gemv_swiglu(
     and applies the SwiGLU in registers. At most `moe_triton.MAX_ROWS` rows per expert.
     """
     # x: [T, K]; w1, w3: [E, N, K] (rows contiguous); offs: [E] int32; token_of: [R] int32 -> [R, N]
-    from mixchat.model.moe_triton import MAX_ROWS
-
     R = token_of.shape[0]
     E, N, K = w1.shape
     assert w1.stride(2) == 1 and w3.stride(2) == 1 and x.stride(1) == 1
@@ -452,11 +452,6 @@ def _ref_norm(h: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).type_as(h) * w
 
 
-def fused_enabled() -> bool:
-    """MIXCHAT_FUSED=0 turns the fused kernels off (default on)."""
-    return os.environ.get("MIXCHAT_FUSED", "1") != "0"
-
-
 @functools.cache
 def fused_norm_works(device_type: str, dtype: torch.dtype) -> bool:
     """Run `add_rmsnorm` once on a small problem and compare with the torch computation."""
@@ -481,9 +476,6 @@ def fused_decode_works(device_type: str, dtype: torch.dtype) -> bool:
     if triton is None or not fused_norm_works(device_type, dtype):
         return False
     try:
-        from mixchat.model.moe_triton import expert_gemv
-        from mixchat.model.rope import Rotary, apply_rotary
-
         dev = torch.device(device_type)
         g = torch.Generator(device="cpu").manual_seed(1)
         tol = 1e-4 if dtype == torch.float32 else 3e-2
@@ -527,11 +519,3 @@ def fused_decode_works(device_type: str, dtype: torch.dtype) -> bool:
         return ok
     except Exception:  # any failure (compiler, driver, unsupported dtype) means "do not use it"
         return False
-
-
-def use_fused_norm(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The norm kernels serve GPU inference (no autograd through them) when the probe passed."""
-    return (
-        x.is_cuda and not torch.is_grad_enabled() and x.dtype == weight.dtype and fused_enabled()
-        and fused_norm_works(x.device.type, x.dtype)
-    )  # fmt: skip

@@ -16,8 +16,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
 from mixchat.model.layers import MoeLayer, Routing
-from mixchat.model.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
 
 
 @functools.cache
@@ -35,18 +35,6 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
         return bool(torch.isfinite(out.float()).all().item())
     except (RuntimeError, NotImplementedError, TypeError):
         return False
-
-
-FORCE_LOOP = False
-"""Set by scripts/check_gpu_fast_path.py to run the plain per-expert loop of `MoeLayer` as a baseline."""
-
-
-def use_grouped(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Grouped kernels serve inference on a GPU when the weights' dtype has them (not training: no grads)."""
-    return (
-        not FORCE_LOOP and x.is_cuda and not torch.is_grad_enabled() and x.dtype == weight.dtype
-        and grouped_mm_works(x.device.type, x.dtype)
-    )  # fmt: skip
 
 
 def _gmm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:

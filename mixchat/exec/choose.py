@@ -1,0 +1,34 @@
+"""The one place that decides how a model's passes run on this machine.
+
+Everything that used to be decided in several places (the engine's constructor, module forwards, probes
+reading environment variables) is decided here, once per engine, from the `Flags` read at start-up and
+what the device can do. The model itself stays the reference: a faster path is either a separate
+executor or a module swap made here, before the first pass.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mixchat.exec.cpu import CpuRunner
+from mixchat.exec.executors import CpuExecutor, Executor, GraphExecutor, ModelLike, ModuleExecutor
+from mixchat.exec.gpu_modules import install_gpu_modules
+from mixchat.exec.graphs import GraphDecoder, decoder_wanted
+from mixchat.flags import Flags, flags
+
+
+def prepare_modules(model: nn.Module, settings: Flags | None = None) -> list[str]:
+    """Swap the GPU modules into a CUDA model or pipeline stage (no-op elsewhere); returns their names."""
+    return install_gpu_modules(model, settings or flags())
+
+
+def choose_executor(model: ModelLike, settings: Flags | None = None) -> Executor:
+    """The executor for a whole model (or rank 0's pipeline wrapper, which only the module path serves)."""
+    settings = settings or flags()
+    if isinstance(model, nn.Module):
+        prepare_modules(model, settings)
+    if decoder_wanted(model, settings):  # type: ignore[arg-type]
+        return GraphExecutor(model, GraphDecoder(model, fused=None, settings=settings))  # type: ignore[arg-type]
+    if settings.cpu_runner and CpuRunner.suits(model):  # type: ignore[arg-type]
+        return CpuExecutor(model)
+    return ModuleExecutor(model)

@@ -1,0 +1,129 @@
+"""The one interface through which the engine runs a pass, and the executors behind it.
+
+An executor takes a planned pass (the layout from `RollingCache.plan`, the tokens as host integers) and
+returns each sequence's last logits. It never advances the cache (the engine does, once, after any
+executor) and never samples. Which executor serves a model is decided once, by `mixchat.exec.choose`.
+
+- `ModuleExecutor`: the model's own forward, the reference. It also serves anything with the model
+  protocol below, such as rank 0's pipeline wrapper.
+- `CpuExecutor`: the lean CPU path of `cpu.py` for small float32 models.
+- `GraphExecutor`: decode steps replayed from CUDA graphs (`graphs.py`), pre-fill through the module
+  forward with the GPU modules swapped in (`gpu_modules.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from mixchat.cache import RollingCache
+from mixchat.exec.cpu import CpuRunner
+from mixchat.exec.graphs import GraphDecoder
+from mixchat.model.args import ModelArgs
+from mixchat.model.attention import KVStore
+from mixchat.model.layers import Routing
+from mixchat.model.layout import BatchLayout
+
+
+class ModelLike(Protocol):
+    """What the engine needs of a model: a whole `Transformer` or rank 0's `PipelineModel`."""
+
+    args: ModelArgs
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def experts_per_token(self) -> int | None: ...
+
+    def set_experts_per_token(self, k: int) -> None: ...
+
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        layout: BatchLayout,
+        cache: KVStore | None = None,
+        router_out: list[Routing] | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor: ...
+
+
+class Executor(Protocol):
+    name: str
+
+    def forward(
+        self,
+        tokens: Sequence[int],  # [T] the pass's tokens, sequences concatenated
+        layout: BatchLayout,
+        cache: RollingCache,
+        router_out: list[Routing] | None,
+        routing_last_only: bool,  # router_out wants each sequence's last token only ([B, k] per layer)
+    ) -> torch.Tensor: ...  # [B, vocab] float32: each sequence's last logits
+
+
+class ModuleExecutor:
+    name = "module"
+
+    def __init__(self, model: ModelLike) -> None:
+        self.model = model
+
+    def forward(
+        self,
+        tokens: Sequence[int],
+        layout: BatchLayout,
+        cache: RollingCache,
+        router_out: list[Routing] | None,
+        routing_last_only: bool,
+    ) -> torch.Tensor:
+        ids = torch.tensor(list(tokens), dtype=torch.long, device=self.model.device)
+        logits = self.model(ids, layout, cache, router_out=router_out, last_only=True)
+        if routing_last_only and router_out and len(ids) != len(layout.seqlens):
+            idx = layout.last_token_index()
+            router_out[:] = [Routing(*(t.index_select(0, idx) for t in r)) for r in router_out]
+        return logits
+
+
+class CpuExecutor:
+    name = "cpu"
+
+    def __init__(self, model: ModelLike) -> None:
+        self.runner = CpuRunner(model)  # type: ignore[arg-type]
+        self.module = ModuleExecutor(model)
+
+    def forward(
+        self,
+        tokens: Sequence[int],
+        layout: BatchLayout,
+        cache: RollingCache,
+        router_out: list[Routing] | None,
+        routing_last_only: bool,
+    ) -> torch.Tensor:
+        if not self.runner.usable():  # the model was moved off the CPU or to another dtype since
+            return self.module.forward(tokens, layout, cache, router_out, routing_last_only)
+        ids = torch.tensor(list(tokens), dtype=torch.long)
+        return self.runner.forward(ids, layout, cache, router_out, routing_last_only=routing_last_only)
+
+
+class GraphExecutor:
+    name = "graphs"
+
+    def __init__(self, model: ModelLike, decoder: GraphDecoder) -> None:
+        self.decoder = decoder
+        self.module = ModuleExecutor(model)
+
+    def forward(
+        self,
+        tokens: Sequence[int],
+        layout: BatchLayout,
+        cache: RollingCache,
+        router_out: list[Routing] | None,
+        routing_last_only: bool,
+    ) -> torch.Tensor:
+        if layout.mode == "decode":
+            return self.decoder.decode(cache, layout, list(tokens), router_out)
+        return self.module.forward(tokens, layout, cache, router_out, routing_last_only)
