@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,9 +17,12 @@ from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
 from mixchat.errors import UserError as UserError  # re-exported
 from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder
 from mixchat.model.transformer import Transformer
+from mixchat.paths import BUILTIN_DIR
 from mixchat.tokenizer import Tokenizer, TokenizerError
 
-BUILTIN_DIR = Path(__file__).parent / "builtin"
+if TYPE_CHECKING:
+    from mixchat.distributed.launch import Pipeline
+
 
 
 def builtin_model_path() -> Path | None:
@@ -114,12 +118,8 @@ def load_runtime(
     return Runtime(ckpt, net, tok, engine, time.perf_counter() - start)
 
 
-def current_pipeline():  # type: ignore[no-untyped-def]
+def current_pipeline() -> Pipeline | None:
     """The pipeline this process leads under torchrun, or None (without importing torch.distributed)."""
     from mixchat import distributed
 
-    if not distributed.launched():
-        return None
-    from mixchat.distributed.launch import current
-
-    return current()
+    return distributed.current() if distributed.launched() else None

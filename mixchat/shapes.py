@@ -6,10 +6,11 @@ import json
 
 import torch
 
+from mixchat.errors import UserError
 from mixchat.model.args import ModelArgs, MoeArgs
 from mixchat.model.stage import StageModel, StagePart
 from mixchat.model.transformer import Transformer
-from mixchat.runtime import BUILTIN_DIR, UserError
+from mixchat.paths import BUILTIN_DIR
 
 
 def named_shape(name: str) -> ModelArgs:

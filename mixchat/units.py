@@ -1,6 +1,16 @@
-"""Human-readable sizes, shared by every front end that prints cache or memory figures."""
+"""Human-readable sizes and times, shared by every front end that prints cache, memory or save figures."""
 
 from __future__ import annotations
+
+from datetime import datetime
+
+
+def local_time(iso: str) -> str:
+    """An ISO timestamp as local 'YYYY-MM-DD HH:MM' (as is, if it does not parse)."""
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+    except (ValueError, TypeError):
+        return iso
 
 
 def human_bytes(n: float) -> str:

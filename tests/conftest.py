@@ -21,7 +21,6 @@ from mixchat.model.layout import fresh_layout
 from mixchat.model.transformer import Transformer
 
 
-
 @pytest.fixture(autouse=True)
 def _fresh_flags() -> Iterator[None]:
     """`flags()` reads MIXCHAT_* once per process; a test that sets one with monkeypatch gets it read anew."""

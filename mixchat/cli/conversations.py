@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 
 from mixchat.cli.common import Parser
+from mixchat.units import local_time
 
 DESCRIPTION = """\
 Manage the conversations that `mixchat chat` saves after every turn. They live in one folder each under
@@ -49,14 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("name", metavar="NAME")
     add_data_dir_option(a, suppress=True)
     p.set_defaults(func=run, action=None)
-
-
-def local_time(iso: str) -> str:
-    """An ISO timestamp as local 'YYYY-MM-DD HH:MM' (as is, if it does not parse)."""
-    try:
-        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
-    except (ValueError, TypeError):
-        return iso
 
 
 def run(args: argparse.Namespace) -> int:

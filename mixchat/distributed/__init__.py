@@ -14,6 +14,12 @@ side), `follower` (the other ranks' side), `launch` (the glue to the command lin
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mixchat.distributed.launch import Pipeline
+
+_current: Pipeline | None = None
 
 
 def launched() -> bool:
@@ -22,3 +28,14 @@ def launched() -> bool:
         return int(os.environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
         return False
+
+
+def current() -> Pipeline | None:
+    """The pipeline this process leads (rank 0 of a torchrun job), else None. Kept here, in a module that
+    imports nothing, so the runtime can ask without importing the launcher (which imports the runtime)."""
+    return _current
+
+
+def set_current(pipeline: Pipeline | None) -> None:
+    global _current
+    _current = pipeline

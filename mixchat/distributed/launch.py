@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mixchat import distributed
 from mixchat.distributed import lifecycle
 from mixchat.distributed.comm import Op, PipelineGroup, init_group, is_peer_failure
 from mixchat.distributed.partition import PartitionError, stage_part
+from mixchat.errors import UserError
 from mixchat.loader import Checkpoint, build_stage
 from mixchat.model.args import ModelArgs
 from mixchat.model.stage import StageModel, StagePart
@@ -37,8 +39,6 @@ class Pipeline:
         return self.group.device
 
     def part_for(self, args: ModelArgs) -> StagePart:
-        from mixchat.runtime import UserError
-
         try:
             self.parts = [stage_part(args.n_layers, self.group.world, r) for r in range(self.group.world)]
         except PartitionError as e:
@@ -61,18 +61,11 @@ class Pipeline:
         return self.model
 
 
-_current: Pipeline | None = None
-
-
-def current() -> Pipeline | None:
-    """The pipeline this process leads (rank 0 of a torchrun job), else None."""
-    return _current
 
 
 def run_pipelined(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
                   guarded: Callable[..., int]) -> int:
     """Run a parsed command line as one rank of a torchrun job."""
-    global _current
     rank = int(os.environ.get("RANK", "0"))
     command = getattr(args, "command", None)
     if command not in PIPELINED_COMMANDS:
@@ -92,7 +85,7 @@ def run_pipelined(func: Callable[[argparse.Namespace], int], args: argparse.Name
     try:
         if rank != 0:
             return _follow(pipeline, args)
-        _current = pipeline
+        distributed.set_current(pipeline)
         rc = guarded(func, args)
         _shutdown(pipeline)
         return rc

@@ -9,7 +9,6 @@ whether the kernels really run is decided by trying them once on the device in q
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from types import ModuleType
 
 import torch
 
-os.environ.setdefault("XFORMERS_IGNORE_FLASH_VERSION_CHECK", "1")
+# (XFORMERS_IGNORE_FLASH_VERSION_CHECK is set in `mixchat/__init__.py`, before anything imports xformers.)
 
 
 @contextmanager

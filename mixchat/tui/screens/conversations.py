@@ -29,7 +29,7 @@ class ConversationChoice:
 
 
 def local_time(iso: str) -> str:
-    from mixchat.cli.conversations import local_time as fmt
+    from mixchat.units import local_time as fmt
 
     return fmt(iso)
 

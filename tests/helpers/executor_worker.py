@@ -1,0 +1,49 @@
+"""Runs the executor schedule in a process of its own and writes what it saw (tests/test_executors.py).
+
+    executor_worker.py EXECUTOR CKPT OUT.safetensors
+
+EXECUTOR is `fused` (the fused graph step; the caller sets TRITON_INTERPRET=1) or `pipeline` (rank 0 of a
+two-rank gloo job, started under torchrun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from executor_schedule import CHUNK, run_schedule
+from safetensors.torch import save_file
+
+from mixchat.cli.main import run_guarded
+from mixchat.distributed.launch import run_pipelined
+from mixchat.engine import Engine
+from mixchat.exec.executors import GraphExecutor
+from mixchat.exec.graphs import GraphDecoder
+from mixchat.flags import Flags
+from mixchat.runtime import load_runtime
+
+
+def main() -> int:
+    which, ckpt, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    if which == "fused":
+        rt = load_runtime(ckpt, device="cpu", dtype="float32", chunk_size=CHUNK)
+        decoder = GraphDecoder(rt.model, fused=True, settings=Flags(cuda_graphs="eager"))
+        engine = Engine(rt.model, None, chunk_size=CHUNK, eos_id=-1, executor=GraphExecutor(rt.model, decoder))
+        save_file(run_schedule(engine), str(out))
+        return 0
+
+    def on_rank0(_: argparse.Namespace) -> int:
+        rt = load_runtime(ckpt, device="cpu", dtype="float32", chunk_size=CHUNK)
+        save_file(run_schedule(rt.engine), str(out))
+        return 0
+
+    options = argparse.Namespace(command="generate", model=str(ckpt), device="cpu", dtype="float32",
+                                 max_context=None)
+    return run_pipelined(on_rank0, options, run_guarded)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
