@@ -65,9 +65,14 @@ class GroupedMoe(MoeLayer):
 
 
 class XformersAttention(Attention):
-    """Attention through xformers' memory-efficient kernels and the layout's block-diagonal bias."""
+    """Attention through xformers' memory-efficient kernels and the layout's block-diagonal bias.
+
+    Not inside a captured decode step (`layout.device_live` set): xformers' bias holds its sizes as host
+    integers fixed when it is built, so there the reference SDPA path, masked on the device, runs instead."""
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+        if layout.device_live is not None:
+            return super().attend(q, k, v, layout)
         return attend_xformers(q, k, v, layout)
 
 

@@ -41,9 +41,8 @@ from mixchat.exec.moe_grouped import grouped_mm_works, grouped_moe_forward
 from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
 from mixchat.flags import Flags, flags
 from mixchat.model.attention import Attention
-from mixchat.model.layers import FeedForward, MoeLayer, Routing
-from mixchat.model.layout import BatchLayout
-from mixchat.model.rope import apply_rotary
+from mixchat.model.layers import MoeLayer, Routing
+from mixchat.model.layout import BatchLayout, live_mask
 from mixchat.model.stage import StageModel
 from mixchat.model.transformer import Transformer, TransformerBlock
 
@@ -143,11 +142,6 @@ class _EagerReplay:
 
 
 
-def _live_mask(live: torch.Tensor, S: int) -> torch.Tensor:
-    """[B, 1, 1, S] bool: which of each row's S buffer slots hold live keys (`live`: [B] counts, on the device)."""
-    return (torch.arange(S, device=live.device)[None, :] < live[:, None])[:, None, None, :]
-
-
 def _attend_buffer(
     q: torch.Tensor,  # [B, H, hd]
     kc: torch.Tensor,  # [Bc, S, Hkv, hd]: one layer's whole rolling buffer
@@ -169,6 +163,27 @@ def _attend_buffer(
         enable_gqa=kc.shape[2] != H,
     )  # [B, H, 1, hd]
     return out.reshape(B, H * hd)
+
+class _StaticKV:
+    """The cache as a decode step inside a graph sees it: K/V written at device-side flat slots, and each
+    served row's whole buffer returned (dead slots are masked by the layout's live counts)."""
+
+    def __init__(self, cache: RollingCache, slots: torch.Tensor, row_idx: torch.Tensor | None) -> None:
+        self.cache = cache
+        self.slots = slots  # [B] flat slot (row * S + slot) of each row's new token
+        self.row_idx = row_idx  # [B] rows served, or None for every row in order
+
+    def kv_for(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        li = layer - self.cache.layers.start
+        kc, vc = self.cache.k[li], self.cache.v[li]  # [Bc, S, Hkv, hd]
+        kc.view(-1, *k.shape[1:]).index_copy_(0, self.slots, k)
+        vc.view(-1, *v.shape[1:]).index_copy_(0, self.slots, v)
+        if self.row_idx is None:
+            return kc, vc
+        return kc.index_select(0, self.row_idx), vc.index_select(0, self.row_idx)
+
 
 @dataclass
 class _Captured:
@@ -238,7 +253,7 @@ class GraphDecoder:
         Returns [B, vocab] float32 logits when the model holds the head, else the residual stream [B, D]."""
         if self.fused:
             return self._step_fused(cache, row_idx, inputs, router_out, hidden)
-        return self._step_unfused(cache, row_idx, inputs, router_out, hidden)
+        return self._step_modules(cache, row_idx, inputs, router_out, hidden)
 
     def _front(self, inputs: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
         """The residual stream entering the first layer here: embedded tokens, or the previous stage's `h`."""
@@ -247,7 +262,7 @@ class GraphDecoder:
         assert hidden is not None, "a stage without the embeddings starts from the previous stage's activations"
         return hidden
 
-    def _step_unfused(
+    def _step_modules(
         self,
         cache: RollingCache,
         row_idx: torch.Tensor | None,
@@ -255,36 +270,24 @@ class GraphDecoder:
         router_out: list[Routing] | None,
         hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The step as plain torch ops (~60 kernels a Mixtral layer); the fallback of `_step_fused`."""
-        model, args = self.model, self.args
-        positions, slots, live = inputs[1], inputs[2], inputs[3]  # each [B]
-        B = inputs.shape[1]
-        S = cache.slots
-        H, Hkv, hd = args.n_heads, args.n_kv_heads, args.head_dim
-        h = self._front(inputs, hidden)  # [B, D]
-        rot = model.rotary.rotation(positions)  # [B, 1, hd/2]
-        mask = _live_mask(live, S)  # [B, 1, 1, S]
-        for li, layer in enumerate(self.layers):  # li: the cache's (local) layer index
-            attn = layer.attention
-            x = layer.attention_norm(h)
-            q = apply_rotary(attn.wq(x).view(B, H, hd), rot)
-            k = apply_rotary(attn.wk(x).view(B, Hkv, hd), rot)
-            v = attn.wv(x).view(B, Hkv, hd)
-            kc, vc = cache.k[li], cache.v[li]  # [Bc, S, Hkv, hd]
-            kc.view(-1, Hkv, hd).index_copy_(0, slots, k)
-            vc.view(-1, Hkv, hd).index_copy_(0, slots, v)
-            h = h + attn.wo(_attend_buffer(q, kc, vc, row_idx, mask))
-            x = layer.ffn_norm(h)
-            ff = layer.feed_forward
-            if isinstance(ff, MoeLayer):
-                h = h + grouped_moe_forward(ff, x, router_out)
-            else:
-                assert isinstance(ff, FeedForward)
-                h = h + ff(x)
-        if self.output is None:
-            return h  # [B, D]: the next stage applies its own first attention norm
-        assert self.norm is not None
-        return self.output(self.norm(h)).float()  # [B, vocab]
+        """The step as the model's own forward (the fallback of `_step_fused`), fed from the static buffers.
+
+        Nothing here re-implements the maths: the layout carries the positions and live counts as device
+        tensors (`BatchLayout.device_live`) and `_StaticKV` writes and reads the cache by device-side slots,
+        so the modules' forward has no host integer that would be baked into a graph."""
+        B, S = inputs.shape[1], cache.slots
+        layout = BatchLayout(
+            mode="decode", seqlens=[1] * B, kv_lens=[S] * B, window=self.args.sliding_window,
+            device=inputs.device, pos_list=[0] * B, all_rows=row_idx is None, kv_padding=S,
+            device_live=inputs[3], _positions=inputs[1],
+        )  # fmt: skip
+        kv = _StaticKV(cache, inputs[2], row_idx)
+        model = self.model
+        if isinstance(model, Transformer):
+            return model(inputs[0], layout, kv, router_out)  # [B, vocab]
+        h = self._front(inputs, hidden)
+        h = model.run_layers(h, layout, kv, router_out)
+        return h if model.output is None else model.head(h, layout, last_only=False)
 
     def _step_fused(
         self,
@@ -294,7 +297,7 @@ class GraphDecoder:
         router_out: list[Routing] | None,
         hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`_step_unfused` with the fused kernels: per Mixtral layer, the launches are
+        """The step with the fused kernels: per Mixtral layer, the launches are
 
         qkv GEMV, rope_store, SDPA, wo GEMV, add_rmsnorm, gate GEMV, route_topk, expert_gemv_swiglu,
         expert_gemv (w2), combine_add_rmsnorm (MoE sum + residual + the next layer's attention norm).
@@ -313,7 +316,7 @@ class GraphDecoder:
         H, Hkv, hd = args.n_heads, args.n_kv_heads, args.head_dim
         h = self._front(inputs, hidden)  # [B, D]
         cos_sin = torch.view_as_real(model.rotary.rotation(positions))  # [B, 1, hd/2, 2] float32, all layers
-        mask = _live_mask(live, S)  # [B, 1, 1, S]
+        mask = live_mask(live, S)  # [B, 1, 1, S]
         layers = self.layers
         first = layers[0].attention_norm
         x = ft.rmsnorm(h, first.weight, first.eps)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mixchat.model.layout import BatchLayout
+from mixchat.model.layout import BatchLayout, live_mask
 
 BAND_BLOCK = 32  # queries per block of the banded path (32-64 measured best on AVX-512 for W = 256)
 BAND_MIN_SAVING = 0.75  # take the banded path when it computes at most this fraction of the dense scores
@@ -133,21 +133,16 @@ def _decode_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Batc
     kb = k.transpose(1, 2)  # [B, Hkv, C, D]
     vb = v.transpose(1, 2)
     mask = None
-    if B == 1:
+    if B == 1 and layout.device_live is None:
         n = layout.kv_lens[0]
         if n < C:
             kb, vb = kb[:, :, :n], vb[:, :, :n]
-    else:
-        mask = layout.decode_mask() if layout.kv_padding == C else _padding_mask(layout.kv_lens, C, q.device)
+    elif layout.kv_padding == C:
+        mask = layout.decode_mask()
+    elif min(layout.kv_lens) < C:
+        mask = live_mask(torch.tensor(layout.kv_lens, device=q.device), C)
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # [B, Hkv, g, D]
     return out.view(B, H, D)
-
-
-def _padding_mask(kv_lens: list[int], C: int, device: torch.device) -> torch.Tensor | None:
-    if min(kv_lens) >= C:
-        return None
-    lens = torch.tensor(kv_lens, device=device)
-    return (torch.arange(C, device=device)[None, :] < lens[:, None])[:, None, None, :]
 
 
 def _sdpa(

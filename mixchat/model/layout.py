@@ -41,6 +41,9 @@ class BatchLayout:
     new_dst: torch.Tensor | None = None  # [T] where this pass's keys sit in the packed key stream
     all_rows: bool = False  # decode: the pass covers every cache row in order (no gather needed)
     kv_padding: int | None = None  # decode: slots per cache row (keys are padded to this length)
+    # Decode inside a captured graph: [B] live key counts on the device, rewritten before each replay. The
+    # mask is then built from them, and `kv_lens` (host integers, fixed at capture) is not read for it.
+    device_live: torch.Tensor | None = None
     _bias: Any = field(default=None, repr=False)
     _positions: torch.Tensor | None = field(default=None, repr=False)
     _write_dst: torch.Tensor | None = field(default=None, repr=False)
@@ -139,12 +142,20 @@ class BatchLayout:
             S = self.kv_padding
             assert S is not None
             mask = None
-            if min(self.kv_lens) < S:
-                dev = self.device
-                lens = torch.tensor(self.kv_lens, device=dev)
-                mask = (torch.arange(S, device=dev)[None, :] < lens[:, None])[:, None, None, :]
+            if self.device_live is not None:
+                mask = live_mask(self.device_live, S)
+            elif min(self.kv_lens) < S:
+                mask = live_mask(torch.tensor(self.kv_lens, device=self.device), S)
             self._masks[key] = mask
         return self._masks[key]
+
+
+def live_mask(live: torch.Tensor, slots: int) -> torch.Tensor:
+    """[B, 1, 1, slots] bool: which of each row's buffer slots hold live keys (`live`: [B] counts).
+
+    Live tokens fill a row's slots from 0 until the buffer has wrapped, then all of them, so a count says
+    which slots hold keys; attention over a rolling buffer needs no time order (keys carry their RoPE)."""
+    return (torch.arange(slots, device=live.device)[None, :] < live[:, None])[:, None, None, :]
 
 
 def _xformers_bias(layout: BatchLayout) -> Any:
