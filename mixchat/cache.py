@@ -125,12 +125,7 @@ class RollingCache:
             raise ValueError("every sequence in a pass needs at least one token")
         C = self.capacity
         if self.window is None:
-            for r, n in zip(rows, seqlens, strict=True):
-                if self.seen[r] + n > C:
-                    raise ContextFullError(
-                        f"the conversation would need {self.seen[r] + n} tokens but the context is limited "
-                        f"to {C}; start a new conversation or raise --max-context"
-                    )
+            self.check_room(rows, seqlens)
             self._ensure_slots(max(self.seen[r] + n for r, n in zip(rows, seqlens, strict=True)))
         S = self.slots
         if all(n == 1 for n in seqlens):
@@ -207,6 +202,19 @@ class RollingCache:
                 self._views.append((kc, vc, kc.view(-1, *kc.shape[2:]), vc.view(-1, *vc.shape[2:])))
             self._views_of = self.k
         return self._views[li]
+
+    def check_room(self, rows: Sequence[int], counts: Sequence[int]) -> None:
+        """Raise ContextFullError unless each row can take `counts[i]` more tokens. A windowed buffer always
+        can (it rolls); a full-attention one stops at its capacity. The engine asks before a pre-fill's first
+        pass, so an overflow never leaves half a turn in the cache."""
+        if self.window is not None:
+            return
+        for r, n in zip(rows, counts, strict=True):
+            if self.seen[r] + n > self.capacity:
+                raise ContextFullError(
+                    f"the conversation would need {self.seen[r] + n} tokens but the context is limited "
+                    f"to {self.capacity}; start a new conversation or raise --max-context"
+                )
 
     def kv_for(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from mixchat.cache import ContextFullError, RollingCache
+from mixchat.cache import RollingCache
 from mixchat.exec.choose import choose_executor
 from mixchat.exec.executors import Executor, GraphExecutor, ModelLike
 from mixchat.exec.graphs import GraphDecoder
@@ -195,14 +195,7 @@ class Engine:
         """
         if any(len(t) == 0 for t in token_lists):
             raise ValueError("nothing to pre-fill for one of the sequences")
-        if cache.window is None:
-            # Checked for the whole pre-fill up front, so an overflow never leaves half a turn in the cache.
-            for r, t in zip(rows, token_lists, strict=True):
-                if cache.seen[r] + len(t) > cache.capacity:
-                    raise ContextFullError(
-                        f"the conversation would need {cache.seen[r] + len(t)} tokens but the context is "
-                        f"limited to {cache.capacity}; start a new conversation or raise --max-context"
-                    )
+        cache.check_room(rows, [len(t) for t in token_lists])  # for the whole pre-fill, before any pass
         total = sum(len(t) for t in token_lists)
         offsets = [0] * len(token_lists)
         last: list[torch.Tensor | None] = [None] * len(token_lists)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from mixchat.cli.common import add_model_options, positive_int
+from mixchat.exec.memory import peak_memory_bytes
 from mixchat.runtime import UserError, current_pipeline, resolve_device, resolve_dtype
 
 H200_COPY_BANDWIDTH = 4.26e12  # bytes/s, measured device-to-device copy on the project's H200
@@ -64,11 +64,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _peak_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
 
 @torch.inference_mode()
 def time_mixchat(engine, prompts: list[list[int]], new_tokens: int, repeats: int) -> Timing:  # type: ignore[no-untyped-def]
@@ -117,7 +112,7 @@ def time_against_transformers(  # type: ignore[no-untyped-def]
     up first, and our memory peak is read before transformers' twin of the model exists.
     """
     _mixchat_round(engine, prompts, new_tokens)
-    peak = _peak_bytes(engine.device)
+    peak = peak_memory_bytes(engine.device)
     hf = transformers_twin(engine.model)
     ids = torch.tensor(prompts, device=engine.device)
     _transformers_round(hf, ids, new_tokens)
@@ -294,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         ours, theirs, peak = time_against_transformers(engine, prompts, args.new_tokens, args.repeats)
     else:
         ours = time_mixchat(engine, prompts, args.new_tokens, args.repeats)
-        peak = _peak_bytes(device)
+        peak = peak_memory_bytes(device)
     total, active = margs.param_counts()
     elem = torch.tensor([], dtype=dtype).element_size()
     result: dict = {

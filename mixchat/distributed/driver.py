@@ -27,6 +27,7 @@ from mixchat.distributed.comm import Op, PipelineGroup
 from mixchat.engine import Engine
 from mixchat.exec.choose import prepare_modules
 from mixchat.exec.graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
+from mixchat.exec.memory import peak_memory_bytes
 from mixchat.model.layers import Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel, StagePart
@@ -124,8 +125,6 @@ class PipelineModel:
 
     def peak_memory(self) -> list[int]:
         """Peak memory of every rank, in bytes (GPU memory allocated, or resident memory on the CPU)."""
-        from mixchat.distributed.follower import peak_memory_bytes
-
         g = self.group
         with self.lock:
             self.drain()

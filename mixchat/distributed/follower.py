@@ -14,20 +14,13 @@ from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
 from mixchat.distributed.comm import Command, Op, PipelineGroup, SentWork
 from mixchat.exec.choose import prepare_modules
 from mixchat.exec.graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
+from mixchat.exec.memory import peak_memory_bytes
 from mixchat.model.layers import Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel
 
 MAX_UNFINISHED_SENDS = 16
 
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak bytes allocated on this rank's GPU, or the process's peak resident memory on the CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class Follower:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from mixchat.model.attention import KVStore
 from mixchat.model.attn_ops import attend, attend_last
-from mixchat.model.layers import FeedForward, MoeLayer, Routing
+from mixchat.model.layers import FeedForward, MoeLayer, Routing, top_k_routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.transformer import Transformer
 
@@ -286,8 +286,7 @@ class CpuRunner:
         assert lw.gate is not None
         k = lw.moe.k
         logits = torch.mm(xn, lw.gate)  # [T, E]
-        top, experts = torch.topk(logits, k, dim=-1)  # [T, k]
-        weights = torch.softmax(top, dim=-1, dtype=torch.float32)  # [T, k]
+        experts, weights = top_k_routing(logits, k)  # [T, k] each
         if router_out is not None:
             if routing_rows is None:
                 router_out.append(Routing(experts, weights, logits))

@@ -43,6 +43,15 @@ class Routing(NamedTuple):
     logits: torch.Tensor  # [T, n_experts] raw gate logits (for the load-balancing loss)
 
 
+def top_k_routing(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Semantics 5: the k largest gate logits per token (strongest first) and a float32 softmax over them.
+
+    logits: [T, E] -> experts [T, k], weights [T, k]. Every executor routes through this function (the fused
+    GPU kernel computes the same, and is probed against it)."""
+    top_logits, experts = torch.topk(logits, k, dim=-1)
+    return experts, torch.softmax(top_logits, dim=-1, dtype=torch.float32)
+
+
 class MoeLayer(nn.Module):
     """Sparse mixture of SwiGLU experts with top-k routing.
 
@@ -62,8 +71,7 @@ class MoeLayer(nn.Module):
     def route(self, x: torch.Tensor, router_out: list[Routing] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k experts per token and their weights (softmax over the k chosen logits, in float32)."""
         logits = self.gate(x)  # [T, E]
-        top_logits, experts = torch.topk(logits, self.k, dim=-1)  # [T, k]
-        weights = torch.softmax(top_logits, dim=-1, dtype=torch.float32)  # [T, k]
+        experts, weights = top_k_routing(logits, self.k)  # [T, k] each
         if router_out is not None:
             router_out.append(Routing(experts, weights, logits))
         return experts, weights
