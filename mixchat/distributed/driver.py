@@ -25,8 +25,8 @@ import torch
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
 from mixchat.distributed.comm import Op, PipelineGroup
 from mixchat.engine import Engine
-from mixchat.exec.choose import prepare_modules
-from mixchat.exec.graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
+from mixchat.exec.choose import choose_stage_decoder
+from mixchat.exec.graphs import GraphDecoder, stage_graph_fits
 from mixchat.exec.memory import peak_memory_bytes
 from mixchat.model.layers import Routing
 from mixchat.model.layout import BatchLayout
@@ -69,8 +69,7 @@ class PipelineModel:
         self._next_cache = 0
         # On a GPU, rank 0's decode steps replay its layers (embeddings included) from CUDA graphs, as every
         # other rank does for its own (cuda_graphs.py); pre-fill, and everything on the CPU, runs eagerly.
-        prepare_modules(stage)
-        self.graphs: GraphDecoder | None = GraphDecoder(stage) if stage_graphs_wanted(stage) else None
+        self.graphs: GraphDecoder | None = choose_stage_decoder(stage)
 
     @property
     def device(self) -> torch.device:

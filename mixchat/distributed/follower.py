@@ -12,8 +12,8 @@ import torch.distributed as dist
 
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
 from mixchat.distributed.comm import Command, Op, PipelineGroup, SentWork
-from mixchat.exec.choose import prepare_modules
-from mixchat.exec.graphs import GraphDecoder, stage_graph_fits, stage_graphs_wanted
+from mixchat.exec.choose import choose_stage_decoder
+from mixchat.exec.graphs import GraphDecoder, stage_graph_fits
 from mixchat.exec.memory import peak_memory_bytes
 from mixchat.model.layers import Routing
 from mixchat.model.layout import BatchLayout
@@ -32,8 +32,7 @@ class Follower:
         self.sending: list[tuple[SentWork, torch.Tensor]] = []
         # On a GPU, decode steps replay this stage's layers from CUDA graphs (cuda_graphs.py); pre-fill, and
         # everything on the CPU, runs the modules eagerly.
-        prepare_modules(stage)
-        self.graphs: GraphDecoder | None = GraphDecoder(stage) if stage_graphs_wanted(stage) else None
+        self.graphs: GraphDecoder | None = choose_stage_decoder(stage)
 
     @torch.inference_mode()
     def run(self) -> None:

@@ -67,6 +67,8 @@ class Executor(Protocol):
 
 
 class ModuleExecutor:
+    """The model's own forward: the reference, and the fallback of the executors below."""
+
     name = "module"
 
     def __init__(self, model: ModelLike) -> None:
@@ -88,12 +90,12 @@ class ModuleExecutor:
         return logits
 
 
-class CpuExecutor:
+class CpuExecutor(ModuleExecutor):
     name = "cpu"
 
     def __init__(self, model: ModelLike) -> None:
+        super().__init__(model)
         self.runner = CpuRunner(model)  # type: ignore[arg-type]
-        self.module = ModuleExecutor(model)
 
     def forward(
         self,
@@ -104,17 +106,17 @@ class CpuExecutor:
         routing_last_only: bool,
     ) -> torch.Tensor:
         if not self.runner.usable():  # the model was moved off the CPU or to another dtype since
-            return self.module.forward(tokens, layout, cache, router_out, routing_last_only)
+            return super().forward(tokens, layout, cache, router_out, routing_last_only)
         ids = torch.tensor(list(tokens), dtype=torch.long)
         return self.runner.forward(ids, layout, cache, router_out, routing_last_only=routing_last_only)
 
 
-class GraphExecutor:
+class GraphExecutor(ModuleExecutor):
     name = "graphs"
 
     def __init__(self, model: ModelLike, decoder: GraphDecoder) -> None:
+        super().__init__(model)
         self.decoder = decoder
-        self.module = ModuleExecutor(model)
 
     def forward(
         self,
@@ -126,4 +128,4 @@ class GraphExecutor:
     ) -> torch.Tensor:
         if layout.mode == "decode":
             return self.decoder.decode(cache, layout, list(tokens), router_out)
-        return self.module.forward(tokens, layout, cache, router_out, routing_last_only)
+        return super().forward(tokens, layout, cache, router_out, routing_last_only)

@@ -117,12 +117,6 @@ def decoder_wanted(model: Transformer | StageModel, settings: Flags | None = Non
     return settings.cuda_graphs == "1" and graphs_supported(model, settings)
 
 
-def stage_graphs_wanted(stage: StageModel) -> bool:
-    """Whether a pipeline stage replays its decode steps from graphs: on CUDA when the probes pass, unless
-    MIXCHAT_CUDA_GRAPHS=0 (the switch the one-GPU engine obeys too)."""
-    return decoder_wanted(stage)
-
-
 class _EagerReplay:
     """Stands in for a captured graph where none is captured (MIXCHAT_CUDA_GRAPHS=eager, or on the CPU):
     each replay runs the step's code again and copies its results into the first run's buffers, so callers
