@@ -93,7 +93,8 @@ def _hf_weight_files(folder: Path) -> list[Path]:
 
 
 def find_tokenizer(folder: Path) -> Path | None:
-    for name in ("tokenizer.model", "tokenizer.model.v3", "tokenizer.model.v1"):
+    """The folder's tokenizer file: Tekken first (as mistral-common picks it), then SentencePiece."""
+    for name in ("tekken.json", "tokenizer.model", "tokenizer.model.v3", "tokenizer.model.v1"):
         if (folder / name).is_file():
             return folder / name
     found = sorted(folder.glob("tokenizer.model.v*"))

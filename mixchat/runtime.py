@@ -16,6 +16,7 @@ from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
 from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder
 from mixchat.model.transformer import Transformer
 from mixchat.tokenizer import Tokenizer, TokenizerError
+from mixchat.tokenizer import load_tokenizer as open_tokenizer
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -76,17 +77,22 @@ class Runtime:
         return self.checkpoint.folder.name
 
 
-def load_tokenizer(ckpt: Checkpoint) -> Tokenizer:
+def load_tokenizer(ckpt: Checkpoint, template: str | None = None) -> Tokenizer:
+    """The checkpoint's tokenizer (``template`` overrides its chat-template version), checked against the model.
+
+    A tokenizer with more ids than the model's embedding table would feed the model ids it has no row for;
+    the reverse is normal (Mistral pads its tables) and the engine samples only ids the tokenizer knows.
+    """
     if ckpt.tokenizer_file is None:
-        raise LoadError(f"{ckpt.folder} has no tokenizer.model (or tokenizer.model.v1/.v3)")
+        raise LoadError(f"{ckpt.folder} has no tokenizer: expected tekken.json or tokenizer.model[.v1|.v3|.v7]")
     try:
-        tok = Tokenizer(ckpt.tokenizer_file)
+        tok = open_tokenizer(ckpt.tokenizer_file, template)
     except TokenizerError as e:
         raise LoadError(str(e)) from None
     if tok.vocab_size > ckpt.args.vocab_size:
         raise LoadError(
-            f"the tokenizer has {tok.vocab_size} tokens but the model only {ckpt.args.vocab_size}: "
-            "they do not belong together"
+            f"vocabulary mismatch: the tokenizer {ckpt.tokenizer_file.name} has {tok.vocab_size} tokens but the "
+            f"model's vocab_size is {ckpt.args.vocab_size}; they do not belong together"
         )
     return tok
 

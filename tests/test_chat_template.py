@@ -18,7 +18,7 @@ from mixchat.chat_template import (
     encode_turn,
     reply_suffix,
 )
-from mixchat.tokenizer import Tokenizer
+from mixchat.tokenizer import SentencePieceTokenizer as Tokenizer
 
 mistral_common = pytest.importorskip("mistral_common")
 from mistral_common.protocol.instruct.messages import (  # noqa: E402
