@@ -116,7 +116,13 @@ def graphs_mode() -> str:
 
 def decoder_wanted(model: Transformer | StageModel) -> bool:
     """Whether a whole model (the engine) or a pipeline stage (rank 0's driver, the followers) runs its
-    decode steps through a `GraphDecoder`."""
+    decode steps through a `GraphDecoder`.
+
+    Not for models whose layers have different windows: the step's static inputs hold one slot and one
+    live count per row, shared by every layer, which such a cache does not have. They decode on the eager
+    path (the module forward, or the CPU runner), which plans each layer's slots itself."""
+    if getattr(model, "args", None) is not None and model.args.per_layer_windows:
+        return False
     mode = graphs_mode()
     if mode == "eager":
         return isinstance(model, (Transformer, StageModel))
