@@ -369,7 +369,8 @@ class RollingCache:
         if snap.k.shape[0] != len(self.layers) or tuple(snap.k.shape[2:]) != (self.args.n_kv_heads, self.args.head_dim):
             raise ValueError("snapshot shape does not match this cache")
         if live != min(snap.seen, self.capacity):
-            raise ValueError(f"snapshot holds {live} tokens, but {snap.seen} seen means {min(snap.seen, self.capacity)}")
+            expected = min(snap.seen, self.capacity)
+            raise ValueError(f"snapshot holds {live} tokens, but {snap.seen} seen means {expected} here")
         self._ensure_slots(snap.seen)
         self.seen[row] = snap.seen
         for g in self.groups:

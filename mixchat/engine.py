@@ -124,7 +124,8 @@ class Engine:
         # Real checkpoints may have more output rows than the tokenizer has ids (Mistral pads its tables);
         # sampling stays within the tokenizer's ids, so a reply never holds an id nothing can decode.
         tok_vocab = getattr(tokenizer, "vocab_size", None)
-        self.sample_vocab: int | None = tok_vocab if tok_vocab is not None and tok_vocab < model.args.vocab_size else None
+        smaller = tok_vocab is not None and tok_vocab < model.args.vocab_size
+        self.sample_vocab: int | None = tok_vocab if smaller else None
         # Small models' decode steps pick their thread count by timing themselves (see thread_choice.py);
         # big models and long chunks use every thread.
         total, _ = model.args.param_counts()

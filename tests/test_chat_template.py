@@ -21,6 +21,7 @@ from mixchat.chat_template import (
 from mixchat.tokenizer import Tokenizer, load_tokenizer
 
 mistral_common = pytest.importorskip("mistral_common")
+from helpers.tekken_files import DATA, NEMO_TEKKEN, derived_tekken  # noqa: E402
 from mistral_common.protocol.instruct.messages import (  # noqa: E402
     AssistantMessage,
     SystemMessage,
@@ -29,8 +30,6 @@ from mistral_common.protocol.instruct.messages import (  # noqa: E402
 from mistral_common.protocol.instruct.request import ChatCompletionRequest  # noqa: E402
 from mistral_common.protocol.instruct.validator import ValidationMode  # noqa: E402
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer  # noqa: E402
-
-from helpers.tekken_files import DATA, NEMO_TEKKEN, derived_tekken  # noqa: E402
 
 # v2 is not a layout of its own: for plain chat it must come out exactly as v3. Tekken v3 is Mistral Nemo's
 # file; the v7+ Tekken files are derived from the real vocabulary (see helpers/tekken_files.py).

@@ -30,11 +30,10 @@ from mixchat.sampling import SamplingSettings
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("mistral_common")
+from helpers.tekken_files import DATA, NEMO_TEKKEN, SMALL_TEKKEN, derived_tekken  # noqa: E402
 from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage  # noqa: E402
 from mistral_common.protocol.instruct.request import ChatCompletionRequest  # noqa: E402
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer  # noqa: E402
-
-from helpers.tekken_files import DATA, NEMO_TEKKEN, SMALL_TEKKEN, derived_tekken  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -16,10 +16,9 @@ from mixchat.tekken import TekkenTokenizer
 from mixchat.tokenizer import TokenizerError, load_tokenizer
 
 pytest.importorskip("mistral_common")
-from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy  # noqa: E402
-from mistral_common.tokens.tokenizers.tekken import Tekkenizer  # noqa: E402
-
-from helpers.tekken_files import NEMO_TEKKEN, SMALL_TEKKEN, derived_tekken  # noqa: E402
+from helpers.tekken_files import NEMO_TEKKEN, SMALL_TEKKEN, derived_tekken
+from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
+from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
 TEXTS = [
     "Hello",

@@ -104,7 +104,8 @@ def test_v7_sentencepiece_loads(tmp_path: Path) -> None:
             shutil.copy(V7, target)
         tok = Tokenizer(target)
         assert tok.version == "v7"
-        assert (tok.system_id, tok.system_end_id) == (ref.piece_to_id("[SYSTEM_PROMPT]"), ref.piece_to_id("[/SYSTEM_PROMPT]"))
+        expected = (ref.piece_to_id("[SYSTEM_PROMPT]"), ref.piece_to_id("[/SYSTEM_PROMPT]"))
+        assert (tok.system_id, tok.system_end_id) == expected
 
 
 def test_unknown_template_suffix_is_refused(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 
 from safetensors import safe_open
 
+from mixchat.cli.common import add_template_option
 from mixchat.loader import inspect_folder
 from mixchat.runtime import load_tokenizer, resolve_model_path
 from mixchat.units import human_bytes
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(weights are not loaded).")
     p.add_argument("--model", metavar="DIR", help="model folder (default: the built-in model)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_template_option(p)
     p.set_defaults(func=run)
 
 
@@ -34,7 +36,7 @@ def _human(n: float) -> str:
 def run(args: argparse.Namespace) -> int:
     ckpt = inspect_folder(resolve_model_path(args.model))
     a = ckpt.args
-    tok = load_tokenizer(ckpt)
+    tok = load_tokenizer(ckpt, args.template)
     with safe_open(str(ckpt.weight_files[0]), framework="pt") as f:
         first = next(iter(f.keys()))
         stored = f.get_slice(first).get_dtype()
@@ -42,6 +44,13 @@ def run(args: argparse.Namespace) -> int:
     total, active = a.param_counts()
     per_tok = a.kv_bytes_per_token(elem)
     window = a.sliding_window
+    full_bytes = a.kv_bytes_full(elem)
+    if isinstance(window, list):
+        smallest, largest = a.windows_summary
+        window_text = (f"per layer: {smallest} to {largest or 'full attention'} tokens "
+                       f"({', '.join(str(w or 'full') for w in a.layer_windows)})")
+    else:
+        window_text = f"{window} tokens" if window else f"none (full attention, cache {a.cache_capacity})"
     summary = {
         "folder": str(ckpt.folder),
         "layout": "Mistral native" if ckpt.layout == "mistral" else "Hugging Face",
@@ -61,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         "params_active_per_token": active,
         "weights_dtype": stored,
         "kv_cache_bytes_per_token": per_tok,
-        "kv_cache_bytes_full_window": per_tok * a.cache_capacity,
+        "kv_cache_bytes_full_window": full_bytes,
         "cache_slots": a.cache_capacity,
         "tokenizer": ckpt.tokenizer_file.name if ckpt.tokenizer_file else None,
         "tokenizer_vocab": tok.vocab_size,
@@ -84,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
                       f"RoPE θ={a.rope_theta:g}"),
         ("experts", f"{a.moe.num_experts}, top-{a.moe.num_experts_per_tok} per token" if a.moe else "dense"),
         ("parameters", f"{_human(total)} total, {_human(active)} active per token"),
-        ("sliding window", f"{window} tokens" if window else f"none (full attention, cache {a.cache_capacity})"),
-        ("KV cache", f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(per_tok * a.cache_capacity)} for "
-                     f"{'a full window' if window else 'the full context'}"),
+        ("sliding window", window_text),
+        ("KV cache", f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(full_bytes)} for "
+                     f"{'full windows' if window else 'the full context'}"),
         ("vocabulary", f"{a.vocab_size} (tokenizer {tok.vocab_size}, {summary['tokenizer']})"),
         ("chat template", tok.version),
     ]

@@ -150,7 +150,6 @@ def _build_follower_stage(pipeline: Pipeline, args: argparse.Namespace) -> Stage
     from mixchat.loader import inspect_folder
     from mixchat.runtime import resolve_dtype, resolve_model_path
 
-    dtype = resolve_dtype(args.dtype, pipeline.device)
     shape = getattr(args, "shape", None) if args.command == "bench" else None
     if shape:
         from mixchat.shapes import named_shape
@@ -158,6 +157,6 @@ def _build_follower_stage(pipeline: Pipeline, args: argparse.Namespace) -> Stage
         margs = named_shape(shape)
         if args.max_context:
             margs.max_context = args.max_context
-        return pipeline.stage_from_shape(margs, dtype, args.seed)
+        return pipeline.stage_from_shape(margs, resolve_dtype(args.dtype, pipeline.device), args.seed)
     ckpt = inspect_folder(resolve_model_path(args.model), max_context=args.max_context)
-    return pipeline.stage_from_checkpoint(ckpt, dtype)
+    return pipeline.stage_from_checkpoint(ckpt, resolve_dtype(args.dtype, pipeline.device, ckpt))

@@ -277,19 +277,19 @@ def _hf_windows(d: dict[str, Any], n_layers: int) -> int | list[Window] | None:
     return [window if t == "sliding_attention" else None for t in types]
 
 
-def _refuse(filename: str, field: str, value: Any, why: str) -> None:
-    raise ConfigError(f"{filename} field {field!r} = {json.dumps(value)[:80]} is not supported: {why}")
+def _refuse(filename: str, name: str, value: Any, why: str) -> None:
+    raise ConfigError(f"{filename} field {name!r} = {json.dumps(value)[:80]} is not supported: {why}")
 
 
-def _check_rope(filename: str, field: str, value: Any) -> None:
+def _check_rope(filename: str, name: str, value: Any) -> None:
     """RoPE variants other than the plain one (linear, dynamic, yarn, llama3...) change every score."""
     if value is None:
         return
     if not isinstance(value, dict):
-        _refuse(filename, field, value, "mixchat implements only unscaled rotary embeddings")
+        _refuse(filename, name, value, "mixchat implements only unscaled rotary embeddings")
     kind = value.get("rope_type", value.get("type", "default"))
     if kind not in (None, "default"):
-        _refuse(filename, field, value, "mixchat implements only unscaled rotary embeddings (rope_type default)")
+        _refuse(filename, name, value, "mixchat implements only unscaled rotary embeddings (rope_type default)")
 
 
 def _refuse_unimplemented_hf(d: dict[str, Any]) -> None:
@@ -298,9 +298,9 @@ def _refuse_unimplemented_hf(d: dict[str, Any]) -> None:
         _refuse("config.json", "model_type", kind, f"mixchat runs {', '.join(HF_MODEL_TYPES)} models")
     _check_rope("config.json", "rope_scaling", d.get("rope_scaling"))
     _check_rope("config.json", "rope_parameters", d.get("rope_parameters"))
-    for field in ("attention_bias", "mlp_bias"):
-        if d.get(field):
-            _refuse("config.json", field, d[field], "mixchat's projections have no bias")
+    for name in ("attention_bias", "mlp_bias"):
+        if d.get(name):
+            _refuse("config.json", name, d[name], "mixchat's projections have no bias")
     act = d.get("hidden_act", "silu")
     if act != "silu":
         _refuse("config.json", "hidden_act", act, "mixchat's feed-forward is SwiGLU (silu)")
@@ -309,12 +309,12 @@ def _refuse_unimplemented_hf(d: dict[str, Any]) -> None:
 
 
 def _refuse_unimplemented_params(d: dict[str, Any]) -> None:
-    for field in ("rope_scaling", "yarn", "llama_4_scaling"):
-        if d.get(field) is not None:
-            _refuse("params.json", field, d[field], "mixchat implements only unscaled rotary embeddings")
-    for field in ("attention_bias", "bias", "mlp_bias"):
-        if d.get(field):
-            _refuse("params.json", field, d[field], "mixchat's projections have no bias")
+    for name in ("rope_scaling", "yarn", "llama_4_scaling"):
+        if d.get(name) is not None:
+            _refuse("params.json", name, d[name], "mixchat implements only unscaled rotary embeddings")
+    for name in ("attention_bias", "bias", "mlp_bias"):
+        if d.get(name):
+            _refuse("params.json", name, d[name], "mixchat's projections have no bias")
 
 
 def read_json(path: Path) -> dict[str, Any]:
