@@ -282,7 +282,10 @@ class _SkipInit(TorchFunctionMode):
     """
 
     _SKIP: ClassVar[set[Callable[..., torch.Tensor]]] = {
-        torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_, torch.nn.init.trunc_normal_
+        torch.nn.init.normal_,
+        torch.nn.init.uniform_,
+        torch.nn.init.kaiming_uniform_,
+        torch.nn.init.trunc_normal_,
     }
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -354,8 +357,7 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                     raise LoadError(f"tensor {name!r} has shape {tuple(tensor.shape)}, which does not fit") from None
             if tuple(tensor.shape) != tuple(dest.shape):
                 raise LoadError(
-                    f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)} "
-                    "from the config"
+                    f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)} from the config"
                 )
             if tensor is not dest:
                 with torch.no_grad():

@@ -189,5 +189,10 @@ def fresh_layout(seqlens: list[int], window: int | list[int | None] | None, devi
             lay.per_layer = per_layer
         return per_layer[0]
     return BatchLayout(
-        mode="fresh", seqlens=list(seqlens), kv_lens=list(seqlens), window=window, device=dev, pos_list=pos,
+        mode="fresh",
+        seqlens=list(seqlens),
+        kv_lens=list(seqlens),
+        window=window,
+        device=dev,
+        pos_list=pos,
     )
