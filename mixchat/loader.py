@@ -18,8 +18,9 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import ClassVar
 
 import torch
 from safetensors import safe_open
@@ -203,7 +204,7 @@ class TensorEntry:
     shape: tuple[int, ...]
     offset: int  # absolute byte offset in the file
     nbytes: int
-    handle: BinaryIO | None = None
+    handle: FileIO | None = None  # open unbuffered (the reads go straight into the tensors)
 
     def read(self, into: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor, read into `into` when that is a CPU tensor of the same dtype and shape, else fresh."""
@@ -215,7 +216,7 @@ class TensorEntry:
         if self.nbytes:
             assert self.handle is not None
             self.handle.seek(self.offset)
-            got = self.handle.readinto(target.reshape(-1).view(torch.uint8).numpy())
+            got = self.handle.readinto(memoryview(target.reshape(-1).view(torch.uint8).numpy()))
             if got != self.nbytes:
                 raise LoadError(f"{self.path.name} is truncated (tensor {self.name!r})")
         return target
@@ -375,7 +376,7 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
         config = read_json(ckpt.folder / "config.json")
         if config.get("tie_word_embeddings"):
             with torch.no_grad():
-                with open(embed_source.path, "rb") as handle:
+                with open(embed_source.path, "rb", buffering=0) as handle:
                     embed_source.handle = handle
                     params["output.weight"].data.copy_(embed_source.read())
                 embed_source.handle = None
