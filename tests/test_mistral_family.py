@@ -24,6 +24,7 @@ import torch
 
 from mixchat.chat_template import Message, encode_chat, encode_reply, encode_turn, reply_suffix
 from mixchat.engine import Engine, TokenGenerated
+from mixchat.loader import save_native
 from mixchat.model.layout import fresh_layout
 from mixchat.runtime import Runtime, load_runtime
 from mixchat.sampling import SamplingSettings
@@ -195,6 +196,19 @@ def test_logits_match_transformers(fam: Family) -> None:
             with torch.inference_mode():
                 other = model(torch.tensor(tokens), fresh_layout([len(tokens)], wrong, "cpu"))
             assert (other - ref).abs().max().item() > 1e3 * TOL
+
+
+def test_native_layout_matches_transformers(fam: Family, tmp_path: Path) -> None:
+    """The same weights written as params.json + consolidated.safetensors (per-layer windows as a list)."""
+    folder = save_native(fam.rt.model, tmp_path / "native")
+    shutil.copy(fam.tokenizer_file, folder / fam.tokenizer_file.name)
+    rt = load_runtime(folder, device="cpu", dtype="float32")
+    assert rt.model.args.layer_windows == fam.rt.model.args.layer_windows
+    assert rt.tokenizer.version == fam.spec.template
+    tokens = _tokens(fam, fam.prompt_len, seed=5)
+    with torch.inference_mode():
+        ours = rt.model(torch.tensor(tokens), fresh_layout([len(tokens)], rt.model.args.layout_window, "cpu"))
+    assert (ours - _hf_logits(fam, tokens)).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("executor", ["module", "runner"])
