@@ -39,6 +39,11 @@ class Pipeline:
     def part_for(self, args: ModelArgs) -> StagePart:
         from mixchat.runtime import UserError
 
+        if args.per_layer_windows:
+            # Each rank's cache would hold buffers of other sizes than its neighbours' (a snapshot's live
+            # count differs by rank), which the pipeline's cache protocol does not carry yet.
+            raise UserError("models with per-layer sliding windows do not run in a torchrun pipeline yet; "
+                            "run them in one process")
         try:
             self.parts = [stage_part(args.n_layers, self.group.world, r) for r in range(self.group.world)]
         except PartitionError as e:
