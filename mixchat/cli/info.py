@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
 from safetensors import safe_open
 
 from mixchat.cli.common import add_template_option
-from mixchat.loader import inspect_folder
-from mixchat.runtime import load_tokenizer, resolve_model_path
+from mixchat.loader import inspect_folder, weights_nbytes
+from mixchat.runtime import free_memory, load_tokenizer, resolve_dtype, resolve_model_path
 from mixchat.units import human_bytes
 
 DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4}
@@ -47,10 +48,14 @@ def run(args: argparse.Namespace) -> int:
     full_bytes = a.kv_bytes_full(elem)
     if isinstance(window, list):
         smallest, largest = a.windows_summary
-        window_text = (f"per layer: {smallest} to {largest or 'full attention'} tokens "
+        window_text = (f"per layer, {smallest} tokens to {f'{largest} tokens' if largest else 'full attention'} "
                        f"({', '.join(str(w or 'full') for w in a.layer_windows)})")
     else:
         window_text = f"{window} tokens" if window else f"none (full attention, cache {a.cache_capacity})"
+    cpu = torch.device("cpu")
+    cpu_dtype = resolve_dtype("auto", cpu, ckpt)
+    cpu_bytes = weights_nbytes(ckpt, cpu_dtype)
+    free = free_memory(cpu)
     summary = {
         "folder": str(ckpt.folder),
         "layout": "Mistral native" if ckpt.layout == "mistral" else "Hugging Face",
@@ -69,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         "params_total": total,
         "params_active_per_token": active,
         "weights_dtype": stored,
+        "cpu_dtype_auto": str(cpu_dtype).removeprefix("torch."),
+        "cpu_weights_bytes": cpu_bytes,
+        "cpu_free_bytes": free,
         "kv_cache_bytes_per_token": per_tok,
         "kv_cache_bytes_full_window": full_bytes,
         "cache_slots": a.cache_capacity,
@@ -96,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         ("sliding window", window_text),
         ("KV cache", f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(full_bytes)} for "
                      f"{'full windows' if window else 'the full context'}"),
+        ("on the CPU", f"{summary['cpu_dtype_auto']} by default, {human_bytes(cpu_bytes)} of weights"
+                       + (f" ({human_bytes(free)} free)" if free is not None else "")),
         ("vocabulary", f"{a.vocab_size} (tokenizer {tok.vocab_size}, {summary['tokenizer']})"),
         ("chat template", tok.version),
     ]
