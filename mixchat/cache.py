@@ -117,7 +117,8 @@ class RollingCache:
         self.window = largest.window  # None: some layer keeps everything, so the context is bounded
         self.smallest_capacity = min(grp.capacity for grp in self.groups)
         self._views: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._views_of: list[torch.Tensor] = []
+        self._storage = 0  # bumped whenever a group's buffers are (re)allocated
+        self._views_of = -1  # the storage version the views were made for
         self._bind()
 
     # ---- storage ----------------------------------------------------------------------------------
@@ -130,6 +131,7 @@ class RollingCache:
 
     def _bind(self) -> None:
         """Point `k` / `v` at the single group's tensors (after allocation or growth)."""
+        self._storage += 1
         if len(self.groups) == 1:
             self.k, self.v = self.groups[0].k, self.groups[0].v
 
@@ -152,6 +154,7 @@ class RollingCache:
 
     def _ensure_slots(self, needed: int) -> None:
         """Grow the full-attention buffers to hold `needed` tokens (window buffers never grow)."""
+        grew = False
         for g in self.groups:
             if g.window is not None or needed <= g.slots:
                 continue
@@ -163,7 +166,9 @@ class RollingCache:
             k[:, :, : g.slots] = g.k
             v[:, :, : g.slots] = g.v
             g.k, g.v = k, v
-        self._bind()
+            grew = True
+        if grew:
+            self._bind()
 
     @property
     def nbytes(self) -> int:
@@ -281,13 +286,12 @@ class RollingCache:
 
         A decode step of a small model is short enough that re-deriving four views per layer shows up.
         """
-        current = [g.k for g in self.groups]
-        if len(self._views_of) != len(current) or any(a is not b for a, b in zip(self._views_of, current, strict=True)):
+        if self._views_of != self._storage:
             self._views = []
             for i in range(len(self.layers)):
                 kc, vc = self.layer_kv(i)
                 self._views.append((kc, vc, kc.view(-1, *kc.shape[2:]), vc.view(-1, *vc.shape[2:])))
-            self._views_of = current
+            self._views_of = self._storage
         return self._views[li]
 
     def kv_for(
