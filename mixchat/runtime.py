@@ -15,6 +15,7 @@ import torch
 
 from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
 from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder, stored_dtype, weights_nbytes
+from mixchat.model.cpu_runner import MAX_PARAMS as CPU_RUNNER_MAX_PARAMS
 from mixchat.model.transformer import Transformer
 from mixchat.tokenizer import Tokenizer, TokenizerError
 from mixchat.tokenizer import load_tokenizer as open_tokenizer
@@ -67,9 +68,9 @@ def resolve_dtype(name: str, device: torch.device, checkpoint: Checkpoint | None
     return DTYPES[name]
 
 
-# Below this many parameters a model runs fastest in float32 through the CPU runner (cpu_runner.py), and its
+# Up to this many parameters a model runs fastest in float32 through the CPU runner (cpu_runner.py), and its
 # float32 copy is small: "auto" keeps those in float32 whatever they were saved in.
-SMALL_CPU_MODEL = 64_000_000
+SMALL_CPU_MODEL = CPU_RUNNER_MAX_PARAMS
 
 
 def cpu_auto_dtype(checkpoint: Checkpoint) -> torch.dtype:
