@@ -3,7 +3,7 @@
 Writes a Mistral-native checkpoint (params.json + consolidated.safetensors in bfloat16, the v3 SentencePiece
 tokenizer from mistral-common's data folder) of about 1 GB to a temporary folder, then runs a fresh
 `python -m mixchat generate --model DIR --device cpu --max-tokens 1 ...` (which loads every weight and runs one
-pass) and reports the child's peak resident set size (`getrusage(RUSAGE_CHILDREN).ru_maxrss`). With
+pass) and reports that child's peak resident set size (`ru_maxrss` from `os.wait4` on it alone). With
 `--dtype auto` (the default) a CPU with avx512_bf16/AMX keeps the checkpoint in bfloat16, so the peak should
 stay near the model's size (issue 14: under 1.4 GB); pass `--dtype float32` to see the old default (~2x).
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import shutil
 import subprocess
 import sys
@@ -69,27 +69,48 @@ def write_checkpoint(folder: Path) -> int:
     return (folder / "consolidated.safetensors").stat().st_size
 
 
+def peak_rss_of(cmd: list[str], cwd: Path) -> tuple[int, int, str, float]:
+    """(return code, peak RSS in bytes, stderr, seconds) of `cmd`, from wait4 on that one child.
+
+    RUSAGE_CHILDREN would report the largest of all children so far (the checkpoint writer's included), and a
+    child forked from a big parent starts with the parent's pages: so the checkpoint is written by a child of
+    its own, and this child's figure is read for it alone.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss * 1024, err, time.perf_counter() - start  # ru_maxrss: kB on Linux
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--keep", metavar="DIR", help="write the checkpoint here and keep it (default: a temp dir)")
+    ap.add_argument("--write-only", metavar="DIR", help=argparse.SUPPRESS)  # the writer child
     args = ap.parse_args()
+    if args.write_only:
+        write_checkpoint(Path(args.write_only))
+        return 0
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="mixchat-load-memory-")
     folder = Path(args.keep) if args.keep else Path(tmp.name) / "model"  # type: ignore[union-attr]
+    repo = Path(__file__).resolve().parents[1]
     try:
-        size = write_checkpoint(folder) if not (folder / "params.json").is_file() else None
+        reused = (folder / "params.json").is_file()
+        if not reused:
+            subprocess.run([sys.executable, __file__, "--write-only", str(folder)], check=True, cwd=repo)
         weights = (folder / "consolidated.safetensors").stat().st_size
         cmd = [sys.executable, "-m", "mixchat", "generate", "--model", str(folder), "--device", "cpu",
                "--dtype", args.dtype, "--max-tokens", "1", "--temperature", "0", "--prompt", "Hello"]  # fmt: skip
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-        seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # kB on Linux
-        if proc.returncode != 0:
-            print(proc.stderr.strip(), file=sys.stderr)
-            return proc.returncode
-        print(f"weights {weights / 1e9:.3f} GB (bfloat16){'' if size else ' (reused)'}; --dtype {args.dtype}: "
-              f"peak RSS {peak / 1e9:.3f} GB ({peak / weights:.2f}x the weights), {seconds:.1f} s")  # fmt: skip
+        rc, peak, err, seconds = peak_rss_of(cmd, repo)
+        if rc != 0:
+            print(err.strip(), file=sys.stderr)
+            return rc
+        print(f"weights {weights / 1e9:.3f} GB (bfloat16){' (reused)' if reused else ''}; --dtype {args.dtype}: "
+              f"peak RSS {peak / 1e9:.3f} GB = {peak / 2**30:.3f} GiB ({peak / weights:.2f}x the weights), "
+              f"{seconds:.1f} s")  # fmt: skip
         return 0
     finally:
         if tmp is not None:
