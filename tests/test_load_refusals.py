@@ -193,3 +193,11 @@ def test_plain_read_loader_puts_every_value_in_place(tmp_path: Path) -> None:
     assert torch.equal(f32.output.weight, model.output.weight.to(torch.bfloat16).float())
     with pytest.raises(ConfigError):
         ModelArgs.from_hf_config({**json.loads((tmp_path / "hf" / "config.json").read_text()), "mlp_bias": True})
+
+
+def test_template_option(hf_folder: Path) -> None:
+    proc = _run("info", "--model", str(hf_folder), "--json", "--template", "v1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["chat_template"] == "v1"
+    # The v3 SentencePiece vocabulary has no [SYSTEM_PROMPT] controls: v7 cannot be written with it.
+    _one_line_refusal(_run("info", "--model", str(hf_folder), "--template", "v7"), "[SYSTEM_PROMPT]")

@@ -155,3 +155,20 @@ def test_unusable_files_give_one_line(tmp_path: Path, change: str) -> None:
     with pytest.raises(TokenizerError) as info:
         TekkenTokenizer(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_template_override_matches_mistral_common(tmp_path: Path) -> None:
+    """--template v7 on Nemo's v3 file lays out as mistral-common does for the same vocabulary marked v7."""
+    from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    from mixchat.chat_template import Message, encode_chat
+
+    tok = load_tokenizer(NEMO_TEKKEN, template="v7")
+    ref = MistralTokenizer.from_file(str(derived_tekken("v7", tmp_path, source=NEMO_TEKKEN)))
+    request = ChatCompletionRequest(messages=[SystemMessage(content="Be brief."), UserMessage(content="Hi 🚀")])
+    expected = ref.encode_chat_completion(request).tokens
+    conversation = [Message("system", "Be brief."), Message("user", "Hi 🚀")]
+    assert encode_chat(tok, conversation) == expected
+    assert encode_chat(load_tokenizer(NEMO_TEKKEN), conversation) != expected  # v3 lays it out otherwise
