@@ -160,6 +160,10 @@ def test_conversation_cache_persists_and_saves(runtime_folder: Path, tmp_path: P
     assert (loaded.conversation.next_token_logits() - ref).abs().max() <= TOL
     state = cache_state(conv)
     assert (state.smallest_capacity, state.smallest_live) == (6, 6)
+    assert conv.stats().smallest_capacity == 6
+    from mixchat.cli.chat import format_stats
+
+    assert any("smallest layer window: 6/6" in line for line in format_stats(conv.stats()))
     assert (state.capacity, state.live) == (rt.model.args.max_context, len(ids) - 1)
 
 
