@@ -18,7 +18,7 @@ import torch
 from session_support import tokenizer_v1
 
 from mixchat.engine import Engine
-from mixchat.loader import inspect_folder, random_model, save_native
+from mixchat.loader import LoadError, inspect_folder, random_model, save_native
 from mixchat.model.args import ModelArgs, MoeArgs
 from mixchat.model.layout import fresh_layout
 from mixchat.runtime import load_runtime
@@ -29,12 +29,12 @@ from mixchat.tui.streaming import cache_state
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-WINDOWS = [None, 6, 10]  # cyclic over 5 layers: full, 6, 10, full, 6
+WINDOWS = [None, 6, 10]  # repeated over 6 layers: full, 6, 10, full, 6, 10
 TOL = 1e-4
 
 
 def per_layer_args(moe: bool = False, vocab: int = 512) -> ModelArgs:
-    return ModelArgs(dim=32, n_layers=5, head_dim=8, hidden_dim=48, n_heads=4, n_kv_heads=2, vocab_size=vocab,
+    return ModelArgs(dim=32, n_layers=6, head_dim=8, hidden_dim=48, n_heads=4, n_kv_heads=2, vocab_size=vocab,
                      rope_theta=1e6, sliding_window=list(WINDOWS), moe=MoeArgs(4, 2) if moe else None,
                      max_context=128)  # fmt: skip
 
@@ -54,7 +54,7 @@ def _reference(model, tokens: list[int]) -> torch.Tensor:  # type: ignore[no-unt
 
 
 def test_windows_are_cyclic_and_matter(model) -> None:  # type: ignore[no-untyped-def]
-    assert model.args.layer_windows == [None, 6, 10, None, 6]
+    assert model.args.layer_windows == [None, 6, 10, None, 6, 10]
     assert model.args.windows_summary == (6, None)
     tokens = _tokens(40, 1)
     ref = _reference(model, tokens)
@@ -70,13 +70,17 @@ def test_params_json_list_round_trips(model, tmp_path: Path) -> None:  # type: i
     params = json.loads((folder / "params.json").read_text())
     assert params["sliding_window"] == WINDOWS
     assert inspect_folder(folder).args.layer_windows == model.args.layer_windows
+    params["sliding_window"] = [None, 6, 10, 4]  # 4 windows do not repeat evenly over 6 layers
+    (folder / "params.json").write_text(json.dumps(params))
+    with pytest.raises(LoadError, match="must divide n_layers"):
+        inspect_folder(folder)
 
 
 def test_cache_buffers_have_their_own_sizes(model) -> None:  # type: ignore[no-untyped-def]
     engine = Engine(model, None)
     cache = engine.new_cache(2, max_context=128)
     sizes = sorted((g.window, g.capacity, len(g.layers)) for g in cache.groups if g.window is not None)
-    assert sizes == [(6, 6, 2), (10, 10, 1)]
+    assert sizes == [(6, 6, 2), (10, 10, 2)]
     assert cache.capacity == 128 and cache.window is None and cache.smallest_capacity == 6
     shapes = {g.window: tuple(g.k.shape) for g in cache.groups}
     assert shapes[6][2] == 6 and shapes[10][2] == 10

@@ -36,8 +36,9 @@ class ModelArgs:
     """The shape of a Mistral-family model.
 
     `sliding_window` is one window for every layer, None for full attention, or a list of per-layer windows
-    (None entries: full attention) applied cyclically, as Mistral's params.json writes it for models whose
-    layers alternate (Ministral 8B): layer i uses entry i % len(list).
+    (None entries: full attention) repeated over the layers, as Mistral's params.json writes it for models
+    whose layers alternate (Ministral 8B) and as mistral-inference reads it: layer i uses entry i % len(list),
+    and the list's length divides n_layers.
     """
 
     dim: int
@@ -64,8 +65,11 @@ class ModelArgs:
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if isinstance(self.sliding_window, list):
-            if not self.sliding_window:
-                raise ConfigError("'sliding_window' is an empty list")
+            if not self.sliding_window or self.n_layers % len(self.sliding_window):
+                raise ConfigError(
+                    f"'sliding_window' lists {len(self.sliding_window)} windows, which must divide n_layers "
+                    f"({self.n_layers}): the list repeats over the layers"
+                )
             windows = [None if w is None or w <= 0 else int(w) for w in self.sliding_window]
             # One window for every layer is the plain case: keep a single value, as the rest expects.
             self.sliding_window = windows[0] if len(set(windows)) == 1 else windows
