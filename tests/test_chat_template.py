@@ -38,6 +38,7 @@ FILES = {
     "v2": "mistral_instruct_tokenizer_240216.model.v2",
     "v3": "mistral_instruct_tokenizer_240323.model.v3",
     "v7": "mistral_instruct_tokenizer_241114.model.v7",
+    "v7-m1": "mistral_instruct_tokenizer_241114.model.v7m1",  # multimodal extras; the same text layout
     "v3-tekken": str(NEMO_TEKKEN),
     "v7-tekken": "derived",
     "v11-tekken": "derived",
