@@ -201,3 +201,28 @@ def test_template_option(hf_folder: Path) -> None:
     assert json.loads(proc.stdout)["chat_template"] == "v1"
     # The v3 SentencePiece vocabulary has no [SYSTEM_PROMPT] controls: v7 cannot be written with it.
     _one_line_refusal(_run("info", "--model", str(hf_folder), "--template", "v7"), "[SYSTEM_PROMPT]")
+
+
+def _peak_rss(code: str) -> int:
+    """Peak resident bytes of a fresh interpreter running `code` (wait4 on that child alone)."""
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read() if proc.stderr else ""
+    return usage.ru_maxrss * 1024
+
+
+def test_loading_peaks_at_about_the_model(tmp_path: Path) -> None:
+    """A 270 MB bf16 checkpoint: loading adds little beyond the weights (no mapped copy, no second copy).
+
+    scripts/load_memory.py measures the same at 1 GB through the command line (the must-show figure).
+    """
+    args = ModelArgs(dim=1024, n_layers=4, head_dim=128, hidden_dim=4096, n_heads=8, n_kv_heads=8,
+                     vocab_size=32768)  # fmt: skip
+    folder = save_native(random_model(args, seed=0), tmp_path / "m", dtype=torch.bfloat16)  # 134M parameters
+    shutil.copy(V3, folder / "tokenizer.model.v3")
+    weights = (folder / "consolidated.safetensors").stat().st_size
+    base = _peak_rss("import mixchat.runtime")
+    for dtype in ("bfloat16", "auto" if runtime.cpu_has_bf16() else "bfloat16"):
+        peak = _peak_rss(f"from mixchat.runtime import load_runtime; load_runtime({str(folder)!r}, 'cpu', {dtype!r})")
+        extra = peak - base
+        assert extra <= 1.1 * weights + 40e6, f"--dtype {dtype}: {extra / 1e6:.0f} MB for {weights / 1e6:.0f} MB"
