@@ -121,6 +121,11 @@ class Engine:
         self.tokenizer = tokenizer
         self.chunk_size = chunk_size
         self.eos_id = eos_id if eos_id is not None else getattr(tokenizer, "eos_id", None)
+        # Real checkpoints may have more output rows than the tokenizer has ids (Mistral pads its tables);
+        # sampling stays within the tokenizer's ids, so a reply never holds an id nothing can decode.
+        tok_vocab = getattr(tokenizer, "vocab_size", None)
+        smaller = tok_vocab is not None and tok_vocab < model.args.vocab_size
+        self.sample_vocab: int | None = tok_vocab if smaller else None
         # Small models' decode steps pick their thread count by timing themselves (see thread_choice.py);
         # big models and long chunks use every thread.
         total, _ = model.args.param_counts()
@@ -260,7 +265,8 @@ class Engine:
         routing_now = [prefill_routing[i] for i in range(n)] if prefill_routing else None
         while True:
             with torch.inference_mode():
-                next_ids = sampler(logits).tolist()
+                usable = logits if self.sample_vocab is None else logits[:, : self.sample_vocab]
+                next_ids = sampler(usable).tolist()
             now = time.perf_counter()
             still: list[int] = []
             for j, i in enumerate(live):

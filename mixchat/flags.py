@@ -24,6 +24,7 @@ class Flags:
     xformers: bool = True  # MIXCHAT_ATTENTION=sdpa: torch SDPA even where xformers kernels run
     cpu_runner: bool = True  # MIXCHAT_CPU_RUNNER=0: the module forward instead of the lean CPU executor
     peer_timeout: float = 60.0  # MIXCHAT_PEER_TIMEOUT: seconds a pipeline rank waits for another
+    free_memory: str | None = None  # MIXCHAT_FREE_MEMORY: bytes free for weights, instead of reading them
 
 
 def read_flags(env: dict[str, str] | os._Environ[str] = os.environ) -> Flags:
@@ -38,6 +39,7 @@ def read_flags(env: dict[str, str] | os._Environ[str] = os.environ) -> Flags:
         xformers=env.get("MIXCHAT_ATTENTION", "").lower() != "sdpa",
         cpu_runner=env.get("MIXCHAT_CPU_RUNNER", "1") != "0",
         peer_timeout=timeout if timeout > 0 else 60.0,
+        free_memory=env.get("MIXCHAT_FREE_MEMORY") or None,
     )
 
 

@@ -2,20 +2,30 @@
 
 Weights are never unpickled: a `.pth`/`.bin` file is refused, because unpickling can run arbitrary code.
 The model is built on the meta device, its storage allocated once in the target dtype, and each checkpoint
-tensor is copied into place one at a time, so peak memory is the model plus a single tensor.
+tensor is read into place one at a time, so peak memory is the model plus at most a single tensor.
+
+Tensors are read with plain file reads at the offsets the safetensors header gives (the header itself is
+checked by the safetensors library first), not through its memory map: pages of a mapped file count in the
+process's resident set while they are mapped, so reading a 1 GB file through the map would show 2 GB at the
+peak. A tensor whose dtype and shape already match its parameter is read straight into the parameter's
+memory, with no temporary at all.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.overrides import TorchFunctionMode
 
 from mixchat.errors import LoadError as LoadError  # re-exported
 from mixchat.model.args import ConfigError, ModelArgs, read_json
@@ -23,6 +33,11 @@ from mixchat.model.stage import StageModel, StagePart
 from mixchat.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# safetensors dtype names -> torch (the ones a checkpoint of this model may hold)
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 
 
@@ -90,7 +105,8 @@ def _hf_weight_files(folder: Path) -> list[Path]:
 
 
 def find_tokenizer(folder: Path) -> Path | None:
-    for name in ("tokenizer.model", "tokenizer.model.v3", "tokenizer.model.v1"):
+    """The folder's tokenizer file: Tekken first (as mistral-common picks it), then SentencePiece."""
+    for name in ("tekken.json", "tokenizer.model", "tokenizer.model.v3", "tokenizer.model.v1"):
         if (folder / name).is_file():
             return folder / name
     found = sorted(folder.glob("tokenizer.model.v*"))
@@ -175,26 +191,112 @@ def _hf_target(name: str, args: ModelArgs) -> Target | list[Target] | None:
     return None
 
 
-def _iter_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
+@dataclass
+class TensorEntry:
+    """One tensor of a safetensors file, as its header describes it; `read` fetches its bytes."""
+
+    path: Path
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+    handle: FileIO | None = None  # open unbuffered (the reads go straight into the tensors)
+
+    def read(self, into: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor, read into `into` when that is a CPU tensor of the same dtype and shape, else fresh."""
+        same = into is not None and into.device.type == "cpu" and into.dtype == self.dtype
+        if into is not None and same and tuple(into.shape) == self.shape and into.is_contiguous():
+            target = into
+        else:
+            target = torch.empty(self.shape, dtype=self.dtype)
+        if self.nbytes:
+            assert self.handle is not None
+            self.handle.seek(self.offset)
+            got = self.handle.readinto(memoryview(target.reshape(-1).view(torch.uint8).numpy()))
+            if got != self.nbytes:
+                raise LoadError(f"{self.path.name} is truncated (tensor {self.name!r})")
+        return target
+
+
+def read_header(path: Path) -> list[TensorEntry]:
+    """The tensors of one safetensors file, from its header (validated by safetensors itself first)."""
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+    except Exception as e:
+        raise LoadError(f"{path.name} is not a readable safetensors file ({_short(e)})") from None
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise LoadError(f"{path.name}: tensor {name!r} has dtype {info['dtype']}, which mixchat does not read")
+        begin, end = info["data_offsets"]
+        entries.append(TensorEntry(path, name, dtype, tuple(info["shape"]), 8 + n + begin, end - begin))
+    return entries
+
+
+def _iter_tensors(files: list[Path]) -> Iterator[TensorEntry]:
     for path in files:
-        try:
-            handle = safe_open(str(path), framework="pt")
-        except Exception as e:
-            raise LoadError(f"{path.name} is not a readable safetensors file ({_short(e)})") from None
-        with handle as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                yield name, (lambda f=f, name=name: f.get_tensor(name))
+        entries = read_header(path)
+        with open(path, "rb", buffering=0) as handle:
+            for entry in entries:
+                entry.handle = handle
+                yield entry
+                entry.handle = None
+
+
+def stored_dtype(ckpt: Checkpoint) -> torch.dtype:
+    """The dtype that holds most of the checkpoint's floating-point bytes (what it was saved in)."""
+    by_dtype: dict[torch.dtype, int] = {}
+    for path in ckpt.weight_files:
+        for e in read_header(path):
+            if e.dtype.is_floating_point:
+                by_dtype[e.dtype] = by_dtype.get(e.dtype, 0) + e.nbytes
+    return max(by_dtype, key=lambda d: by_dtype[d]) if by_dtype else torch.float32
+
+
+def weights_nbytes(ckpt: Checkpoint, dtype: torch.dtype) -> int:
+    """Bytes the model's weights take in `dtype`, from the config alone (read before any weight is)."""
+    total, _ = ckpt.args.param_counts()
+    return total * dtype.itemsize
 
 
 def _short(e: BaseException) -> str:
     return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
 
 
+class _SkipInit(TorchFunctionMode):
+    """Module constructors run their weight initialisers; the loader overwrites every weight anyway.
+
+    On the meta device `nn.init.normal_` (nn.Embedding's initialiser) computes nothing but imports torch's
+    decomposition machinery (dynamo, sympy...): ~150 MB of resident memory for a model that is about to be
+    overwritten. The mode is thread-local and lasts only while the skeleton is built.
+    """
+
+    _SKIP: ClassVar[set[Callable[..., torch.Tensor]]] = {
+        torch.nn.init.normal_,
+        torch.nn.init.uniform_,
+        torch.nn.init.kaiming_uniform_,
+        torch.nn.init.trunc_normal_,
+    }
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in self._SKIP:  # the tensor is the first argument, positional or not
+            return args[0] if args else (kwargs or {})["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
 def build_model(
     ckpt: Checkpoint, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> Transformer:
     """Materialise the whole model of `ckpt` on `device`."""
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         model = Transformer(ckpt.args)
     model = model.to(dtype).to_empty(device=device)
     _load_weights(model, ckpt, set(dict(model.named_parameters())))
@@ -206,7 +308,7 @@ def build_stage(
 ) -> StageModel:
     """Materialise one pipeline stage: only its layers (and embeddings / head where it owns them) are
     allocated, and only their tensors are read from the files, so a rank needs about 1/N of the memory."""
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         model = StageModel(ckpt.args, part)
         known = {name for name, _ in Transformer(ckpt.args).named_parameters()}
     model = model.to(dtype).to_empty(device=device)
@@ -224,11 +326,12 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
     params = dict(model.named_parameters())
     filled: set[str] = set()
     expert_fill: dict[str, set[int]] = {}
-    embed_source: Callable[[], torch.Tensor] | None = None
+    embed_source: TensorEntry | None = None
 
-    for name, get in _iter_tensors(ckpt.weight_files):
+    for entry in _iter_tensors(ckpt.weight_files):
+        name = entry.name
         if name == "model.embed_tokens.weight":
-            embed_source = get
+            embed_source = entry
         targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, args)
         if targets is None:
             continue
@@ -239,20 +342,25 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                 continue
             if pname not in params:
                 continue
-            tensor = get()
+            dest = params[pname].data if expert is None else params[pname].data[expert]
+            if transform is None and entry.shape != tuple(dest.shape):
+                raise LoadError(
+                    f"tensor {name!r} has shape {entry.shape}, expected {tuple(dest.shape)} from the config"
+                )
+            tensor = entry.read(into=dest if transform is None else None)
             if transform is not None:
                 try:
                     tensor = transform(tensor)
                 except RuntimeError:
                     raise LoadError(f"tensor {name!r} has shape {tuple(tensor.shape)}, which does not fit") from None
-            dest = params[pname].data if expert is None else params[pname].data[expert]
             if tuple(tensor.shape) != tuple(dest.shape):
                 raise LoadError(
-                    f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)} "
-                    "from the config"
+                    f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)} from the config"
                 )
-            with torch.no_grad():
-                dest.copy_(tensor)
+            if tensor is not dest:
+                with torch.no_grad():
+                    dest.copy_(tensor)
+            del tensor
             if expert is None:
                 filled.add(pname)
             else:
@@ -265,7 +373,10 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
         config = read_json(ckpt.folder / "config.json")
         if config.get("tie_word_embeddings"):
             with torch.no_grad():
-                params["output.weight"].data.copy_(embed_source())
+                with open(embed_source.path, "rb", buffering=0) as handle:
+                    embed_source.handle = handle
+                    params["output.weight"].data.copy_(embed_source.read())
+                embed_source.handle = None
             filled.add("output.weight")
     missing = [p for p in params if p not in filled]
     if missing:

@@ -15,10 +15,13 @@ import torch
 
 from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
 from mixchat.errors import UserError as UserError  # re-exported
-from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder
+from mixchat.exec.cpu import MAX_PARAMS as CPU_RUNNER_MAX_PARAMS
+from mixchat.flags import flags
+from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder, stored_dtype, weights_nbytes
 from mixchat.model.transformer import Transformer
 from mixchat.paths import BUILTIN_DIR
 from mixchat.tokenizer import Tokenizer, TokenizerError
+from mixchat.tokenizer import load_tokenizer as open_tokenizer
 
 if TYPE_CHECKING:
     from mixchat.distributed.launch import Pipeline
@@ -54,12 +57,88 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"unknown device {name!r}: use cpu, cuda or auto")
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, checkpoint: Checkpoint | None = None) -> torch.dtype:
+    """The dtype to run in. "auto": bfloat16 on CUDA; on the CPU the checkpoint's own dtype where the CPU
+    computes it natively (see `cpu_auto_dtype`), else float32."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16
+        return cpu_auto_dtype(checkpoint) if checkpoint is not None else torch.float32
     if name not in DTYPES:
         raise UserError(f"unknown dtype {name!r}: use float32, bfloat16 or float16")
     return DTYPES[name]
+
+
+# Up to this many parameters a model runs fastest in float32 through the CPU runner (cpu_runner.py), and its
+# float32 copy is small: "auto" keeps those in float32 whatever they were saved in.
+SMALL_CPU_MODEL = CPU_RUNNER_MAX_PARAMS
+
+
+def cpu_auto_dtype(checkpoint: Checkpoint) -> torch.dtype:
+    """The checkpoint's own dtype when it is bfloat16 and the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX):
+    no float32 copy (half the memory of float32, and faster there); float32 otherwise, and for small models."""
+    total, _ = checkpoint.args.param_counts()
+    if total <= SMALL_CPU_MODEL:
+        return torch.float32
+    stored = stored_dtype(checkpoint)
+    if stored == torch.bfloat16 and cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (x86 avx512_bf16 / amx_bf16, Arm bf16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for weights on `device`: MemAvailable on the CPU, the CUDA allocator's free memory on a GPU;
+    None where it cannot be told. MIXCHAT_FREE_MEMORY (bytes) stands in for the reading (tests, or to
+    override a wrong one)."""
+    override = flags().free_memory
+    if override:
+        try:
+            return int(float(override))
+        except ValueError:
+            raise UserError(f"MIXCHAT_FREE_MEMORY must be a number of bytes, got {override!r}") from None
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, in one line and before any weight is read, a model whose weights do not fit the free memory.
+
+    Better than being killed by the OOM killer halfway through loading; the line says what would help.
+    """
+    need = weights_nbytes(ckpt, dtype)
+    free = free_memory(device)
+    if free is None or need <= free:
+        return
+    from mixchat.units import human_bytes
+
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, str(dtype))
+    smaller = " --dtype bfloat16 (half of float32)," if dtype == torch.float32 else ""
+    raise UserError(
+        f"the weights need {human_bytes(need)} in {name} but {device.type} has {human_bytes(free)} free; try"
+        f"{smaller} --quant int8/int4 (weight-only quantization), or torchrun to spread the layers over devices"
+    )
 
 
 @dataclass
@@ -77,17 +156,22 @@ class Runtime:
         return self.checkpoint.folder.name
 
 
-def load_tokenizer(ckpt: Checkpoint) -> Tokenizer:
+def load_tokenizer(ckpt: Checkpoint, template: str | None = None) -> Tokenizer:
+    """The checkpoint's tokenizer (``template`` overrides its chat-template version), checked against the model.
+
+    A tokenizer with more ids than the model's embedding table would feed the model ids it has no row for;
+    the reverse is normal (Mistral pads its tables) and the engine samples only ids the tokenizer knows.
+    """
     if ckpt.tokenizer_file is None:
-        raise LoadError(f"{ckpt.folder} has no tokenizer.model (or tokenizer.model.v1/.v3)")
+        raise LoadError(f"{ckpt.folder} has no tokenizer: expected tekken.json or tokenizer.model[.v1|.v3|.v7]")
     try:
-        tok = Tokenizer(ckpt.tokenizer_file)
+        tok = open_tokenizer(ckpt.tokenizer_file, template)
     except TokenizerError as e:
         raise LoadError(str(e)) from None
     if tok.vocab_size > ckpt.args.vocab_size:
         raise LoadError(
-            f"the tokenizer has {tok.vocab_size} tokens but the model only {ckpt.args.vocab_size}: "
-            "they do not belong together"
+            f"vocabulary mismatch: the tokenizer {ckpt.tokenizer_file.name} has {tok.vocab_size} tokens but the "
+            f"model's vocab_size is {ckpt.args.vocab_size}; they do not belong together"
         )
     return tok
 
@@ -98,21 +182,24 @@ def load_runtime(
     dtype: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_context: int | None = None,
+    template: str | None = None,
 ) -> Runtime:
     start = time.perf_counter()
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
     if chunk_size < 1:
         raise UserError("--chunk-size must be at least 1")
     ckpt = inspect_folder(resolve_model_path(model), max_context=max_context)
-    tok = load_tokenizer(ckpt)
+    tok = load_tokenizer(ckpt, template)
     pipeline = current_pipeline()
     if pipeline is not None:  # rank 0 of a torchrun job: its own stage here, the other layers elsewhere
         from mixchat.distributed.driver import PipelineEngine
 
-        stage_model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, resolve_dtype(dtype, pipeline.device)))
+        stage_dtype = resolve_dtype(dtype, pipeline.device, ckpt)
+        stage_model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, stage_dtype))
         engine: Engine = PipelineEngine(stage_model, tok, chunk_size=chunk_size)
         return Runtime(ckpt, stage_model, tok, engine, time.perf_counter() - start)
+    dt = resolve_dtype(dtype, dev, ckpt)
+    check_memory(ckpt, dev, dt)
     net = build_model(ckpt, dev, dt)
     engine = Engine(net, tok, chunk_size=chunk_size)
     return Runtime(ckpt, net, tok, engine, time.perf_counter() - start)

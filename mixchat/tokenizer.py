@@ -1,4 +1,9 @@
-"""SentencePiece tokenizer for Mistral-family models, plus a streaming detokenizer.
+"""Tokenizers for Mistral-family models: the ``Tokenizer`` protocol, SentencePiece, and a streaming detokenizer.
+
+Mistral ships two tokenizer formats: SentencePiece (``tokenizer.model[.vN]``, Mistral 7B, Mixtral) and Tekken
+(``tekken.json``, a tiktoken byte-level BPE; Nemo, Small 3.x, Ministral, Magistral). The rest of mixchat sees
+only the ``Tokenizer`` protocol below; ``load_tokenizer`` picks the class from the file. Tekken lives in
+``mixchat/tekken.py``.
 
 Two facts about SentencePiece decoding shape this module:
 
@@ -17,29 +22,112 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 import sentencepiece
 
 from mixchat.errors import TokenizerError as TokenizerError  # re-exported
+from mixchat.template_versions import TEMPLATES
+
+__all__ = [
+    "TEMPLATES",
+    "SentencePieceTokenizer",
+    "StreamDecoder",
+    "TextStream",
+    "Tokenizer",
+    "TokenizerError",
+    "load_tokenizer",
+]
+
 
 _REPLACEMENT = "\ufffd"
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SPACE_SYMBOL = "\u2581"  # "▁", SentencePiece's visible space
 _INST, _INST_END = "[INST]", "[/INST]"
 _SYSTEM_PROMPT = "[SYSTEM_PROMPT]"
+_SYSTEM_PROMPT_END = "[/SYSTEM_PROMPT]"
 _VERSION_SUFFIX = re.compile(r"\.v(\d+)(m\d+)?$")
-# File suffixes whose chat layout is the v3 one: v2 differs from v3 only in how tool calls are written,
-# which a plain chat never uses.
-_V3_LAYOUT_SUFFIXES = {2, 3}
+# File suffixes and the chat layout each implies: v2 differs from v3 only in how tool calls are written,
+# which a plain chat never uses; "m1" (v7m1) marks multimodal extras, not a different text layout.
+_SUFFIX_LAYOUT = {1: "v1", 2: "v3", 3: "v3", 7: "v7", 11: "v11", 13: "v13"}
 
 
 
 
-class Tokenizer:
-    """A Mistral SentencePiece tokenizer and the chat-template version its vocabulary implies.
+class TextStream(Protocol):
+    """An incremental decoder for one generated sequence (see ``StreamDecoder`` for the invariant)."""
+
+    def push(self, token_id: int) -> str: ...
+
+    def flush(self) -> str: ...
+
+
+class Tokenizer(Protocol):
+    """What the chat template, the engine and the front ends need from a tokenizer, whatever its format.
+
+    ``version`` is the chat-template version (one of ``TEMPLATES``); the control ids a template needs are
+    None where the vocabulary has no such token.
+    """
+
+    path: Path
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    version: str
+    inst_id: int | None  # [INST]
+    inst_end_id: int | None  # [/INST]
+    system_id: int | None  # [SYSTEM_PROMPT]
+    system_end_id: int | None  # [/SYSTEM_PROMPT]
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def is_control(self, token_id: int) -> bool: ...
+
+    def token_text(self, token_id: int) -> str: ...
+
+    def stream(self) -> TextStream: ...
+
+
+def load_tokenizer(path: str | Path, template: str | None = None) -> Tokenizer:
+    """The tokenizer in ``path`` (``tekken.json`` or a SentencePiece model), its template forced to ``template``.
+
+    Without ``template`` the version comes from the files (Tekken's ``config.version``, SentencePiece's file
+    suffix or vocabulary). An override is checked against the vocabulary: a layout whose control tokens the
+    vocabulary lacks is refused rather than written as plain text.
+    """
+    path = Path(path)
+    tok: Tokenizer
+    if path.suffix == ".json":
+        from mixchat.tekken import TekkenTokenizer
+
+        tok = TekkenTokenizer(path)
+    else:
+        tok = SentencePieceTokenizer(path)
+    if template is not None:
+        set_template(tok, template)
+    return tok
+
+
+def set_template(tok: Tokenizer, template: str) -> None:
+    """Force the chat-template version of ``tok`` (``--template``), if its vocabulary can write it."""
+    if template not in TEMPLATES:
+        raise TokenizerError(f"unknown chat template {template!r}; use one of {', '.join(TEMPLATES)}")
+    if template != "v1" and (tok.inst_id is None or tok.inst_end_id is None):
+        raise TokenizerError(f"template {template} needs [INST]/[/INST] control tokens, which {tok.path} lacks")
+    if template not in ("v1", "v3") and (tok.system_id is None or tok.system_end_id is None):
+        raise TokenizerError(
+            f"template {template} needs [SYSTEM_PROMPT]/[/SYSTEM_PROMPT] control tokens, which {tok.path} lacks"
+        )
+    tok.version = template
+
+
+class SentencePieceTokenizer:
+    """A Mistral SentencePiece tokenizer and the chat-template version its file name or vocabulary implies.
 
     The version decides how a conversation is laid out (see ``chat_template``): "v1" writes ``[INST]``
-    as plain text, "v3" uses the ``[INST]``/``[/INST]`` control tokens.
+    as plain text, "v3" uses the ``[INST]``/``[/INST]`` control tokens, "v7" adds ``[SYSTEM_PROMPT]``.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -48,14 +136,17 @@ class Tokenizer:
         self.vocab_size: int = self._sp.get_piece_size()
         self.bos_id: int = self._required_id(self._sp.bos_id(), "beginning-of-sequence")
         self.eos_id: int = self._required_id(self._sp.eos_id(), "end-of-sequence")
-        has_inst = self._control_id(_INST) is not None and self._control_id(_INST_END) is not None
-        self.version: str = _detect_version(self.path, has_inst, self._control_id(_SYSTEM_PROMPT) is not None)
-        self.inst_id: int | None = self._control_id(_INST) if self.version == "v3" else None
-        self.inst_end_id: int | None = self._control_id(_INST_END) if self.version == "v3" else None
+        self.inst_id: int | None = self._control_id(_INST)
+        self.inst_end_id: int | None = self._control_id(_INST_END)
+        self.system_id: int | None = self._control_id(_SYSTEM_PROMPT)
+        self.system_end_id: int | None = self._control_id(_SYSTEM_PROMPT_END)
+        has_inst = self.inst_id is not None and self.inst_end_id is not None
+        has_system = self.system_id is not None and self.system_end_id is not None
+        self.version: str = _detect_version(self.path, has_inst, has_system)
         self._anchor: tuple[int, str] | None = None
 
     def __repr__(self) -> str:
-        return f"Tokenizer({str(self.path)!r}, version={self.version!r}, vocab_size={self.vocab_size})"
+        return f"SentencePieceTokenizer({str(self.path)!r}, version={self.version!r}, vocab_size={self.vocab_size})"
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of ``text``; control-token names in the text stay plain text, never control ids."""
@@ -144,28 +235,28 @@ def _load_processor(path: Path) -> sentencepiece.SentencePieceProcessor:
         raise TokenizerError(f"cannot read tokenizer {path}: not a SentencePiece model ({reason})") from exc
 
 
-def _detect_version(path: Path, has_inst_controls: bool, has_system_prompt_control: bool) -> str:
+def _detect_version(path: Path, has_inst_controls: bool, has_system_prompt_controls: bool) -> str:
     """The chat-template version: the file suffix when it names one, else the vocabulary decides.
 
     The suffix wins because mistral-common picks its template from the file name, and matching it id for
     id is the point; a bare ``tokenizer.model`` (Hugging Face layout) carries no suffix, so the
-    vocabulary is the only evidence there.
+    vocabulary is the only evidence there (``--template`` overrides either).
     """
     match = _VERSION_SUFFIX.search(path.name)
     if match is None:
-        if has_system_prompt_control:
-            raise TokenizerError(
-                f"tokenizer {path} has [SYSTEM_PROMPT] tokens (chat template v7 or later); mixchat supports v1 and v3"
-            )
+        if has_system_prompt_controls and has_inst_controls:
+            return "v7"
         return "v3" if has_inst_controls else "v1"
     number = int(match.group(1))
-    if number == 1:
-        return "v1"
-    if number not in _V3_LAYOUT_SUFFIXES:
-        raise TokenizerError(f"tokenizer {path} is chat template v{number}; mixchat supports v1 and v3")
-    if not has_inst_controls:
+    layout = _SUFFIX_LAYOUT.get(number)
+    if layout is None:
+        known = ", ".join(f"v{n}" for n in _SUFFIX_LAYOUT)
+        raise TokenizerError(f"tokenizer {path} is chat template v{number}; mixchat supports {known}")
+    if layout != "v1" and not has_inst_controls:
         raise TokenizerError(f"tokenizer {path} is named v{number} but has no [INST]/[/INST] control tokens")
-    return "v3"
+    if layout not in ("v1", "v3") and not has_system_prompt_controls:
+        raise TokenizerError(f"tokenizer {path} is named v{number} but has no [SYSTEM_PROMPT] control tokens")
+    return layout
 
 
 def _printable(text: str) -> str:
@@ -190,7 +281,7 @@ class StreamDecoder:
     # Past this many held ids (only possible with long runs of invalid bytes), the safe head is released.
     _MAX_PENDING = 16
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: SentencePieceTokenizer) -> None:
         self._tok = tokenizer
         self._anchor_id, self._anchor_text = tokenizer._stream_anchor()
         self._pending: list[int] = []
@@ -247,24 +338,24 @@ class StreamDecoder:
         return not any(_is_lead_byte(self._tok, i) for i in before)
 
 
-def _byte_value(tok: Tokenizer, token_id: int) -> int | None:
+def _byte_value(tok: SentencePieceTokenizer, token_id: int) -> int | None:
     if not tok.is_byte(token_id):
         return None
     match = _BYTE_PIECE.fullmatch(tok.id_to_piece(token_id))
     return int(match.group(1), 16) if match else None
 
 
-def _is_lead_byte(tok: Tokenizer, token_id: int) -> bool:
+def _is_lead_byte(tok: SentencePieceTokenizer, token_id: int) -> bool:
     value = _byte_value(tok, token_id)
     return value is not None and value >= 0xC0
 
 
-def _is_continuation_byte(tok: Tokenizer, token_id: int) -> bool:
+def _is_continuation_byte(tok: SentencePieceTokenizer, token_id: int) -> bool:
     value = _byte_value(tok, token_id)
     return value is not None and 0x80 <= value < 0xC0
 
 
-def _find_anchor(tok: Tokenizer) -> tuple[int, str]:
+def _find_anchor(tok: SentencePieceTokenizer) -> tuple[int, str]:
     """A plain piece without a leading space whose decode is itself: it absorbs the start-of-text rules."""
     likely = [tok._sp.piece_to_id(c) for c in "a.x"]
     for token_id in [*likely, *range(tok.vocab_size)]:

@@ -51,7 +51,7 @@ def runtime(folder: Path) -> Runtime:
 @torch.inference_mode()
 def reference_logits(model: Transformer, ids: list[int]) -> torch.Tensor:
     """[T, V] logits of one cache-free pass over all ids, with the model's own window rule."""
-    layout = fresh_layout([len(ids)], model.args.sliding_window, "cpu")
+    layout = fresh_layout([len(ids)], model.args.layout_window, "cpu")
     return model(torch.tensor(ids), layout)
 
 

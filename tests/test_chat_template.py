@@ -18,9 +18,10 @@ from mixchat.chat_template import (
     encode_turn,
     reply_suffix,
 )
-from mixchat.tokenizer import Tokenizer
+from mixchat.tokenizer import Tokenizer, load_tokenizer
 
 mistral_common = pytest.importorskip("mistral_common")
+from helpers.tekken_files import DATA, NEMO_TEKKEN, derived_tekken  # noqa: E402
 from mistral_common.protocol.instruct.messages import (  # noqa: E402
     AssistantMessage,
     SystemMessage,
@@ -30,12 +31,18 @@ from mistral_common.protocol.instruct.request import ChatCompletionRequest  # no
 from mistral_common.protocol.instruct.validator import ValidationMode  # noqa: E402
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer  # noqa: E402
 
-DATA = Path(mistral_common.__file__).parent / "data"
-# v2 is not a layout of its own: for plain chat it must come out exactly as v3.
+# v2 is not a layout of its own: for plain chat it must come out exactly as v3. Tekken v3 is Mistral Nemo's
+# file; the v7+ Tekken files are derived from the real vocabulary (see helpers/tekken_files.py).
 FILES = {
     "v1": "tokenizer.model.v1",
     "v2": "mistral_instruct_tokenizer_240216.model.v2",
     "v3": "mistral_instruct_tokenizer_240323.model.v3",
+    "v7": "mistral_instruct_tokenizer_241114.model.v7",
+    "v7-m1": "mistral_instruct_tokenizer_241114.model.v7m1",  # multimodal extras; the same text layout
+    "v3-tekken": str(NEMO_TEKKEN),
+    "v7-tekken": "derived",
+    "v11-tekken": "derived",
+    "v13-tekken": "derived",
 }
 
 U, A, S = "user", "assistant", "system"
@@ -113,18 +120,35 @@ def _theirs(conversation: list[tuple[str, str]], *, close_final_reply: bool = Fa
 
 
 @pytest.fixture(scope="module", params=sorted(FILES))
-def version(request: pytest.FixtureRequest) -> str:
+def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture(scope="module")
-def tok(version: str) -> Tokenizer:
-    return Tokenizer(DATA / FILES[version])
+def path(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if FILES[kind] == "derived":
+        return derived_tekken(kind.split("-")[0], tmp_path_factory.mktemp(kind))
+    return DATA / FILES[kind]
 
 
 @pytest.fixture(scope="module")
-def reference(version: str) -> MistralTokenizer:
-    return MistralTokenizer.from_file(str(DATA / FILES[version]))
+def version(kind: str) -> str:
+    """The template version (v2 lays out as v3)."""
+    return kind.split("-")[0]
+
+
+@pytest.fixture(scope="module")
+def tok(path: Path) -> Tokenizer:
+    return load_tokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def reference(path: Path) -> MistralTokenizer:
+    return MistralTokenizer.from_file(str(path))
+
+
+def test_detected_version(tok: Tokenizer, version: str) -> None:
+    assert tok.version == ("v3" if version == "v2" else version)
 
 
 def _reference_ids(reference: MistralTokenizer, conversation: list[tuple[str, str]]) -> list[int]:
@@ -138,8 +162,8 @@ def test_matches_mistral_common(tok: Tokenizer, reference: MistralTokenizer, nam
     assert encode_chat(tok, _ours(conversation)) == _reference_ids(reference, conversation)
 
 
-def test_closed_final_reply_matches_finetuning_layout(tok: Tokenizer, version: str) -> None:
-    reference = MistralTokenizer.from_file(str(DATA / FILES[version]), mode=ValidationMode.finetuning)
+def test_closed_final_reply_matches_finetuning_layout(tok: Tokenizer, path: Path) -> None:
+    reference = MistralTokenizer.from_file(str(path), mode=ValidationMode.finetuning)
     conversation = [*CONVERSATIONS["non_ascii"], (A, "Je ne sais pas.  ")]
     expected = reference.encode_chat_completion(
         ChatCompletionRequest(messages=_theirs(conversation, close_final_reply=True))
@@ -187,8 +211,9 @@ def test_incremental_system_prompt_stays_in_first_turn(
 ) -> None:
     system, conversation = "Answer in one line.", CONVERSATIONS["three_turns_system"][1:]
     ids = _incremental(tok, conversation, system)
-    if version == "v1":
-        # v1 puts the system prompt in the first turn too: identical to the whole-conversation layout.
+    if version not in ("v2", "v3"):
+        # v1 puts the system prompt in the first turn too, v7+ keeps it where it stands (the start):
+        # identical to the whole-conversation layout.
         assert ids == _reference_ids(reference, [(S, system), *conversation])
     else:
         # v3 would move it to the last turn; ours equals mistral-common with it written into turn one.
@@ -214,6 +239,6 @@ def test_empty_reply_is_just_eos(tok: Tokenizer) -> None:
 def test_bad_conversations_are_refused() -> None:
     with pytest.raises(ChatTemplateError, match="role"):
         Message("robot", "beep")
-    tok = Tokenizer(DATA / FILES["v3"])
+    tok = load_tokenizer(DATA / FILES["v3"])
     with pytest.raises(ChatTemplateError, match="at least one message"):
         encode_chat(tok, [])

@@ -235,7 +235,10 @@ def test_sigkill_during_save_leaves_a_complete_save(tmp_path: Path) -> None:
     rng = random.Random(1234)
     data = tmp_path / "data"
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, str(helper), str(data)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+        # PYTHONPATH: the helper must import this checkout's mixchat, not whichever one is installed.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.Popen([sys.executable, str(helper), str(data)], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                                env=env)  # fmt: skip
         done: list[int] = []
         reader = threading.Thread(target=lambda p=proc, d=done: [d.append(int(x)) for x in p.stdout], daemon=True)
         reader.start()

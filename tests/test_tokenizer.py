@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import sentencepiece
 
-from mixchat.tokenizer import Tokenizer, TokenizerError
+from mixchat.tokenizer import SentencePieceTokenizer as Tokenizer
+from mixchat.tokenizer import TokenizerError
 
 mistral_common = pytest.importorskip("mistral_common")
 from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenizer  # noqa: E402
@@ -95,12 +96,22 @@ def test_suffix_is_a_hint(tmp_path: Path) -> None:
         Tokenizer(tmp_path / "tokenizer.model.v3")
 
 
-def test_newer_templates_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(TokenizerError, match="v7"):
-        Tokenizer(V7)
-    shutil.copy(V7, tmp_path / "tokenizer.model")
-    with pytest.raises(TokenizerError, match="SYSTEM_PROMPT"):
-        Tokenizer(tmp_path / "tokenizer.model")
+def test_v7_sentencepiece_loads(tmp_path: Path) -> None:
+    # By suffix, and by vocabulary ([SYSTEM_PROMPT] controls) for a bare Hugging Face file name.
+    ref = sentencepiece.SentencePieceProcessor(model_file=str(V7))
+    for target in (V7, tmp_path / "tokenizer.model"):
+        if target != V7:
+            shutil.copy(V7, target)
+        tok = Tokenizer(target)
+        assert tok.version == "v7"
+        expected = (ref.piece_to_id("[SYSTEM_PROMPT]"), ref.piece_to_id("[/SYSTEM_PROMPT]"))
+        assert (tok.system_id, tok.system_end_id) == expected
+
+
+def test_unknown_template_suffix_is_refused(tmp_path: Path) -> None:
+    shutil.copy(V3, tmp_path / "tokenizer.model.v5")
+    with pytest.raises(TokenizerError, match="v5"):
+        Tokenizer(tmp_path / "tokenizer.model.v5")
 
 
 @pytest.mark.parametrize("content", [None, b"", b"not a sentencepiece model" * 10, "dir"])

@@ -264,13 +264,14 @@ def run(args: argparse.Namespace) -> int:
         label = f"{args.shape} (random weights)"
     else:
         ckpt = inspect_folder(resolve_model_path(args.model), max_context=args.max_context)
+        dtype = resolve_dtype(args.dtype, device, ckpt)
         if pipeline is not None:
             model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, dtype))
         else:
             model = build_model(ckpt, device, dtype)
         label = str(ckpt.folder)
     margs = model.args
-    if margs.sliding_window is None and args.prompt_tokens + args.new_tokens > margs.cache_capacity:
+    if None in margs.layer_windows and args.prompt_tokens + args.new_tokens > margs.cache_capacity:
         raise UserError("prompt + new tokens exceed the context; lower them or raise --max-context")
     if pipeline is not None:
         from mixchat.distributed.driver import PipelineEngine
@@ -327,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         step_bytes = active * elem
         result["decode_bandwidth_bound_tokens_per_s"] = H200_COPY_BANDWIDTH / step_bytes
         result["decode_fraction_of_bound"] = result["decode_tokens_per_s"]["median"] * step_bytes / H200_COPY_BANDWIDTH
-    if args.window_check and margs.sliding_window:
+    if args.window_check and isinstance(margs.sliding_window, int):
         result["cache_bytes_over_conversation"] = _window_check(engine)
     if theirs is not None:
         result["transformers"] = {"ttft_s": _summary(theirs.ttft), "decode_tokens_per_s": _summary(theirs.decode_tps)}

@@ -365,6 +365,8 @@ def format_stats(s: Any) -> list[str]:
     kind = "window" if s.window is not None else "context"
     lines.append(f"{kind}: {s.live}/{s.capacity} slots ({100 * s.fill:.0f}% full), wrapped {s.wraps} times, "
                  f"cache {human_bytes(s.cache_bytes)}")
+    if getattr(s, "smallest_capacity", None) is not None:
+        lines.append(f"smallest layer window: {min(s.cached, s.smallest_capacity)}/{s.smallest_capacity} slots")
     if s.last is not None:
         last = s.last
         lines.append(f"last reply: {last.reply_tokens} tokens ({last.finish_reason}), {last.decode_tps:.1f} tok/s; "

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from mixchat.engine import DEFAULT_CHUNK_SIZE
 from mixchat.runtime import Runtime, UserError, load_runtime
+from mixchat.tokenizer import TEMPLATES
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,12 +26,20 @@ def add_model_options(p: argparse.ArgumentParser, chunk: bool = True) -> None:
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run (default: cuda if available, else cpu)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weight dtype (default: bfloat16 on cuda, float32 on cpu)")
+                   help="weight dtype (default: bfloat16 on cuda; on cpu the checkpoint's bfloat16 where the "
+                   "CPU computes it, else float32)")
+    add_template_option(g)
     g.add_argument("--max-context", type=positive_int, metavar="N",
                    help="context limit for models without a sliding window (default 32768)")
     if chunk:
         g.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE, metavar="N",
                        help=f"pre-fill at most N tokens per sequence per forward pass (default {DEFAULT_CHUNK_SIZE})")
+
+
+def add_template_option(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    g.add_argument("--template", choices=list(TEMPLATES), metavar="VERSION",
+                   help="chat template to use instead of the one the tokenizer files imply "
+                   f"({', '.join(TEMPLATES)})")
 
 
 def add_sampling_options(p: argparse.ArgumentParser, temperature: float = 0.7, max_tokens: int = 256) -> None:
@@ -103,6 +112,7 @@ def load_from_args(args: argparse.Namespace, quiet: bool = False) -> Runtime:
             dtype=args.dtype,
             chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
             max_context=args.max_context,
+            template=getattr(args, "template", None),
         )
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
 from safetensors import safe_open
 
-from mixchat.loader import inspect_folder
-from mixchat.runtime import load_tokenizer, resolve_model_path
+from mixchat.cli.common import add_template_option
+from mixchat.loader import inspect_folder, weights_nbytes
+from mixchat.runtime import free_memory, load_tokenizer, resolve_dtype, resolve_model_path
 from mixchat.units import human_bytes
 
 DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4}
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(weights are not loaded).")
     p.add_argument("--model", metavar="DIR", help="model folder (default: the built-in model)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_template_option(p)
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,7 @@ def _human(n: float) -> str:
 def run(args: argparse.Namespace) -> int:
     ckpt = inspect_folder(resolve_model_path(args.model))
     a = ckpt.args
-    tok = load_tokenizer(ckpt)
+    tok = load_tokenizer(ckpt, args.template)
     with safe_open(str(ckpt.weight_files[0]), framework="pt") as f:
         first = next(iter(f.keys()))
         stored = f.get_slice(first).get_dtype()
@@ -42,6 +45,17 @@ def run(args: argparse.Namespace) -> int:
     total, active = a.param_counts()
     per_tok = a.kv_bytes_per_token(elem)
     window = a.sliding_window
+    full_bytes = a.kv_bytes_full(elem)
+    if isinstance(window, list):
+        smallest, largest = a.windows_summary
+        window_text = (f"per layer, {smallest} tokens to {f'{largest} tokens' if largest else 'full attention'} "
+                       f"({', '.join(str(w or 'full') for w in a.layer_windows)})")
+    else:
+        window_text = f"{window} tokens" if window else f"none (full attention, cache {a.cache_capacity})"
+    cpu = torch.device("cpu")
+    cpu_dtype = resolve_dtype("auto", cpu, ckpt)
+    cpu_bytes = weights_nbytes(ckpt, cpu_dtype)
+    free = free_memory(cpu)
     summary = {
         "folder": str(ckpt.folder),
         "layout": "Mistral native" if ckpt.layout == "mistral" else "Hugging Face",
@@ -60,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
         "params_total": total,
         "params_active_per_token": active,
         "weights_dtype": stored,
+        "cpu_dtype_auto": str(cpu_dtype).removeprefix("torch."),
+        "cpu_weights_bytes": cpu_bytes,
+        "cpu_free_bytes": free,
         "kv_cache_bytes_per_token": per_tok,
-        "kv_cache_bytes_full_window": per_tok * a.cache_capacity,
+        "kv_cache_bytes_full_window": full_bytes,
         "cache_slots": a.cache_capacity,
         "tokenizer": ckpt.tokenizer_file.name if ckpt.tokenizer_file else None,
         "tokenizer_vocab": tok.vocab_size,
@@ -84,9 +101,11 @@ def run(args: argparse.Namespace) -> int:
                       f"RoPE θ={a.rope_theta:g}"),
         ("experts", f"{a.moe.num_experts}, top-{a.moe.num_experts_per_tok} per token" if a.moe else "dense"),
         ("parameters", f"{_human(total)} total, {_human(active)} active per token"),
-        ("sliding window", f"{window} tokens" if window else f"none (full attention, cache {a.cache_capacity})"),
-        ("KV cache", f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(per_tok * a.cache_capacity)} for "
-                     f"{'a full window' if window else 'the full context'}"),
+        ("sliding window", window_text),
+        ("KV cache", f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(full_bytes)} for "
+                     f"{'full windows' if window else 'the full context'}"),
+        ("on the CPU", f"{summary['cpu_dtype_auto']} by default, {human_bytes(cpu_bytes)} of weights"
+                       + (f" ({human_bytes(free)} free)" if free is not None else "")),
         ("vocabulary", f"{a.vocab_size} (tokenizer {tok.vocab_size}, {summary['tokenizer']})"),
         ("chat template", tok.version),
     ]

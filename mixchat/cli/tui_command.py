@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mixchat.cli.common import add_conversation_options, positive_int
+from mixchat.cli.common import add_conversation_options, add_template_option, positive_int
 from mixchat.runtime import UserError
 
 _OVERRIDES = ("temperature", "top_p", "max_tokens", "seed", "chunk_size", "experts_per_token")
@@ -21,7 +21,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", metavar="DIR", help="model folder (default: the built-in model)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weight dtype (default: bfloat16 on cuda, float32 on cpu)")
+                   help="weight dtype (default: bfloat16 on cuda; on cpu the checkpoint's bfloat16 where the "
+                   "CPU computes it, else float32)")
+    add_template_option(g)
     g.add_argument("--max-context", type=positive_int, metavar="N",
                    help="context limit for models without a sliding window (default 32768)")
     which = g.add_mutually_exclusive_group()
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         max_context=getattr(args, "max_context", None), data_dir=getattr(args, "data_dir", None),
         config=getattr(args, "config_dir", None), resume=resume, conversation=conversation,
         system=getattr(args, "system", None), overrides=overrides, theme=getattr(args, "theme", None),
-        panel=False if getattr(args, "no_panel", False) else None,
+        panel=False if getattr(args, "no_panel", False) else None, template=getattr(args, "template", None),
     )
     theme = getattr(args, "theme", None)
     if theme is not None and theme not in app.available_themes:

@@ -277,7 +277,8 @@ class PipelineCache(RollingCache):
         live = int(snap.k.shape[1])
         if live > self.capacity:
             raise ValueError(f"snapshot holds {live} tokens but the cache has {self.capacity} slots")
-        if snap.k.shape[0] != self.args.n_layers or snap.k.shape[2:] != self.k.shape[3:]:
+        kv_shape = (self.args.n_kv_heads, self.args.head_dim)
+        if snap.k.shape[0] != self.args.n_layers or tuple(snap.k.shape[2:]) != kv_shape:
             raise ValueError("snapshot shape does not match this cache")
         m, g = self.model, self.model.group
         with m.lock:

@@ -39,6 +39,11 @@ class Pipeline:
         return self.group.device
 
     def part_for(self, args: ModelArgs) -> StagePart:
+        if args.per_layer_windows:
+            # Each rank's cache would hold buffers of other sizes than its neighbours' (a snapshot's live
+            # count differs by rank), which the pipeline's cache protocol does not carry yet.
+            raise UserError("models with per-layer sliding windows do not run in a torchrun pipeline yet; "
+                            "run them in one process")
         try:
             self.parts = [stage_part(args.n_layers, self.group.world, r) for r in range(self.group.world)]
         except PartitionError as e:
@@ -143,7 +148,6 @@ def _build_follower_stage(pipeline: Pipeline, args: argparse.Namespace) -> Stage
     from mixchat.loader import inspect_folder
     from mixchat.runtime import resolve_dtype, resolve_model_path
 
-    dtype = resolve_dtype(args.dtype, pipeline.device)
     shape = getattr(args, "shape", None) if args.command == "bench" else None
     if shape:
         from mixchat.shapes import named_shape
@@ -151,6 +155,6 @@ def _build_follower_stage(pipeline: Pipeline, args: argparse.Namespace) -> Stage
         margs = named_shape(shape)
         if args.max_context:
             margs.max_context = args.max_context
-        return pipeline.stage_from_shape(margs, dtype, args.seed)
+        return pipeline.stage_from_shape(margs, resolve_dtype(args.dtype, pipeline.device), args.seed)
     ckpt = inspect_folder(resolve_model_path(args.model), max_context=args.max_context)
-    return pipeline.stage_from_checkpoint(ckpt, dtype)
+    return pipeline.stage_from_checkpoint(ckpt, resolve_dtype(args.dtype, pipeline.device, ckpt))

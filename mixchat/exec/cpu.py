@@ -196,15 +196,16 @@ class CpuRunner:
         n = len(self._layers)
         for i, lw in enumerate(self._layers):
             layer_id = lw.layer_id
+            lay = layout.for_layer(layer_id)  # its own window and slots (models with per-layer windows)
             if trim and i == n - 1:
                 assert last is not None
-                x = self._attention_last(x, lw, layer_id, rot, layout, cache, last)  # [B, dim]
+                x = self._attention_last(x, lw, layer_id, rot, lay, cache, last)  # [B, dim]
                 ffn_rows = None
             elif decode is not None:
-                x = self._attention_decode(x, lw, layer_id, rot, layout, cache, decode)
+                x = self._attention_decode(x, lw, layer_id, rot, lay, cache, decode)
                 ffn_rows = None
             else:
-                x = self._attention(x, lw, layer_id, rot, layout, cache)
+                x = self._attention(x, lw, layer_id, rot, lay, cache)
                 ffn_rows = last if routing_last_only else None
             x = self._feed_forward(x, lw, router_out, ffn_rows, decode)
         if last is not None and not trim:

@@ -46,6 +46,7 @@ class Attention(nn.Module):
         v = self.wv(x).view(T, self.n_kv_heads, self.head_dim)
         q = apply_rotary(q, rot)
         k = apply_rotary(k, rot)
+        layout = layout.for_layer(self.layer_id)  # its own window and slots (models with per-layer windows)
         if cache is None:
             keys, values = k, v
         else:

@@ -9,6 +9,10 @@ beside it (`seqlens`, `kv_lens`, `window`) say the same thing for the torch SDPA
 xformers' private fields. The bias is built on first use only: the CPU never runs the xformers kernels, and
 on a small model building the bias objects every decode step costs more than the attention itself.
 Masks for the SDPA path are likewise built once per pass and shared by every layer, never per layer.
+
+A model whose layers have different sliding windows (Ministral) needs one layout per distinct window (its
+own visible keys and, with a cache, its own slots); `per_layer` holds them, and every path that runs a layer
+asks `layout.for_layer(layer)` for the one to use. Layers of one window share one layout and its masks.
 """
 
 from __future__ import annotations
@@ -44,10 +48,16 @@ class BatchLayout:
     # Decode inside a captured graph: [B] live key counts on the device, rewritten before each replay. The
     # mask is then built from them, and `kv_lens` (host integers, fixed at capture) is not read for it.
     device_live: torch.Tensor | None = None
+    # Per-layer windows: the layout of each (global) layer, None when every layer uses this one.
+    per_layer: list[BatchLayout] | None = field(default=None, repr=False)
     _bias: Any = field(default=None, repr=False)
     _positions: torch.Tensor | None = field(default=None, repr=False)
     _write_dst: torch.Tensor | None = field(default=None, repr=False)
     _masks: dict[tuple, torch.Tensor | None] = field(default_factory=dict, repr=False)
+
+    def for_layer(self, layer: int) -> BatchLayout:
+        """The layout layer `layer` (global index) attends with: its own window and cache slots."""
+        return self if self.per_layer is None else self.per_layer[layer]
 
     @property
     def n_tokens(self) -> int:
@@ -176,10 +186,24 @@ def _xformers_bias(layout: BatchLayout) -> Any:
     return ab.BlockDiagonalCausalFromBottomRightMask.from_seqlens(q_seqlen=seqlens, kv_seqlen=kv_lens, device=dev)
 
 
-def fresh_layout(seqlens: list[int], window: int | None, device: torch.device | str) -> BatchLayout:
-    """Layout for sequences that start from nothing and use no cache (reference runs, training)."""
+def fresh_layout(seqlens: list[int], window: int | list[int | None] | None, device: torch.device | str) -> BatchLayout:
+    """Layout for sequences that start from nothing and use no cache (reference runs, training).
+
+    `window` is the model's window, or a list of one window per layer (`ModelArgs.layer_windows`).
+    """
     pos = [p for n in seqlens for p in range(n)]
+    dev = torch.device(device)
+    if isinstance(window, list):
+        by_window = {w: fresh_layout(seqlens, w, dev) for w in dict.fromkeys(window)}
+        per_layer = [by_window[w] for w in window]
+        for lay in by_window.values():
+            lay.per_layer = per_layer
+        return per_layer[0]
     return BatchLayout(
-        mode="fresh", seqlens=list(seqlens), kv_lens=list(seqlens), window=window, device=torch.device(device),
+        mode="fresh",
+        seqlens=list(seqlens),
+        kv_lens=list(seqlens),
+        window=window,
+        device=dev,
         pos_list=pos,
     )

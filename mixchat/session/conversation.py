@@ -83,6 +83,8 @@ class ConversationStats:
     experts_per_token: int | None
     last: TurnStats | None
     expert_usage: list[list[int]] | None  # [layer][expert]: how often each expert was chosen for the last reply
+    # Per-layer windows: the smallest layer's slots (live / capacity above are the largest layer's); else None.
+    smallest_capacity: int | None = None
 
     @property
     def fill(self) -> float:
@@ -341,6 +343,7 @@ class Conversation:
             experts_per_token=getattr(self.model, "experts_per_token", None),
             last=self.last,
             expert_usage=usage,
+            smallest_capacity=None if c.smallest_capacity == c.capacity else c.smallest_capacity,
         )
 
 

@@ -110,7 +110,7 @@ def token_loss(
     """(weighted loss, summed reply-token loss, reply-token count) for a batch of packed rows."""
     B, L = tokens.shape
     inputs, targets, reply = tokens[:, :-1], tokens[:, 1:], mask[:, 1:]
-    layout = fresh_layout([L - 1] * B, model.args.sliding_window, tokens.device)
+    layout = fresh_layout([L - 1] * B, model.args.layout_window, tokens.device)
     logits = model(inputs.reshape(-1), layout, router_out=routing)  # [B*(L-1), V]
     ce = F.cross_entropy(logits, targets.reshape(-1), reduction="none")
     reply_f = reply.reshape(-1).float()

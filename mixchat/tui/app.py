@@ -50,6 +50,7 @@ class MixchatApp(App[int]):
         panel: bool | None = None,
         deterministic: bool = False,
         stream_interval: float | None = None,
+        template: str | None = None,
     ) -> None:
         """`resume`: a conversation name, or "" for the most recent one. `conversation`: open NAME if it
         exists, else start a new one under NAME. `overrides`: ChatSettings fields to set.
@@ -65,6 +66,7 @@ class MixchatApp(App[int]):
         self.device_name = device
         self.dtype_name = dtype
         self.max_context = max_context
+        self.template = template  # --template: the chat-template version, instead of the tokenizer's own
         self.store = ConversationStore(data_dir)
         self.config_dir = config_dir(config)
         self.prefs = Prefs.load(self.config_dir)
@@ -135,6 +137,7 @@ class MixchatApp(App[int]):
         from mixchat.runtime import (
             Runtime,
             UserError,
+            check_memory,
             load_tokenizer,
             resolve_device,
             resolve_dtype,
@@ -150,10 +153,11 @@ class MixchatApp(App[int]):
                 start = time.perf_counter()
                 self.post_message(ModelLoadProgressed("reading the model folder", 0, steps))
                 device = resolve_device(self.device_name)
-                dtype = resolve_dtype(self.dtype_name, device)
                 ckpt = inspect_folder(resolve_model_path(self.model_path), max_context=self.max_context)
+                dtype = resolve_dtype(self.dtype_name, device, ckpt)
                 self.post_message(ModelLoadProgressed("loading the tokenizer", 1, steps))
-                tok = load_tokenizer(ckpt)
+                tok = load_tokenizer(ckpt, self.template)
+                check_memory(ckpt, device, dtype)
                 size = sum(f.stat().st_size for f in ckpt.weight_files) / 2**20
                 self.post_message(ModelLoadProgressed(f"loading the weights ({size:,.1f} MiB) on {device.type}", 2,
                                                       steps))

@@ -66,6 +66,10 @@ class CacheState:
     wraps: int  # times the rolling buffer went round
     nbytes: int
     window: bool = True  # a sliding-window buffer (False: full attention up to `capacity`)
+    # Models whose layers have windows of different sizes: the smallest layer's live tokens and slots (the
+    # numbers above are the largest layer's); None when every layer has the same buffer.
+    smallest_live: int | None = None
+    smallest_capacity: int | None = None
 
 
 class CacheChanged(Message):

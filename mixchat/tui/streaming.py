@@ -29,7 +29,16 @@ DEFAULT_INTERVAL = 0.08  # seconds between UI updates while streaming (12.5 a se
 def cache_state(conversation: Any) -> CacheState:
     """The cache gauge's numbers for a conversation, read directly (e.g. right after opening it)."""
     c = conversation.cache
-    return CacheState(c.live(0), c.capacity, c.seen[0], c.wraps(0), c.nbytes, c.window is not None)
+    return CacheState(c.live(0), c.capacity, c.seen[0], c.wraps(0), c.nbytes, c.window is not None,
+                      *_smallest_layer(c, c.seen[0]))  # fmt: skip
+
+
+def _smallest_layer(cache: Any, seen: int) -> tuple[int | None, int | None]:
+    """(live, slots) of the smallest layer's buffer when the layers' sizes differ, else (None, None)."""
+    small = cache.smallest_capacity
+    if small == cache.capacity:
+        return None, None
+    return min(seen, small), small
 
 
 class TurnStreamer:
@@ -102,7 +111,8 @@ class TurnStreamer:
                     elif ev.text:  # the decoder's last characters, after the final token
                         batch.append(RoutedToken(-1, "", ev.text, None, None))
                 elif isinstance(ev, EngineCacheChanged):
-                    cache = CacheState(ev.live, ev.capacity, ev.position, ev.wraps, ev.nbytes, window)
+                    cache = CacheState(ev.live, ev.capacity, ev.position, ev.wraps, ev.nbytes, window,
+                                       *_smallest_layer(conv.cache, ev.position))  # fmt: skip
                 elif isinstance(ev, EnginePrefillProgressed):
                     prefill = ev
                 elif isinstance(ev, SequenceFinished):

@@ -23,7 +23,7 @@ from mixchat.loader import random_model
 from mixchat.model.args import ModelArgs
 from mixchat.session import ChatSettings, Conversation, ConversationStore, Loaded, fingerprint_model
 from mixchat.session.conversation import ChatMessage
-from mixchat.tokenizer import Tokenizer
+from mixchat.tokenizer import SentencePieceTokenizer as Tokenizer
 
 NAME = "crash test"
 WINDOW = 32768  # 2 layers x 32768 x 2 heads x 16 x fp32, K and V: a 16 MiB cache file once full
