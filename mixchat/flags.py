@@ -24,7 +24,6 @@ class Flags:
     xformers: bool = True  # MIXCHAT_ATTENTION=sdpa: torch SDPA even where xformers kernels run
     cpu_runner: bool = True  # MIXCHAT_CPU_RUNNER=0: the module forward instead of the lean CPU executor
     peer_timeout: float = 60.0  # MIXCHAT_PEER_TIMEOUT: seconds a pipeline rank waits for another
-    free_memory: str | None = None  # MIXCHAT_FREE_MEMORY: bytes free for weights, instead of reading them
 
 
 def read_flags(env: dict[str, str] | os._Environ[str] = os.environ) -> Flags:
@@ -39,7 +38,6 @@ def read_flags(env: dict[str, str] | os._Environ[str] = os.environ) -> Flags:
         xformers=env.get("MIXCHAT_ATTENTION", "").lower() != "sdpa",
         cpu_runner=env.get("MIXCHAT_CPU_RUNNER", "1") != "0",
         peer_timeout=timeout if timeout > 0 else 60.0,
-        free_memory=env.get("MIXCHAT_FREE_MEMORY") or None,
     )
 
 
@@ -51,9 +49,10 @@ def flags() -> Flags:
 
 DATA_DIR = "MIXCHAT_DATA_DIR"  # where conversations live
 CONFIG_DIR = "MIXCHAT_CONFIG_DIR"  # preferences and user themes
+FREE_MEMORY = "MIXCHAT_FREE_MEMORY"  # bytes free for the weights, instead of the system's reading
 
 
 def folder_from_env(name: str) -> str | None:
-    """A folder variable (DATA_DIR or CONFIG_DIR), read at each call: unlike the switches above it changes
-    no computation, and tests point it at a temporary folder in-process."""
+    """One of the variables just above, read at each call: unlike the switches they change no computation
+    (a folder, a memory reading), and tests set them in-process."""
     return os.environ.get(name) or None

@@ -16,7 +16,7 @@ import torch
 from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
 from mixchat.errors import UserError as UserError  # re-exported
 from mixchat.exec.cpu import MAX_PARAMS as CPU_RUNNER_MAX_PARAMS
-from mixchat.flags import flags
+from mixchat.flags import FREE_MEMORY, folder_from_env
 from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder, stored_dtype, weights_nbytes
 from mixchat.model.transformer import Transformer
 from mixchat.paths import BUILTIN_DIR
@@ -103,7 +103,7 @@ def free_memory(device: torch.device) -> int | None:
     """Bytes free for weights on `device`: MemAvailable on the CPU, the CUDA allocator's free memory on a GPU;
     None where it cannot be told. MIXCHAT_FREE_MEMORY (bytes) stands in for the reading (tests, or to
     override a wrong one)."""
-    override = flags().free_memory
+    override = folder_from_env(FREE_MEMORY)
     if override:
         try:
             return int(float(override))

@@ -24,6 +24,7 @@ import torch
 
 from mixchat.chat_template import Message, encode_chat, encode_reply, encode_turn, reply_suffix
 from mixchat.engine import Engine, TokenGenerated
+from mixchat.exec.executors import CpuExecutor, ModuleExecutor
 from mixchat.loader import save_native
 from mixchat.model.layout import fresh_layout
 from mixchat.runtime import Runtime, load_runtime
@@ -217,9 +218,10 @@ def test_chunked_packed_prefill_matches_transformers(
 ) -> None:
     """Two prompts of different lengths packed in each pass, fed in chunks of 7 and 5 through the cache
     (rolling buffers wrap for Ministral); every chunk's last logits against transformers' one pass."""
-    monkeypatch.setenv("MIXCHAT_CPU_RUNNER", "1" if executor == "runner" else "0")
-    engine = Engine(fam.rt.model, fam.rt.tokenizer)
-    assert (engine._runner is not None) == (executor == "runner")
+    model = fam.rt.model
+    engine = Engine(
+        model, fam.rt.tokenizer, executor=CpuExecutor(model) if executor == "runner" else ModuleExecutor(model)
+    )
     prompts = [_tokens(fam, fam.prompt_len, seed=2), _tokens(fam, fam.prompt_len - 9, seed=3)]
     refs = [_hf_logits(fam, p) for p in prompts]
     steps = [7, 5]

@@ -18,6 +18,7 @@ import torch
 from session_support import tokenizer_v1
 
 from mixchat.engine import Engine
+from mixchat.exec.executors import CpuExecutor, ModuleExecutor
 from mixchat.loader import LoadError, inspect_folder, random_model, save_native
 from mixchat.model.args import ModelArgs, MoeArgs
 from mixchat.model.layout import fresh_layout
@@ -91,9 +92,9 @@ def test_cache_buffers_have_their_own_sizes(model) -> None:  # type: ignore[no-u
 def test_chunked_packed_prefill_and_decode_match_one_pass(
     model, executor: str, chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("MIXCHAT_CPU_RUNNER", "1" if executor == "runner" else "0")
-    engine = Engine(model, None, eos_id=-1)
-    assert (engine._runner is not None) == (executor == "runner")
+    engine = Engine(
+        model, None, eos_id=-1, executor=CpuExecutor(model) if executor == "runner" else ModuleExecutor(model)
+    )
     prompts = [_tokens(37, 2), _tokens(23, 3)]
     refs = [_reference(model, p) for p in prompts]
     cache = engine.new_cache(2, max_context=128)
