@@ -47,12 +47,15 @@ class UndoPoint:
 
     row: int
     seen: int
-    idx: torch.Tensor | None = None  # slots saved
+    idx: torch.Tensor | None = None  # slots saved, those of positions first, first + 1, ... in that order
     k: torch.Tensor | None = None  # [L, len(idx), Hkv, D]
     v: torch.Tensor | None = None
+    first: int = 0  # the position whose write overwrites idx[0]
 
 
 class RollingCache:
+    keeps_undo_log = True  # its undo points hold every layer (a pipeline stage's cache holds only its own)
+
     def __init__(
         self,
         args: ModelArgs,
@@ -280,12 +283,43 @@ class RollingCache:
         point = UndoPoint(row, self.seen[row])
         C = self.capacity
         if self.window is not None:  # full-attention buffers never wrap: slots past `seen` hold nothing
-            slots = [p % C for p in range(max(point.seen, C), point.seen + min(n, C))]
+            point.first = max(point.seen, C)
+            slots = [p % C for p in range(point.first, point.seen + min(n, C))]
             if slots:
                 point.idx = torch.tensor(slots, dtype=torch.long, device=self.device)
                 point.k = self.k[:, row].index_select(1, point.idx)
                 point.v = self.v[:, row].index_select(1, point.idx)
         return point
+
+    def trim(self, point: UndoPoint, seen_after: int) -> UndoPoint:
+        """The part of `point` that a pass ending at `seen_after` tokens really overwrote.
+
+        A turn's length is only known once it has ended (the reply stops when it stops), so its undo point is
+        taken for an upper bound (pre-fill + max tokens) and trimmed afterwards: an undo log then holds at
+        most the slots each turn actually overwrote. Slots whose first overwrite would have come at a
+        position >= seen_after still hold what they held, so they need no copy.
+        """
+        if point.idx is None:
+            return point
+        keep = max(0, min(point.idx.numel(), seen_after - point.first))
+        if keep == 0:
+            return UndoPoint(point.row, point.seen, first=point.first)
+        assert point.k is not None and point.v is not None
+        return UndoPoint(point.row, point.seen, point.idx[:keep], point.k[:, :keep].clone(),
+                         point.v[:, :keep].clone(), point.first)
+
+    def rewind(self, row: int, seen: int) -> bool:
+        """Go back to `seen` tokens without any saved slots, where that is exact; False where it is not.
+
+        It is exact while no slot of the positions to keep has been overwritten: always for full attention
+        (its buffer never wraps), and for a window buffer until it has wrapped (seen <= capacity).
+        """
+        if seen > self.seen[row] or not self.keeps_undo_log:
+            return False
+        if self.window is not None and self.seen[row] > self.capacity:
+            return False
+        self.seen[row] = seen
+        return True
 
     def rollback(self, point: UndoPoint) -> None:
         """Put the row back as it was when `point` was taken."""
