@@ -4,6 +4,7 @@ Layout under the data dir (see files.data_dir):
 
     conversations/<slug>/transcript.json        messages, settings, ids, fingerprint, cache record
     conversations/<slug>/cache-<n>.safetensors  live K/V of the cache, time order
+    conversations/<slug>/undo-<n>.safetensors   the undo log of that cache (see session/undo.py), if any
 
 Saving is crash-safe as a pair, not just file by file: each save writes its cache under a new number,
 then atomically replaces the transcript that names it, and only then deletes older cache files. Killed at
