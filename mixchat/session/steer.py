@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from mixchat.chat_template import encode_turn, reply_suffix
 from mixchat.engine import Event
@@ -162,3 +163,39 @@ def last_reply(conv: Conversation) -> ChatMessage:
         if m.role == "assistant":
             return m
     raise ConversationError("nothing to copy: there is no reply yet")
+
+
+def fork_saved(store: Any, name: str, new_name: str) -> str:
+    """Copy a saved conversation (transcript, cache, undo log) to a new folder under a new name and id.
+
+    Pure file work, no model: the copies are byte for byte (so the cache and its log still pass their
+    checks) except the transcript's name, id and times. Files are copied, never linked, and the transcript
+    is written last, atomically: until it exists, the new folder is not a conversation.
+    """
+    from mixchat.session import transcript as tx
+    from mixchat.session.cachefile import CACHE_FILE
+    from mixchat.session.files import atomic_write_bytes, contained, slug
+    from mixchat.session.store import TRANSCRIPT
+    from mixchat.session.undo import undo_file_for
+
+    src = store.folder(name)
+    t = store.read(name)  # refuse what cannot be read
+    target = clean_name(new_name)
+    dst = contained(store.root, slug(target))
+    if store.exists(target) or dst.exists():
+        raise ConversationError(f"a conversation named {target!r} already exists; choose another name")
+    d = tx.parse((src / TRANSCRIPT).read_text(encoding="utf-8"))
+    d["id"], d["name"] = uuid.uuid4().hex, target
+    d["created"] = d["updated"] = now_iso()
+    files = (
+        [t.cache.file, undo_file_for(t.cache.file)] if t.cache is not None and CACHE_FILE.match(t.cache.file) else []
+    )
+    try:
+        dst.mkdir(parents=True)
+        for f in files:
+            if (src / f).is_file():
+                atomic_write_bytes(dst / f, (src / f).read_bytes())
+        atomic_write_bytes(dst / TRANSCRIPT, tx.dump(d).encode("utf-8"))
+    except OSError as e:
+        raise ConversationError(f"could not copy {name!r} to {dst}: {e.strerror or e}") from None
+    return target
