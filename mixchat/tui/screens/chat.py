@@ -421,6 +421,7 @@ class ChatScreen(Screen[None]):
             return
         conv = self.conversation
         text = conv.messages[-2].content
+        self.editing = False
         await self.take_back_last_turn(keep_user=True)
         users = self.transcript.query(UserMessage)
         self.busy = True
