@@ -134,7 +134,7 @@ def test_fork_goes_on_in_a_copy_and_the_original_stays(tmp_path: Path) -> None:
             chat = await chat_screen(pilot)
             await turns(pilot, chat, ["A first message"])
             ids = list(chat.conversation.ids)
-            await pilot.press("ctrl+b")
+            await pilot.press("f6")
             await until(pilot, lambda: isinstance(app.screen, TextPrompt), what="the name prompt")
             app.screen.query_one("Input").value = "branch"
             await pilot.press("enter")

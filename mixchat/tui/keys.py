@@ -25,7 +25,7 @@ CHAT_KEYS: tuple[Key, ...] = (
     Key("f5", "F5", "retry: sample the last reply again (at temperature 0: the same reply)", "retry"),
     Key("f4", "F4", "undo the last turn: its message goes back into the box", "undo"),
     Key("f3", "F3", "edit your last message: Enter sends it in place of the old one, Esc keeps the old", "edit"),
-    Key("ctrl+b", "Ctrl+B", "fork: save a copy under a new name and go on in the copy", "fork"),
+    Key("f6", "F6", "fork: save a copy under a new name and go on in the copy", "fork"),
     Key("f9", "F9", "copy the last reply, or one of its code blocks, to the clipboard", "copy"),
     Key("f2", "F2", "write the message in $EDITOR", "editor"),
     Key("ctrl+n", "Ctrl+N", "new conversation", "new_conversation", True, "new"),
