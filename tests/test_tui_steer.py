@@ -267,3 +267,29 @@ def test_palette_lists_the_steering_commands(tmp_path: Path) -> None:
             } <= titles
 
     run(scenario())
+
+
+def test_undo_beyond_the_log_rebuilds_the_cache_with_progress(tmp_path: Path) -> None:
+    from mixchat.tui.messages import PrefillProgressed, TurnUndone
+
+    seen: list[object] = []
+
+    async def scenario() -> None:
+        app = make_app(tmp_path, overrides={"chunk_size": 8})
+        async with app.run_test(size=(120, 40), message_hook=seen.append) as pilot:
+            chat = await chat_screen(pilot)
+            await turns(pilot, chat, ["A first message about rivers", "and a second one about hills"])
+            conv = chat.conversation
+            assert conv.cache.wraps(0) >= 2  # the window (16) has wrapped: no exact rewind without the log
+            conv.undo_log.clear()  # as for a conversation whose saved log could not be used
+            await pilot.press("f4")
+            await idle(pilot, chat)
+            (undone,) = {id(m): m for m in seen if isinstance(m, TurnUndone)}.values()  # once (it bubbles)
+            assert not undone.exact and undone.error is None
+            progress = [m for m in seen if isinstance(m, PrefillProgressed)]
+            assert progress and progress[-1].done == progress[-1].total == len(conv.ids) - 1
+            assert conv.cache.seen[0] == len(conv.ids) - 1 and chat.input.text == "and a second one about hills"
+            assert_cache_matches_fresh_prefill(conv)
+            assert chat.query_one("#cache-gauge").state.position == conv.cache.seen[0]
+
+    run(scenario())
