@@ -37,19 +37,34 @@ class RowSnapshot:
 
 
 @dataclass
+class SavedSlots:
+    """One group's slots that a pre-fill may overwrite, with what they held."""
+
+    group: int  # index into RollingCache.groups
+    first: int  # the position whose write overwrites idx[0]; idx holds the slots of first, first + 1, ...
+    idx: torch.Tensor  # [n] slots
+    k: torch.Tensor  # [Lg, n, Hkv, D]
+    v: torch.Tensor
+
+
+@dataclass
 class UndoPoint:
-    """What a row's pre-fill of n tokens may overwrite, saved so that an abandoned pre-fill can be undone.
+    """What a row's pre-fill of n tokens may overwrite, saved so that the pre-fill can be undone.
 
     A pre-fill of n tokens writes the slots of positions seen..seen+n-1; in a wrapped window buffer those
     slots hold live older tokens. Only those (at most min(n, C)) are copied, not the whole row: for a big
     cache a full snapshot on every turn would cost more than the turn itself. One entry per group of layers
-    that share a buffer size (one group unless the model's layers have windows of different sizes).
+    that share a buffer size (one group unless the model's layers have windows of different sizes); a
+    full-attention group never wraps, so it has none.
     """
 
     row: int
     seen: int
-    saved: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    # (group, slots saved, k [Lg, len(slots), Hkv, D], v)
+    saved: list[SavedSlots] = field(default_factory=list)
+
+    @property
+    def slots(self) -> int:
+        return sum(int(s.idx.numel()) for s in self.saved)
 
 
 @dataclass
@@ -80,6 +95,7 @@ class RollingCache:
 
     k: torch.Tensor  # [L, B, S, Hkv, D]: only when every layer has the same size (one group)
     v: torch.Tensor
+    keeps_undo_log = True  # its undo points hold every layer (a pipeline stage's cache holds only its own)
 
     def __init__(
         self,
@@ -402,16 +418,46 @@ class RollingCache:
             if g.window is None:  # full-attention buffers never wrap: slots past `seen` hold nothing
                 continue
             C = g.capacity
-            slots = [p % C for p in range(max(point.seen, C), point.seen + min(n, C))]
+            first = max(point.seen, C)
+            slots = [p % C for p in range(first, point.seen + min(n, C))]
             if slots:
                 idx = torch.tensor(slots, dtype=torch.long, device=self.device)
-                point.saved.append((gi, idx, g.k[:, row].index_select(1, idx), g.v[:, row].index_select(1, idx)))
+                k, v = g.k[:, row].index_select(1, idx), g.v[:, row].index_select(1, idx)
+                point.saved.append(SavedSlots(gi, first, idx, k, v))
         return point
+
+    def trim(self, point: UndoPoint, seen_after: int) -> UndoPoint:
+        """The part of `point` that a pass ending at `seen_after` tokens really overwrote.
+
+        A turn's length is only known once it has ended (the reply stops when it stops), so its undo point is
+        taken for an upper bound (pre-fill + max tokens) and trimmed afterwards: an undo log then holds at
+        most the slots each turn actually overwrote. Slots whose first overwrite would have come at a
+        position >= seen_after still hold what they held, so they need no copy.
+        """
+        kept = []
+        for s in point.saved:
+            keep = max(0, min(int(s.idx.numel()), seen_after - s.first))
+            if keep:
+                kept.append(SavedSlots(s.group, s.first, s.idx[:keep], s.k[:, :keep].clone(), s.v[:, :keep].clone()))
+        return UndoPoint(point.row, point.seen, kept)
+
+    def rewind(self, row: int, seen: int) -> bool:
+        """Go back to `seen` tokens without any saved slots, where that is exact; False where it is not.
+
+        It is exact while no slot of the positions to keep has been overwritten: always for full attention
+        (its buffer never wraps), and for a window buffer until it has wrapped (seen <= its capacity).
+        """
+        if seen > self.seen[row] or not self.keeps_undo_log:
+            return False
+        if any(g.window is not None and self.seen[row] > g.capacity for g in self.groups):
+            return False
+        self.seen[row] = seen
+        return True
 
     def rollback(self, point: UndoPoint) -> None:
         """Put the row back as it was when `point` was taken."""
         self.seen[point.row] = point.seen
-        for gi, idx, k, v in point.saved:
-            g = self.groups[gi]
-            g.k[:, point.row].index_copy_(1, idx, k)
-            g.v[:, point.row].index_copy_(1, idx, v)
+        for s in point.saved:
+            g = self.groups[s.group]
+            g.k[:, point.row].index_copy_(1, s.idx, s.k)
+            g.v[:, point.row].index_copy_(1, s.idx, s.v)

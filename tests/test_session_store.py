@@ -90,7 +90,7 @@ def test_saved_files_are_json_and_safetensors(rt, tmp_path: Path) -> None:  # ty
                                                                           max_tokens=6)))
     folder = ConversationStore(tmp_path).save(conv, "files")
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["cache-1.safetensors", "transcript.json"]
+    assert names == ["cache-1.safetensors", "transcript.json", "undo-1.safetensors"]
     d = json.loads((folder / "transcript.json").read_text(encoding="utf-8"))
     assert d["format_version"] == FORMAT_VERSION and d["name"] == "files"
     assert d["ids"] == conv.ids and d["created"] and d["updated"]
@@ -110,7 +110,7 @@ def test_saved_files_are_json_and_safetensors(rt, tmp_path: Path) -> None:  # ty
     # A second save replaces the cache file (new number) and removes the old one.
     drain(conv.send("more"))
     ConversationStore(tmp_path).save(conv)
-    assert sorted(p.name for p in folder.iterdir()) == ["cache-2.safetensors", "transcript.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["cache-2.safetensors", "transcript.json", "undo-2.safetensors"]
 
 
 # ---- corruption -------------------------------------------------------------------------------------------------

@@ -60,6 +60,30 @@ def test_conversations_screen(snap_compare, tmp_path: Path) -> None:  # type: ig
     assert snap_compare(app, terminal_size=SIZE, run_before=open_list)
 
 
+def test_conversations_screen_with_a_filter(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The filter box keeps the conversations whose name or messages contain its text, and shows the match."""
+    from mixchat.tui.screens.conversations import ConversationsScreen
+
+    store = ConversationStore(tmp_path / "data")
+    for name, text in (("trip plans", "Where should we go?"), ("recipes", "A soup, please"),
+                       ("soup stories", "Tell me a story about soup")):  # fmt: skip
+        conv = Conversation.from_runtime(tiny_runtime(), ChatSettings(temperature=0.0, max_tokens=6))
+        for _ in conv.send(text):
+            pass
+        store.save(conv, name)
+
+    async def filter_list(pilot) -> None:  # type: ignore[no-untyped-def]
+        await chat_screen(pilot)
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ConversationsScreen), what="conversations")
+        await pilot.press("slash", *"soup")
+        await until(pilot, lambda: len(pilot.app.screen.names) == 2, what="the filter")
+        await pilot.pause(0.1)
+
+    app = make_app(tmp_path, conversation="recipes")
+    assert snap_compare(app, terminal_size=SIZE, run_before=filter_list)
+
+
 def test_settings_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from mixchat.tui.screens.settings import SettingsScreen
 

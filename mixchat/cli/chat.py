@@ -39,6 +39,11 @@ in-line commands (a line starting with '/'; start a message with '//' to send a 
   /system [TEXT]   show the system prompt, or set it ('-' clears it); once a conversation has turns,
                    setting it starts a new conversation, since the prompt is part of the first turn
   /stats           tokens in the cache, window fill, wraps, speed, experts used by the last reply
+  /retry           sample the last reply again (at temperature 0: the same reply)
+  /undo            take back the last turn (its message and reply)
+  /edit            replace your last message with the next line, and reply to it
+  /fork NAME       save a copy of this conversation as NAME and go on in the copy (the original stays)
+  /copy [N]        copy the last reply (or its N-th code block) to the clipboard (OSC 52)
   /help            this list
   /quit            end the session (EOF does too)
 
@@ -217,24 +222,26 @@ class PlainRepl:
                 continue
             self.turn(line[1:] if line.startswith("//") else line)
 
-    def turn(self, text: str) -> None:
+    def turn(self, text: str, start: Callable[[threading.Event], Any] | None = None) -> None:
+        """Send `text`, or run `start(cancel)` (a retry, an edit: raises before anything runs if it cannot)."""
         from mixchat.cache import ContextFullError
         from mixchat.engine import PrefillProgressed, SequenceFinished, TokenGenerated
         from mixchat.session import SettingsError
 
         cancel = threading.Event()
         events: queue.Queue[Any] = queue.Queue()
+        before = len(self.conv.messages)
+        run = start(cancel) if start is not None else self.conv.send(text, cancel)
 
         def work() -> None:
             try:
-                for ev in self.conv.send(text, cancel):
+                for ev in run:
                     events.put(ev)
             except BaseException as e:
                 events.put(_Failed(e))
             finally:
                 events.put(_Done())
 
-        before = len(self.conv.messages)
         worker = threading.Thread(target=work, name="mixchat-generate", daemon=True)
         worker.start()
         reason: str | None = None
@@ -260,7 +267,7 @@ class PlainRepl:
                 cancel.set()  # the worker stops after the current forward pass
         worker.join()
         self.progress(0, 0)
-        replied = len(self.conv.messages) > before
+        replied = len(self.conv.messages) > before - (2 if start is not None else 0)  # a retry undid a turn first
         if replied:
             self.write("\n")  # every reply ends with exactly one newline, even an empty one
         if failure is not None:
@@ -312,6 +319,8 @@ class PlainRepl:
                 self.status("new conversation")
             elif name == "system":
                 self.system(rest)
+            elif name in STEER_COMMANDS:
+                STEER_COMMANDS[name](self, rest)
             else:
                 self.status(f"unknown command /{name}; /help lists the commands")
         except ConversationError as e:
@@ -356,6 +365,19 @@ class PlainRepl:
         old_name = self.conv.name
         self.new_conversation(new)
         self.status(f"started a new conversation with this system prompt; {old_name!r} stays saved")
+
+
+def _steer(action: str) -> Callable[[PlainRepl, str], None]:
+    def command(repl: PlainRepl, rest: str) -> None:
+        from mixchat.cli import steer_commands
+
+        fn = getattr(steer_commands, action)
+        fn(repl, rest) if action in ("fork", "copy") else fn(repl)
+
+    return command
+
+
+STEER_COMMANDS = {name: _steer(name) for name in ("retry", "undo", "edit", "fork", "copy")}
 
 
 def format_stats(s: Any) -> list[str]:

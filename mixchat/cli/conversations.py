@@ -17,6 +17,7 @@ examples:
   mixchat conversations list
   mixchat conversations show "trip plans"
   mixchat conversations export "trip plans" --format md > trip.md
+  mixchat conversations search lisbon          # every conversation that mentions it (exit 1: none)
   mixchat conversations rename "trip plans" "Lisbon trip"
   mixchat conversations delete "Lisbon trip\""""
 
@@ -28,7 +29,7 @@ def add_data_dir_option(p: argparse.ArgumentParser, suppress: bool = False) -> N
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("conversations", help="list, show, export, rename or delete saved conversations",
+    p = sub.add_parser("conversations", help="list, show, search, export, rename or delete saved conversations",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir_option(p)
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
@@ -40,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("export", help="print a conversation as Markdown or JSON")
     a.add_argument("name", metavar="NAME")
     a.add_argument("--format", choices=["md", "json"], default="md", help="output format (default md)")
+    add_data_dir_option(a, suppress=True)
+    a = actions.add_parser("search", help="find TEXT (any case) in the names and messages of all conversations")
+    a.add_argument("text", metavar="TEXT")
     add_data_dir_option(a, suppress=True)
     a = actions.add_parser("rename", help="give a conversation a new name")
     a.add_argument("old", metavar="OLD")
@@ -63,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if action == "export":
         sys.stdout.write(store.export(args.name, args.format))
         return 0
+    if action == "search":
+        return _search(store, args.text)
     if action == "rename":
         new = store.rename(args.old, args.new)
         print(f"renamed {args.old!r} to {new!r}", file=sys.stderr)
@@ -86,6 +92,23 @@ def _list(store) -> int:  # type: ignore[no-untyped-def]
             print(f"{i.name:<{width}}  (unreadable: {i.error})")
         else:
             print(f"{i.name:<{width}}  {i.turns:>5}  {i.tokens:>7}  {local_time(i.updated):<16}  {i.model_name}")
+    return 0
+
+
+def _search(store, text: str) -> int:  # type: ignore[no-untyped-def]
+    from mixchat.session.search import search
+
+    hits = search(store, text)
+    if not hits:
+        print(f"no conversation in {store.root} mentions {text!r}", file=sys.stderr)
+        return 1
+    who = {"user": "you", "assistant": "assistant", "system": "system", "name": "name"}
+    name = None
+    for h in hits:
+        if h.name != name:
+            name = h.name
+            print(name)
+        print(f"  {who[h.role]}> {h.snippet}")
     return 0
 
 

@@ -244,6 +244,8 @@ class PipelineCache(RollingCache):
     layers to rank 0 and `restore` deals them out, so a saved cache does not depend on the partition.
     """
 
+    keeps_undo_log = False  # its undo points hold rank 0's layers only: going back one turn pre-fills again
+
     def __init__(self, model: PipelineModel, batch: int, max_context: int | None = None) -> None:
         super().__init__(model.args, batch, model.device, model.dtype, layers=model.parts[0].layers,
                          max_context=max_context)

@@ -37,6 +37,7 @@ from mixchat.engine import Engine, Event, PrefillProgressed, SequenceFinished, T
 from mixchat.session.errors import ConversationError
 from mixchat.session.fingerprint import ModelFingerprint
 from mixchat.session.settings import ChatSettings, SettingsError
+from mixchat.session.undo import TurnRecord, UndoLog
 from mixchat.tokenizer import Tokenizer
 
 __all__ = ["ChatMessage", "Conversation", "ConversationStats", "TurnStats", "encode_transcript", "now_iso"]
@@ -134,6 +135,9 @@ class Conversation:
         self.last: TurnStats | None = None
         self.prefilled_tokens = 0
         self.decoded_tokens = 0
+        self.undo_log = UndoLog()  # the slots recent turns overwrote (see session/undo.py)
+        self.next_attempt = 0  # set by retry: the next turn samples a new reply even with a fixed seed
+        self.retries = 0  # how often the last turn's reply was sampled again
 
     @classmethod
     def from_runtime(cls, runtime: Any, settings: ChatSettings | None = None, name: str | None = None) -> Conversation:
@@ -171,6 +175,7 @@ class Conversation:
     def invalidate_cache(self) -> None:
         """Forget the cache: every id becomes pending and the next turn (or prefill_pending) rebuilds it."""
         self.cache.reset(0)
+        self.undo_log.clear()  # its records lead back from a cache that is gone
 
     # ---- a turn -------------------------------------------------------------------------------------------
     def send(self, user_text: str, cancel: threading.Event | None = None) -> Iterator[Event]:
@@ -189,8 +194,12 @@ class Conversation:
             new += reply_suffix(tok)  # the reply was stopped before the model closed it
         new += encode_turn(tok, user_text, first=not self.ids, system=self.settings.system)
         feed = self.pending + new
-        undo = self.cache.undo_point(0, len(feed))
+        # Taken for the most this turn can write (its reply is not written yet); trimmed to what it did write.
+        undo = self.cache.undo_point(0, len(feed) + self.settings.max_tokens)
+        attempt, self.next_attempt = self.next_attempt, 0
         sampling = self.settings.sampling(self.turns)
+        if attempt and sampling.seed is not None:
+            sampling.seed += 1_000_003 * attempt  # a retry with a seed: another sample, still reproducible
         trace = self.model.args.moe is not None
 
         generated: list[int] = []
@@ -220,7 +229,7 @@ class Conversation:
             raise
         finally:
             run.close()
-            self._settle(outcome, user_text, new, generated, routing, finish, prefilled, undo, len(feed))
+            self._settle(outcome, user_text, new, generated, routing, finish, prefilled, undo, len(feed), attempt)
 
     def _settle(
         self,
@@ -233,6 +242,7 @@ class Conversation:
         prefilled: int,
         undo: UndoPoint,
         fed: int,
+        attempt: int = 0,
     ) -> None:
         """Bring messages, ids and cache into agreement after a turn, however it ended."""
         self.prefilled_tokens += prefilled
@@ -247,6 +257,7 @@ class Conversation:
             return
         tok = self.tokenizer
         before = undo.seen
+        ids_before, messages_before = len(self.ids), len(self.messages)
         self.ids += new + generated
         reason = finish.reason if finish is not None else ("length" if outcome == "context_full" else "cancelled")
         text_ids = generated[:-1] if generated[-1] == tok.eos_id else generated
@@ -265,6 +276,11 @@ class Conversation:
         )
         self.updated = now_iso()
         self.dirty = True
+        self.retries = attempt
+        if self.cache.keeps_undo_log:
+            point = self.cache.trim(undo, self.cache.seen[0])
+            self.undo_log.push(TurnRecord(point, self.cache.seen[0], ids_before, len(self.ids), messages_before,
+                                          len(self.messages)))
         assert self.cache.seen[0] <= len(self.ids)
 
     def prefill_pending(self, cancel: threading.Event | None = None) -> Iterator[PrefillProgressed]:
@@ -278,6 +294,7 @@ class Conversation:
             return
         self.apply_settings()
         before = self.cache.seen[0]
+        self.undo_log.clear()  # the cache moves on outside a turn: no record leads back from where it ends
         try:
             for item in self.engine.prefill(self.cache, [0], [todo], cancel):
                 if isinstance(item, PrefillProgressed):

@@ -4,6 +4,7 @@ Layout under the data dir (see files.data_dir):
 
     conversations/<slug>/transcript.json        messages, settings, ids, fingerprint, cache record
     conversations/<slug>/cache-<n>.safetensors  live K/V of the cache, time order
+    conversations/<slug>/undo-<n>.safetensors   the undo log of that cache (see session/undo.py), if any
 
 Saving is crash-safe as a pair, not just file by file: each save writes its cache under a new number,
 then atomically replaces the transcript that names it, and only then deletes older cache files. Killed at
@@ -39,6 +40,7 @@ from mixchat.session.files import (
     slug,
 )
 from mixchat.session.fingerprint import ModelFingerprint
+from mixchat.session.undo import UNDO_FILE, read_undo, undo_file_for, write_undo
 from mixchat.tokenizer import Tokenizer
 
 TRANSCRIPT = "transcript.json"
@@ -195,6 +197,9 @@ class ConversationStore:
             read_cache(folder / t.cache.file, t.cache, fp, conv.cache, len(t.ids))
         except CacheProblem as e:
             return str(e)
+        with contextlib.suppress(CacheProblem):  # without its undo log a conversation is whole: undo pre-fills
+            conv.undo_log = read_undo(folder / undo_file_for(t.cache.file), t.cache, conv.cache, len(t.ids),
+                                      len(t.messages))
         return None
 
     # ---- saving -------------------------------------------------------------------------------------------
@@ -221,13 +226,15 @@ class ConversationStore:
             folder.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(folder)
             olds = [p for p in folder.iterdir() if CACHE_FILE.match(p.name)]
+            old_logs = [p for p in folder.iterdir() if UNDO_FILE.match(p.name)]
             record = None
             if conv.cache.seen[0] > 0:
                 number = 1 + max((int(CACHE_FILE.match(p.name)[1]) for p in olds), default=0)  # type: ignore[index]
                 record = write_cache(folder / cache_file_name(number), conv.cache, conv.fingerprint)
+                write_undo(folder / undo_file_for(record.file), conv.undo_log, record)  # before the transcript
             conv.name = target
             atomic_write_bytes(folder / TRANSCRIPT, tx.dump(tx.transcript_dict(conv, record)).encode("utf-8"))
-            for p in olds:  # only now: until the transcript was replaced, the old one needed its cache
+            for p in olds + old_logs:  # only now: until the transcript was replaced, the old one needed its cache
                 with contextlib.suppress(OSError):
                     p.unlink()
         except OSError as e:

@@ -107,3 +107,26 @@ class ConversationOpened(Message):
         self.conversation = conversation
         self.problem = problem
         self.error = error
+
+
+class TurnUndone(Message):
+    """The last turn was taken back (cache restored from the undo log, or rebuilt by pre-fill)."""
+
+    def __init__(
+        self, user_text: str, exact: bool, error: str | None = None, save_error: str | None = None
+    ) -> None:
+        super().__init__()
+        self.user_text = user_text  # goes back into the message box
+        self.exact = exact  # False: the cache was rebuilt from the transcript (or will be, if cancelled)
+        self.error = error
+        self.save_error = save_error
+
+
+class ConversationForked(Message):
+    """The conversation was saved, then saved again under a new name, which it now goes on as."""
+
+    def __init__(self, original: str | None, name: str | None, error: str | None = None) -> None:
+        super().__init__()
+        self.original = original
+        self.name = name
+        self.error = error

@@ -72,6 +72,28 @@ class RoutingHistory:
             return self.tokens[i]
         return None
 
+    def drop_last(self, n: int) -> None:
+        """Forget the newest `n` tokens (an undone or retried reply), counts included.
+
+        If some of them were already pushed out of the remembered window (a reply longer than `keep`), the
+        counts can no longer be corrected token by token, so the history starts afresh instead.
+        """
+        if n <= 0:
+            return
+        if n > len(self.tokens):
+            self.clear()
+            return
+        for _ in range(n):
+            t = self.tokens.pop()
+            if t.experts is not None:
+                for layer, chosen in enumerate(t.experts[: self.n_layers]):
+                    row = self.counts[layer]
+                    for e in chosen:
+                        if 0 <= e < self.n_experts:
+                            row[e] -= 1
+                self.counted -= 1
+        self.version += 1
+
     def clear(self) -> None:
         self.tokens.clear()
         self.first_index = 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from textual.message import Message
@@ -56,7 +56,11 @@ class TurnStreamer:
         self.store = store
         self.interval = interval
 
-    def run(self, text: str, cancel: threading.Event) -> GenerationFinished:
+    def run(
+        self, text: str, cancel: threading.Event, turn: Callable[[threading.Event], Iterator[Any]] | None = None
+    ) -> GenerationFinished:
+        """Run a turn: `conv.send(text)`, or `turn(cancel)`, a turn that first takes back the last one (a
+        retry, an edit: see session/steer.py)."""
         from mixchat.cache import ContextFullError
         from mixchat.session import ConversationError, SettingsError
 
@@ -73,7 +77,7 @@ class TurnStreamer:
         t_last = start
         reason: str | None = None
         error: str | None = None
-        before = len(conv.messages)
+        before = len(conv.messages) - (2 if turn is not None else 0)  # a retry or edit replaces a turn
 
         def speed() -> float | None:
             return (n - 1) / (t_last - t_first) if t_first is not None and n > 1 and t_last > t_first else None
@@ -92,7 +96,7 @@ class TurnStreamer:
             last_post = time.perf_counter()
 
         try:
-            for ev in conv.send(text, cancel):
+            for ev in turn(cancel) if turn is not None else conv.send(text, cancel):
                 now = time.perf_counter()
                 urgent = False
                 if isinstance(ev, TokenGenerated):

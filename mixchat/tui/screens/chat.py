@@ -1,16 +1,18 @@
 """The chat screen: transcript, message box, cache gauge, routing panel, status line.
 
-All model work runs in `@work(thread=True)` workers in one exclusive group: a turn, opening a saved
-conversation. The UI thread only updates widgets from the messages those workers post, so it stays
-responsive during a long pre-fill and the model never sees two callers at once. Esc sets the turn's cancel
-event, which the engine checks between forward passes: a stopped reply is kept as shown (the session keeps
-ids, text and cache consistent) and a pre-fill cancelled part-way leaves the conversation as it was.
+All model work runs in `@work(thread=True)` workers in one exclusive group: a turn (also a retry or an edit,
+which take back the last turn first), an undo, a fork, opening a saved conversation. The UI thread only
+updates widgets from the messages those workers post, so it stays responsive during a long pre-fill and the
+model never sees two callers at once. Esc sets the turn's cancel event, which the engine checks between
+forward passes: a stopped reply is kept as shown (the session keeps ids, text and cache consistent) and a
+pre-fill cancelled part-way leaves the conversation as it was.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,12 @@ from textual.widgets import Footer
 from mixchat.tui.keys import CHAT_KEYS, bindings
 from mixchat.tui.messages import (
     CacheChanged,
+    ConversationForked,
     ConversationOpened,
     GenerationFinished,
     PrefillProgressed,
     TokensGenerated,
+    TurnUndone,
 )
 from mixchat.tui.routing import RoutingHistory
 from mixchat.tui.screens.conversations import ConversationChoice, ConversationsScreen, export_markdown
@@ -80,6 +84,9 @@ class ChatScreen(Screen[None]):
         self.sent_text = ""
         self.colour_layer: int | None = None
         self.last_finish: GenerationFinished | None = None  # for tests and scripts
+        self.editing = False  # the box holds the last message to send in its place (F3)
+        self.reply_tokens: list[int] = []  # routed tokens each reply added to the history, oldest first
+        self._streamed = 0  # routed tokens of the reply now streaming
         self._status_shown = 0.0
         self._panel_shown = 0.0
 
@@ -140,6 +147,8 @@ class ChatScreen(Screen[None]):
         t = self.transcript
         await t.clear()
         self.history = history_for(self.runtime)
+        self.reply_tokens = []
+        self.editing = False
         self.panel.set_history(self.history)
         if conv.settings.system:
             await t.add_note(f"system prompt: {conv.settings.system}", "system")
@@ -174,6 +183,14 @@ class ChatScreen(Screen[None]):
         if self.busy:
             self.notify("a reply is still running; Esc stops it", severity="warning")
             return
+        start: Callable[[threading.Event], Iterator[Any]] | None = None
+        if self.editing:  # F3: this text takes the place of the last message
+            from mixchat.session import steer
+
+            self.editing = False
+            conv = self.conversation
+            await self.take_back_last_turn(keep_user=False)
+            start = lambda cancel: steer.edit(conv, text, cancel)  # noqa: E731
         self.busy = True
         self.sent_text = text
         self.input.clear()
@@ -181,14 +198,16 @@ class ChatScreen(Screen[None]):
         self.user_widget = await self.transcript.add_user(text)
         self.cancel = threading.Event()
         self.update_status(state="pre-filling", tokens_per_second=None, first_token=None)
-        self.run_turn(text, self.cancel)
+        self.run_turn(text, self.cancel, start)
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
-    def run_turn(self, text: str, cancel: threading.Event) -> None:
+    def run_turn(
+        self, text: str, cancel: threading.Event, start: Callable[[threading.Event], Iterator[Any]] | None = None
+    ) -> None:
         kwargs = {} if self.stream_interval is None else {"interval": self.stream_interval}
         streamer = TurnStreamer(self.conversation, self.post_message, self.store, **kwargs)
         try:
-            result = streamer.run(text, cancel)
+            result = streamer.run(text, cancel, start)
         except Exception as e:  # never leave the screen waiting for a turn that died
             result = GenerationFinished(None, False, f"{type(e).__name__}: {e}")
         self.post_message(result)
@@ -209,7 +228,9 @@ class ChatScreen(Screen[None]):
             if self.colour_layer is not None:
                 self.reply.colour_by(self.colour_layer)
             self.update_status(state="writing")
-        self.history.add([t for t in message.tokens if t.token >= 0])
+        routed = [t for t in message.tokens if t.token >= 0]
+        self.history.add(routed)
+        self._streamed += len(routed)
         # The panel repaints at most every PANEL_INTERVAL, and in the same frame as the transcript: a
         # repaint costs about the same for one token as for ten, and a frame of its own would cost more.
         # Every millisecond the UI thread spends is taken from the model (same process, same GIL).
@@ -232,6 +253,11 @@ class ChatScreen(Screen[None]):
         self.last_finish = message
         self.query_one(PrefillBar).display = False
         conv = self.conversation
+        streamed, self._streamed = self._streamed, 0
+        if message.replied:
+            self.reply_tokens.append(streamed)
+        else:
+            self.history.drop_last(streamed)  # a reply that was not kept leaves no routing behind
         if message.replied:
             last = conv.messages[-1]
             if self.reply is None:
@@ -264,6 +290,11 @@ class ChatScreen(Screen[None]):
         if self.cancel is not None and not self.cancel.is_set():
             self.cancel.set()
             self.update_status(state="stopping")
+        elif self.editing and not self.busy:
+            self.editing = False
+            self.input.clear()
+            self.update_status(state="ready")
+            self.notify("edit cancelled: the last message stays as it was")
 
     # ---- conversations ---------------------------------------------------------------------------------
     def _idle(self, what: str) -> bool:
@@ -362,6 +393,219 @@ class ChatScreen(Screen[None]):
 
         self.app.push_screen(TextPrompt("Rename this conversation to", old or ""), done)
 
+    # ---- steering: retry, undo, edit, fork, copy, $EDITOR ----------------------------------------------------
+    def _has_turn(self, what: str) -> bool:
+        if not self.conversation.messages:
+            self.notify(f"nothing to {what}: the conversation has no turn yet", severity="warning")
+            return False
+        return True
+
+    async def take_back_last_turn(self, keep_user: bool) -> None:
+        """Remove the last reply (and, unless `keep_user`, its message) from the screen and its routing from
+        the panel; the conversation itself is changed by the worker that follows."""
+        replies = self.transcript.query(AssistantMessage)
+        if replies:
+            await replies.last().remove()
+        users = self.transcript.query(UserMessage)
+        if users and not keep_user:
+            await users.last().remove()
+        if self.reply_tokens:
+            self.history.drop_last(self.reply_tokens.pop())
+        if self.panel_on:
+            self.panel.refresh_routing(force=True)
+
+    async def action_retry(self) -> None:
+        from mixchat.session import steer
+
+        if not self._idle("retry") or not self._has_turn("retry"):
+            return
+        conv = self.conversation
+        text = conv.messages[-2].content
+        self.editing = False
+        await self.take_back_last_turn(keep_user=True)
+        users = self.transcript.query(UserMessage)
+        self.busy = True
+        self.sent_text = text
+        self.reply = None
+        self.user_widget = users.last() if users else await self.transcript.add_user(text)
+        self.cancel = threading.Event()
+        self.update_status(state="pre-filling", tokens_per_second=None, first_token=None)
+        self.run_turn(text, self.cancel, lambda cancel: steer.retry(conv, cancel))
+
+    def action_edit(self) -> None:
+        if not self._idle("edit the last message") or not self._has_turn("edit"):
+            return
+        self.editing = True
+        self.input.load_text(self.conversation.messages[-2].content)
+        self.input.move_cursor(self.input.document.end)
+        self.input.focus()
+        self.update_status(state="editing the last message")
+        self.notify("edit your last message: Enter sends it in place of the old one, Esc keeps the old one")
+
+    def action_undo(self) -> None:
+        if not self._idle("undo") or not self._has_turn("undo"):
+            return
+        self.busy = True
+        self.editing = False
+        self.cancel = threading.Event()
+        self.update_status(state="undoing")
+        self.undo_turn(self.cancel)
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def undo_turn(self, cancel: threading.Event) -> None:
+        """Take back the last turn: from the undo log (a copy of slots), else a pre-fill with progress."""
+        from mixchat.session import ConversationError, steer
+
+        conv = self.conversation
+        try:
+            undone = steer.undo(conv)
+            if not undone.exact:  # beyond the log: rebuild now, with the usual progress bar (Esc defers it)
+                for p in conv.prefill_pending(cancel):
+                    self.post_message(PrefillProgressed(p.done, p.total))
+        except ConversationError as e:
+            self.post_message(TurnUndone("", True, str(e)))
+            return
+        except Exception as e:  # e.g. out of memory: the ids are intact, the next turn rebuilds the cache
+            conv.invalidate_cache()
+            self.post_message(TurnUndone("", False, f"{type(e).__name__}: {e}"))
+            return
+        self.post_message(CacheChanged(cache_state(conv)))
+        save_error = None
+        try:
+            self.store.save(conv)
+        except ConversationError as e:
+            save_error = str(e)
+        self.post_message(TurnUndone(undone.user_text, undone.exact, None, save_error))
+
+    async def on_turn_undone(self, message: TurnUndone) -> None:
+        self.busy = False
+        self.cancel = None
+        self.query_one(PrefillBar).display = False
+        if message.error is not None:
+            self.notify(message.error, severity="error")
+            await self.show_conversation()
+        else:
+            await self.take_back_last_turn(keep_user=False)
+            if not self.input.text.strip():
+                self.input.load_text(message.user_text)
+                self.input.move_cursor(self.input.document.end)
+            else:
+                self.notify("the undone message is not put in the box, which is not empty")
+            if message.save_error is not None:
+                self.notify(message.save_error, severity="error")
+        self.query_one(CacheGauge).state = cache_state(self.conversation)
+        self.update_status(state="ready", tokens_per_second=None, first_token=None)
+        self.input.focus()
+
+    def action_fork(self) -> None:
+        from mixchat.tui.screens.dialogs import TextPrompt
+
+        if not self._idle("fork") or not self._has_turn("fork"):
+            return
+        name = self.conversation.name or "conversation"
+
+        def done(new: str | None) -> None:
+            if new:
+                self.busy = True
+                self.update_status(state="forking")
+                self.fork_conversation(new)
+
+        self.app.push_screen(TextPrompt("Fork this conversation as", f"{name} (fork)"), done)
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def fork_conversation(self, name: str) -> None:
+        """Save the conversation as it is, then save it again as `name` and go on in that copy."""
+        from mixchat.session import ConversationError, steer
+        from mixchat.session.files import clean_name
+
+        conv = self.conversation
+        original = conv.name
+        try:
+            target = clean_name(name)
+            if self.store.exists(target):
+                raise ConversationError(f"a conversation named {target!r} already exists; choose another name")
+            self.store.save(conv)
+            original = conv.name
+            steer.fork(conv, target, in_place=True)
+            self.store.save(conv)
+        except ConversationError as e:
+            self.post_message(ConversationForked(original, None, str(e)))
+            return
+        self.post_message(ConversationForked(original, conv.name))
+
+    async def on_conversation_forked(self, message: ConversationForked) -> None:
+        self.busy = False
+        if message.error is not None:
+            self.notify(message.error, severity="error")
+        else:
+            await self.transcript.add_note(
+                f"forked {message.original!r} as {message.name!r}: going on in {message.name!r}, "
+                f"{message.original!r} stays saved as it was"
+            )
+            self.transcript.follow()
+        self.update_status(state="ready")
+
+    def action_copy(self) -> None:
+        from mixchat.clipboard import code_blocks
+        from mixchat.session import ConversationError, steer
+        from mixchat.tui.screens.copy import CopyChoice
+
+        try:
+            reply = steer.last_reply(self.conversation).content
+        except ConversationError as e:
+            self.notify(str(e), severity="warning")
+            return
+        blocks = code_blocks(reply)
+        if not blocks:
+            self.copy_text(reply, "the last reply")
+            return
+
+        def done(text: str | None) -> None:
+            if text is not None:
+                self.copy_text(text, "the last reply" if text == reply else "the code block")
+
+        self.app.push_screen(CopyChoice(reply, blocks), done)
+
+    def copy_text(self, text: str, what: str) -> None:
+        self.app.copy_to_clipboard(text)  # OSC 52: the terminal sets the clipboard, over ssh too
+        self.notify(f"copied {what} ({len(text)} characters)")
+
+    def action_editor(self) -> None:
+        from mixchat.tui.editor import EditorError, editor_command
+
+        try:
+            new = self.run_editor(self.input.text, editor_command())
+        except EditorError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.input.load_text(new)
+        self.input.move_cursor(self.input.document.end)
+        self.input.focus()
+
+    def run_editor(self, text: str, command: list[str]) -> str:
+        """Hand the terminal to the editor (App.suspend) and return the text it leaves in the file.
+
+        A headless app (tests, scripts) has no terminal to hand over, so its editor runs as is.
+        """
+        from textual.app import SuspendNotSupported
+
+        from mixchat.tui.editor import EditorError, edit_text
+
+        try:
+            with self.app.suspend():
+                return edit_text(text, command)
+        except SuspendNotSupported:
+            if self.app.is_headless:
+                return edit_text(text, command)
+            raise EditorError("this terminal cannot be handed over to an editor") from None
+
+    def action_search(self) -> None:
+        if not self._idle("switch conversations"):
+            return
+        screen = ConversationsScreen(self.store, self.conversation, show_folder=not self.deterministic,
+                                     focus_filter=True)  # fmt: skip
+        self.app.push_screen(screen, self._conversation_chosen)
+
     # ---- settings ----------------------------------------------------------------------------------------
     def action_settings(self) -> None:
         moe = self.runtime.model.args.moe
@@ -451,6 +695,17 @@ class ChatScreen(Screen[None]):
         """(title, help, callback) for the command palette: every action of this screen."""
         return [
             ("Stop the reply", "Stop generating (or cancel a pre-fill); the text so far is kept", self.action_stop),
+            ("Retry the last reply", "Sample the last reply again (at temperature 0: the same)", self.action_retry),
+            ("Undo the last turn", "Take back the last message and reply; the message goes back in the box",
+             self.action_undo),
+            ("Edit the last message", "Change your last message and send it in place of the old one",
+             self.action_edit),
+            ("Fork this conversation", "Save a copy under a new name and go on in the copy", self.action_fork),
+            ("Copy the last reply", "Copy the last reply, or one of its code blocks, to the clipboard",
+             self.action_copy),
+            ("Write the message in $EDITOR", "Open the message box's text in your editor", self.action_editor),
+            ("Search conversations", "Find text in the names and messages of all saved conversations",
+             self.action_search),
             ("New conversation", "Start a new conversation with the same settings", self.action_new_conversation),
             ("Conversations", "Open, rename, delete or export saved conversations", self.action_conversations),
             ("Settings", "System prompt, sampling, chunk size, experts per token, theme", self.action_settings),
