@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,20 +27,19 @@ from mixchat.model.transformer import Transformer
 from mixchat.train.tokens import load_packed
 
 
-def builtin_args(vocab_size: int, dense: bool = False) -> ModelArgs:
-    """The shipped model's shape: Mixtral's design scaled down to fit 40 MB in bf16.
+def _shape(dim: int, n_layers: int, hidden: int, vocab_size: int, dense: bool, head_dim: int = 32) -> ModelArgs:
+    """Mixtral's design scaled down: 8 experts top-2, grouped-query attention (4:1), a 256-token window.
 
-    The dense twin has one FFN twice as wide as an expert: with top-2 routing both models then have the same
-    active parameters per token, which is the comparison the Mixtral paper makes.
+    The dense twin has one FFN twice as wide as an expert: with top-2 routing both models then have the
+    same active parameters per token, which is the comparison the Mixtral paper makes.
     """
-    hidden = 256
     return ModelArgs(
-        dim=256,
-        n_layers=8,
-        head_dim=32,
+        dim=dim,
+        n_layers=n_layers,
+        head_dim=head_dim,
         hidden_dim=2 * hidden if dense else hidden,
-        n_heads=8,
-        n_kv_heads=2,
+        n_heads=dim // head_dim,
+        n_kv_heads=dim // head_dim // 4,
         vocab_size=vocab_size,
         norm_eps=1e-5,
         rope_theta=10000.0,
@@ -48,7 +48,25 @@ def builtin_args(vocab_size: int, dense: bool = False) -> ModelArgs:
     )
 
 
+def v5_args(vocab_size: int, dense: bool = False) -> ModelArgs:
+    """The v5 shape (18.1 M parameters, 36 MB in bf16), kept to compare against and to retrain v5."""
+    return _shape(256, 8, 256, vocab_size, dense)
+
+
+def builtin_args(vocab_size: int, dense: bool = False) -> ModelArgs:
+    """The shipped shape since v6: 29.6 M parameters, 59 MB in bf16 (the limit is 64 MB).
+
+    Why this size: the v6 corpus carries facts (all common WordNet words, capitals, quiz tables), and the
+    v5 model was data-bound on chat alone, so the extra capacity goes where facts are stored: wider
+    residual (320) and one more layer than v5, and experts 1.25x wider. Decode on the 2-core CPU stays far
+    above the 60 tok/s floor (measured with random weights by scripts/builtin_size.py; figures in
+    docs/builtin/size.md). head_dim 40 keeps 8 query heads and 2 KV heads at dim 320.
+    """
+    return _shape(320, 9, 320, vocab_size, dense, head_dim=40)
+
+
 def smoke_args(vocab_size: int, dense: bool = False) -> ModelArgs:
+    """A tiny shape for the CPU smoke run in CI (seconds)."""
     return ModelArgs(
         dim=32,
         n_layers=2,
@@ -62,11 +80,30 @@ def smoke_args(vocab_size: int, dense: bool = False) -> ModelArgs:
     )
 
 
+def _candidate(dim: int, n_layers: int, hidden: int, head_dim: int = 32) -> Callable[[int, bool], ModelArgs]:
+    def make(vocab_size: int, dense: bool = False) -> ModelArgs:
+        return _shape(dim, n_layers, hidden, vocab_size, dense, head_dim)
+
+    return make
+
+
+PRESETS: dict[str, Callable[[int, bool], ModelArgs]] = {
+    "builtin": builtin_args,
+    "v5": v5_args,
+    "smoke": smoke_args,
+    # other shapes weighed for v6 (scripts/builtin_size.py measures them; docs/builtin/size.md)
+    "w256x10h384": _candidate(256, 10, 384),
+    "w384x6h384": _candidate(384, 6, 384, head_dim=48),
+    "w320x10h320": _candidate(320, 10, 320, head_dim=40),
+}
+"""Model shapes by name (`mixchat train --preset NAME`)."""
+
+
 @dataclass
 class TrainConfig:
     dataset: Path
     out: Path
-    preset: str = "builtin"  # or "smoke"
+    preset: str = "builtin"  # a key of PRESETS
     dense: bool = False
     steps: int = 3000
     batch_size: int = 64
@@ -131,8 +168,7 @@ class Trainer:
         self.train_tokens, self.train_mask = self.train_tokens[:-1], self.train_mask[:-1]
         stats = json.loads((cfg.dataset / "stats.json").read_text())
         vocab = int(stats["vocab_size"])
-        make = builtin_args if cfg.preset == "builtin" else smoke_args
-        self.args = make(vocab, dense=cfg.dense)
+        self.args = PRESETS[cfg.preset](vocab, cfg.dense)
         self.model = Transformer(self.args).to(self.device)
         _init_weights(self.model, self.args)
         decay = [p for n, p in self.model.named_parameters() if "norm" not in n]
