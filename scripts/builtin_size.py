@@ -43,8 +43,23 @@ def measure(name: str, args: ModelArgs, new_tokens: int, repeats: int, prompt_to
         save_native(random_model_on(args, torch.device("cpu"), torch.float32), folder, dtype=torch.bfloat16)
         shutil.copy(ROOT / "mixchat" / "builtin" / "tokenizer.model", folder / "tokenizer.model")
         size = folder_bytes(folder)
-        cmd = [sys.executable, "-m", "mixchat", "bench", "--model", str(folder), "--json", "--dtype", "float32",
-               "--prompt-tokens", str(prompt_tokens), "--new-tokens", str(new_tokens), "--repeats", str(repeats)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mixchat",
+            "bench",
+            "--model",
+            str(folder),
+            "--json",
+            "--dtype",
+            "float32",
+            "--prompt-tokens",
+            str(prompt_tokens),
+            "--new-tokens",
+            str(new_tokens),
+            "--repeats",
+            str(repeats),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
         if res.returncode != 0:
             raise RuntimeError(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "bench failed")

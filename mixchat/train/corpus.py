@@ -253,7 +253,10 @@ _ROUND_SLOT_RE = re.compile(
     r"their name)\)"
 )
 _BARE_USER_RE = re.compile(r"(?<![\w/.\[(])@?[Uu][Ss][Ee][Rr] ?([12])\b")
-PLACEHOLDER_RE = re.compile(r"[\[(][^\])]*\b(?:names?|username|user ?\d)\b[^\])]*[\])]|\buser ?[12]\b", re.IGNORECASE)
+PLACEHOLDER_RE = re.compile(
+    r"[\[(][\w' ]{0,30}\b(?:names?|username)[\])]|[\[(][^\])]{0,40}\buser ?\d[^\])]{0,40}[\])]|\buser ?[12]\b",
+    re.IGNORECASE,
+)
 """Template slots that must never reach the model: `[user 1's name]`, `(name)`, `(User 2)`, bare `User 2`,
 `[band name]` ... `load_corpus` drops any dialogue that still holds one; the tests and the evaluation of
 sampled replies use the same pattern."""
@@ -265,7 +268,8 @@ def fill_name_placeholders(messages: Sequence[tuple[int, str]], key: str) -> lis
     """Replace persona-chat name placeholders by first names; None if other placeholders remain.
 
     The synthetic dialogues sometimes left template slots such as `[user 1's name]`, `[name]`, `(name)` or
-    a bare `User 2` in the text. Name slots get a plausible first name, chosen from `FIRST_NAMES` by a hash of the dialogue (so
+    a bare `User 2` in the text. Name slots get a plausible first name, chosen from `FIRST_NAMES` by a hash
+    of the dialogue (so
     the two speakers get different names and a rebuild picks the same ones). `[user 1 ...]` is the first
     speaker's name; a generic `[name]` is the speaker's own name right after "I'm"/"my name is", and the
     other speaker's name elsewhere ("nice to meet you, [name]"). Any other bracket slot (`[city]`,

@@ -118,7 +118,22 @@ class TrainConfig:
     eval_batches: int = 20
     seed: int = 0
     device: str = "auto"
+    time_budget: float | None = None  # seconds of training; the step count is fixed from early steps' speed
     extra: dict = field(default_factory=dict)
+
+
+PROBE_STEPS = (10, 30)
+"""With a time budget, steps 10..30 are timed (the first steps include warm-up work) and the run is cut to
+the steps that fit. They lie inside the LR warm-up, so changing the total there changes no LR already used."""
+
+
+def steps_for_budget(cfg: TrainConfig, seconds_per_step: float, elapsed: float) -> int:
+    """Total steps that fit the time budget, given the time so far and the measured speed (never more than
+    asked for, never fewer than the steps already done plus one evaluation interval)."""
+    assert cfg.time_budget is not None
+    left = max(0.0, cfg.time_budget - elapsed) * 0.97  # evaluations and the final save take a little
+    fit = PROBE_STEPS[1] + int(left / seconds_per_step)
+    return max(PROBE_STEPS[1] + 1, min(cfg.steps, fit))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -232,7 +247,20 @@ class Trainer:
             w = csv.DictWriter(fh, fieldnames=fields)
             w.writeheader()
             run_loss = run_aux = 0.0
-            for step in range(cfg.steps):
+            step = 0
+            probe_t0 = 0.0
+            while step < cfg.steps:
+                if cfg.time_budget is not None and step == PROBE_STEPS[0]:
+                    probe_t0 = time.perf_counter()
+                if cfg.time_budget is not None and step == PROBE_STEPS[1]:
+                    per_step = (time.perf_counter() - probe_t0) / (PROBE_STEPS[1] - PROBE_STEPS[0])
+                    cfg.steps = steps_for_budget(cfg, per_step, time.perf_counter() - start)
+                    cfg.eval_every = min(cfg.eval_every, cfg.steps)
+                    (cfg.out / "steps.json").write_text(json.dumps({"steps": cfg.steps, "seconds_per_step": per_step}))
+                    print(
+                        f"time budget {cfg.time_budget:.0f} s: {per_step:.3f} s/step, training {cfg.steps} steps",
+                        flush=True,
+                    )
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(step, cfg)
                 toks, mask = self.batch()
@@ -268,6 +296,7 @@ class Trainer:
                     fh.flush()
                     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
                     run_loss = run_aux = 0.0
+                step += 1
         elapsed = time.perf_counter() - start
         self.save(cfg.out / "model")
         summary.update(

@@ -20,8 +20,13 @@ from typing import Any
 
 from mixchat.train import heldout as H
 from mixchat.train.corpus import Dialogue, load_corpus, parse_chat, read_xz, split, word_counts
-from mixchat.train.synthetic import capital_dialogues, heldout_recall, identity_dialogues, recall_dialogues, \
-    refusal_dialogues  # fmt: skip
+from mixchat.train.synthetic import (
+    capital_dialogues,
+    heldout_recall,
+    identity_dialogues,
+    recall_dialogues,
+    refusal_dialogues,  # fmt: skip
+)
 from mixchat.train.wordnet import (
     Lexicon,
     WordItem,

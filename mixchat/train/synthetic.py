@@ -42,6 +42,8 @@ HELDOUT_PET_NAMES = ("Noodle", "Bramble", "Clover", "Figaro", "Truffle")
 HELDOUT_PLACES = ("Tallinn", "Valparaiso", "Aberdeen", "Ljubljana", "Winnipeg", "Salzburg", "Da Nang", "Galway")
 HELDOUT_NUMBERS = (17, 38, 53, 64, 86)
 """Numbers never used as values in training recall dialogues (training draws from 2-99 without these)."""
+HELDOUT_SMALL = (7, 11)
+"""Small numbers (ages of pets, counts) kept for held-out dialogues; training uses 2-12 without them."""
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
                 "twelve")  # fmt: skip
@@ -76,30 +78,58 @@ def make_fact(kind: int, key: str, held: bool = False) -> Fact:
     if held:
         number = HELDOUT_NUMBERS[stable_hash(key + ":n") % len(HELDOUT_NUMBERS)]
     else:
-        number = [n for n in range(2, 100) if n not in HELDOUT_NUMBERS][stable_hash(key + ":n") % 93]
+        numbers = [n for n in range(2, 100) if n not in HELDOUT_NUMBERS + HELDOUT_SMALL]
+        number = numbers[stable_hash(key + ":n") % len(numbers)]
     person, pet = _pick(PEOPLE, key + ":p"), _pick(PETS, key + ":pet")
     name, pet_name, place = _pick(names, key + ":name"), _pick(pets, key + ":petname"), _pick(places, key + ":pl")
-    small = 2 + stable_hash(key + ":s") % 11
+    smalls = HELDOUT_SMALL if held else [n for n in range(2, 13) if n not in HELDOUT_SMALL]
+    small = smalls[stable_hash(key + ":s") % len(smalls)]
     small_text = NUMBER_WORDS[small] if stable_hash(key + ":w") % 2 else str(small)
     facts = [
-        Fact(f"My {person} lives in {place}.", f"Where does my {person} live?", f"Your {person} lives in {place}.",
-             place),
-        Fact(f"My {pet} is called {pet_name} and it is {small_text} years old.", f"What is my {pet}'s name?",
-             f"Your {pet} is called {pet_name}.", pet_name),
-        Fact(f"My {pet} is called {pet_name} and it is {small_text} years old.", f"How old is my {pet}?",
-             f"Your {pet} is {small_text} years old.", small_text),
+        Fact(
+            f"My {person} lives in {place}.", f"Where does my {person} live?", f"Your {person} lives in {place}.", place
+        ),
+        Fact(
+            f"My {pet} is called {pet_name} and it is {small_text} years old.",
+            f"What is my {pet}'s name?",
+            f"Your {pet} is called {pet_name}.",
+            pet_name,
+        ),
+        Fact(
+            f"My {pet} is called {pet_name} and it is {small_text} years old.",
+            f"How old is my {pet}?",
+            f"Your {pet} is {small_text} years old.",
+            small_text,
+        ),
         Fact(f"My name is {name}.", "What is my name?", f"Your name is {name}.", name),
-        Fact(f"My {person}'s name is {name}.", f"What is my {person} called?", f"Your {person} is called {name}.",
-             name),
-        Fact(f"I grew up in {place}, but I live somewhere else now.", "Where did I grow up?",
-             f"You grew up in {place}.", place),
+        Fact(
+            f"My {person}'s name is {name}.", f"What is my {person} called?", f"Your {person} is called {name}.", name
+        ),
+        Fact(
+            f"I grew up in {place}, but I live somewhere else now.",
+            "Where did I grow up?",
+            f"You grew up in {place}.",
+            place,
+        ),
         Fact(f"I am {number} years old.", "How old am I?", f"You are {number} years old.", str(number)),
-        Fact(f"I'm flying to {place} next week.", "Where am I flying next week?",
-             f"You're flying to {place} next week.", place),
-        Fact(f"My flat is number {number} on this street.", "What number is my flat?",
-             f"Your flat is number {number}.", str(number)),
-        Fact(f"I have {small_text} cousins and my {person} works in {place}.", f"Where does my {person} work?",
-             f"Your {person} works in {place}.", place),
+        Fact(
+            f"I'm flying to {place} next week.",
+            "Where am I flying next week?",
+            f"You're flying to {place} next week.",
+            place,
+        ),
+        Fact(
+            f"My flat is number {number} on this street.",
+            "What number is my flat?",
+            f"Your flat is number {number}.",
+            str(number),
+        ),
+        Fact(
+            f"I have {small_text} cousins and my {person} works in {place}.",
+            f"Where does my {person} work?",
+            f"Your {person} works in {place}.",
+            place,
+        ),
     ]
     return facts[kind % len(facts)]
 
@@ -333,7 +363,7 @@ def capital_dialogues(pairs: Sequence[tuple[str, str]], repeat: int, unknown: in
             qs = CAPITAL_QUESTIONS if j == 0 else NEXT_CAPITAL_QUESTIONS
             q = qs[(h >> (4 + j)) % len(qs)].format(x=x)
             a = CAPITAL_ANSWERS[(h >> (8 + j)) % 2].format(x=x, y=y)
-            turns.append((q[0].upper() + q[1:] if j else q, a))
+            turns.append((q, a))
         if h % 4 == 0:
             x = invented_country(repeat * 10_000 + i)
             turns.append((NEXT_CAPITAL_QUESTIONS[h % 4].format(x=x), UNKNOWN_ANSWERS[(h >> 12) % 3].format(x=x)))

@@ -182,8 +182,9 @@ def build_dataset(
 ) -> dict[str, Any]:
     """Corpus -> tokenizer + packed train / held-out sets + statistics, all in `out_dir`.
 
-    Writes `tokenizer.model`, `train.safetensors`, `heldout.safetensors` and `stats.json`, and returns
-    the statistics. The dialogues come from `mix.build_mix` (repeats included; `scale` shrinks them for
+    Writes `tokenizer.model`, `train.safetensors`, `heldout.safetensors`, `stats.json` and
+    `taught_words.json` (the words whose definitions are taught, commonest first), and returns the
+    statistics. The dialogues come from `mix.build_mix` (repeats included; `scale` shrinks them for
     CPU checks). The tokenizer is trained on the distinct train dialogues only, so repeats do not skew its
     pieces towards definitions. Dialogue order is shuffled with `seed` before packing so that sources
     interleave within rows; everything else is hash-based, so a rebuild from the same corpus gives
@@ -252,6 +253,8 @@ def build_dataset(
         "total": round(time.perf_counter() - t0, 1),
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    # Which words the data defines, commonest first: the evaluation picks taught words from it.
+    (out_dir / "taught_words.json").write_text(json.dumps(mix.taught_words) + "\n")
     return stats
 
 
@@ -268,8 +271,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every repeat count (small for CPU checks)")
     args = p.parse_args(argv)
     try:
-        stats = build_dataset(args.data_dir, args.out_dir, args.vocab_size, args.seq_len, args.seed,
-                              wordnet_index=args.wordnet_index, scale=args.scale)
+        stats = build_dataset(
+            args.data_dir,
+            args.out_dir,
+            args.vocab_size,
+            args.seq_len,
+            args.seed,
+            wordnet_index=args.wordnet_index,
+            scale=args.scale,
+        )
     except (OSError, ValueError, RuntimeError, lzma.LZMAError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

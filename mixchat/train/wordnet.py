@@ -191,9 +191,9 @@ def taught_senses(senses: Sequence[WordSense], k: int = 3, min_share: float = 0.
     for s in senses[1:]:
         if len(out) >= k:
             break
-        if first.count and s.count >= max(1, min_share * first.count):
-            out.append(s)
-        elif not first.count and s.sense_number == 1 and all(s.pos != o.pos for o in out):
+        frequent = first.count > 0 and s.count >= max(1, min_share * first.count)
+        other_pos = not first.count and s.sense_number == 1 and all(s.pos != o.pos for o in out)
+        if frequent or other_pos:
             out.append(s)
     return out
 
@@ -340,16 +340,25 @@ def rest_of_wordnet(lex: Lexicon, taught: set[tuple[str, int]], banned: set[tupl
     return out
 
 
-def gloss_overlap(reply: str, gloss: str) -> float:
-    """Share of the gloss's content words (not closed-class, not the asked word itself) found in the reply.
+def content_words(text: str) -> set[str]:
+    """Lower-case words of `text` that carry meaning: not closed-class, longer than two letters."""
+    return {w for w in _WORD_RE.findall(normalize(text).lower()) if w not in STOPWORDS and len(w) > 2}
 
-    Used by the evaluation to judge a definition of a held-out word "recognisably right": a reply that
-    shares most of a gloss's content words names that sense.
+
+def gloss_hits(reply: str, gloss: str) -> tuple[int, int]:
+    """(content words of `gloss` found in `reply`, content words of `gloss`). A word counts when the reply
+    has it or a word with the same first five letters ("larger" for "large"), so inflections match.
+
+    Used by the evaluation to judge a definition "recognisably right": a reply that shares most of a gloss's
+    content words names that sense.
     """
-    g = {w for w in _WORD_RE.findall(normalize(gloss).lower()) if w not in STOPWORDS and len(w) > 2}
-    if not g:
-        return 0.0
+    g = content_words(gloss)
     r = set(_WORD_RE.findall(reply.lower()))
     stems = {w[:5] for w in r}
-    hits = sum(1 for w in g if w in r or w[:5] in stems)
-    return hits / len(g)
+    return sum(1 for w in g if w in r or w[:5] in stems), len(g)
+
+
+def gloss_overlap(reply: str, gloss: str) -> float:
+    """Share of the gloss's content words found in the reply (see `gloss_hits`)."""
+    hits, n = gloss_hits(reply, gloss)
+    return hits / n if n else 0.0
