@@ -413,16 +413,73 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def heldout_lists() -> str:
+    """docs/builtin/heldout.md: every held-out set, as `mixchat.train.heldout` fixes it (`--write-lists`)."""
+    recall = heldout_recall()
+    lines = [
+        "# Built-in model v6: what is held out of training",
+        "",
+        "Fixed before training in `mixchat/train/heldout.py` (the rules are in its docstrings) and kept out of the",
+        "training data by `mixchat/train/mix.py`; `tests/test_train_data.py` checks the built dataset. Written by",
+        "`python scripts/builtin_eval.py --write-lists docs/builtin/heldout.md`.",
+        "",
+        f"## {len(H.HELDOUT_WORDS)} common words whose definitions are not taught",
+        "",
+        "No training turn asks what they mean, and none of their synsets' glosses or examples is taught under any",
+        "word. Eleven are the words issue 15 names; the rest were chosen by the rule in `heldout.HASHED_WORDS`.",
+        "",
+        ", ".join(H.HELDOUT_WORDS) + ".",
+        "",
+        "## 20 cross-turn recall dialogues",
+        "",
+        "Values (names, places, numbers) from pools that no training dialogue uses; each fact is asked two turns",
+        "after it was told. The assistant turns shown are the targets; the evaluation lets the model write its own.",
+        "",
+        "| # | told | in between | asked | answer |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {i + 1} | {d.turns[0][0]} | {' / '.join(u for u, _ in d.turns[1:-1])} | {d.turns[-1][0]} | "
+            f"{d.turns[-1][1]} |"
+            for i, (d, _) in enumerate(recall)
+        ),
+        "",
+        "## 20 countries whose capitals are in the data (the check is recall)",
+        "",
+        ", ".join(f"{x} ({y})" for x, y in H.CAPITAL_COUNTRIES) + ".",
+        "",
+        "## Countries taken out of the data",
+        "",
+        "Every fact dialogue and WordNet entry naming them or their capital is dropped; the model should say it",
+        "does not know their capitals.",
+        "",
+        ", ".join(f"{x} ({y})" for x, y in H.UNKNOWN_COUNTRIES) + ".",
+        "",
+        "## Identity prompts",
+        "",
+        '"Who are you?" is taught; the three rephrasings are in no training turn: '
+        + "; ".join(f'"{p}"' for p in H.IDENTITY_PROMPTS[1:])
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, help="model folder (default: the shipped built-in model)")
-    p.add_argument("--dataset", type=Path, required=True, help="the dataset folder the model was trained on")
-    p.add_argument("--corpus", type=Path, required=True, help="corpus folder (for WordNet's glosses)")
+    p.add_argument("--dataset", type=Path, help="the dataset folder the model was trained on (required)")
+    p.add_argument("--corpus", type=Path, help="corpus folder, for WordNet's glosses (required)")
     p.add_argument("--wordnet-index", type=Path, default=Path(".data/wordnet"))
     p.add_argument("--out", type=Path, default=Path("docs/builtin"))
     p.add_argument("--replies", type=int, default=500, help="sampled replies checked for placeholders")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--write-lists", type=Path, metavar="FILE", help="only write the held-out lists (markdown)")
     a = p.parse_args()
+    if a.write_lists:
+        a.write_lists.write_text(heldout_lists())
+        return
+    if a.dataset is None or a.corpus is None:
+        p.error("--dataset and --corpus are required")
     torch.set_num_threads(1)
     rt = load_runtime(a.model, device="cpu", dtype="float32")
     lex = load_lexicon(read_xz(a.corpus / "wordnet_glosses.txt.xz"), a.wordnet_index)
