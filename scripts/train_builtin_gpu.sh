@@ -8,6 +8,8 @@
 #   env WORDNET_INDEX=DIR    WordNet's index files (default CORPUS/wordnet, then .data/wordnet; get them
 #                            with scripts/fetch_wordnet_index.sh)
 #   env PRESET=NAME          model shape (default builtin; see mixchat.train.loop.PRESETS)
+#   env TRAIN_ARGS="..."     more `mixchat train` options for both runs (a CPU check: "--batch-size 4")
+#   env PYTHON=...           the interpreter (default python3)
 # The shipped model is OUT_DIR/moe/model. Given a dataset folder (one with stats.json), the first stage is
 # skipped. The dataset build refuses to go on without WordNet's sense order (stats.json must say
 # "wordnet-index"), since file order gives rare senses first.
@@ -32,7 +34,7 @@ fi
 $PY -c 'import json,sys; s=json.load(open(sys.argv[1]))["splits"]; print("dataset:", {k: v["tokens"] for k, v in s.items()}, "tokens")' \
     "$DATA/stats.json"
 $PY -m mixchat train --dataset "$DATA" --out "$OUT/moe" --preset "$PRESET" --steps "$STEPS" \
-    ${TIME_BUDGET:+--time-budget "$TIME_BUDGET"} > "$OUT/moe.log" 2>&1 &
+    ${TIME_BUDGET:+--time-budget "$TIME_BUDGET"} ${TRAIN_ARGS:-} > "$OUT/moe.log" 2>&1 &
 MOE=$!
 DENSE_STEPS=$STEPS
 if [ -n "${TIME_BUDGET:-}" ]; then
@@ -43,7 +45,7 @@ if [ -n "${TIME_BUDGET:-}" ]; then
     DENSE_STEPS=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["steps"])' "$OUT/moe/steps.json")
 fi
 $PY -m mixchat train --dataset "$DATA" --out "$OUT/dense" --preset "$PRESET" --dense --steps "$DENSE_STEPS" \
-    > "$OUT/dense.log" 2>&1 &
+    ${TRAIN_ARGS:-} > "$OUT/dense.log" 2>&1 &
 DENSE=$!
 wait $MOE; wait $DENSE
 tail -n 12 "$OUT/moe.log" "$OUT/dense.log"

@@ -543,6 +543,18 @@ def test_no_placeholders_in_the_built_dataset(corpus_dir: Path, tmp_path: Path) 
     assert re.search(rf"Hi ({names}), my name is ({names})\.", text)  # filled, not dropped
 
 
+@pytest.mark.parametrize(
+    "text, slot",
+    [("(name)", True), ("[user 1's name]", True), ("(dog's name)", True), ("[band name]", True),
+     ("(user 1 location)", True), ("[User 2]", True), ("Bye, User 1", True), ("(USER 2's name)", True),
+     ("(trade name Ritalin)", False), ("(especially a person's name)", False), ("(or their names)", False),
+     ("(named after him)", False), ("a user 12 thing", False), ("[?]", False)],
+)  # fmt: skip
+def test_placeholder_pattern(text: str, slot: bool) -> None:
+    """Template slots match; WordNet's own brackets that mention names do not (they are real text)."""
+    assert bool(PLACEHOLDER_RE.search(text)) == slot
+
+
 def test_heldout_recall_dialogues_are_not_trained(mix: Mix) -> None:
     held = heldout_recall()
     assert len(held) == 20 and len({f.value for _, f in held}) > 5
