@@ -168,15 +168,32 @@ def _mentions(text: str, word: str) -> bool:
     return re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE) is not None
 
 
+def is_about_second(reply: str, a: str, glosses_a: Sequence[str], b: str, glosses_b: Sequence[str]) -> bool:
+    """True when `reply` scores higher for word `b` than for `a`: gloss overlap, plus 0.5 for naming it."""
+    score_a = best_overlap(reply, glosses_a)[0] + 0.5 * _mentions(reply, a)
+    score_b = best_overlap(reply, glosses_b)[0] + 0.5 * _mentions(reply, b)
+    return score_b > score_a
+
+
+def is_true_identity(reply: str) -> bool:
+    """Says it is mixchat's model or a program, and claims no human self."""
+    return bool(TRUE_IDENTITY_RE.search(reply)) and not FALSE_IDENTITY_RE.search(reply)
+
+
+def says_unknown(reply: str, capital: str) -> bool:
+    """Says it does not know, and names neither the real capital nor any "capital of X is Y"."""
+    names_city = _fold(capital) in _fold(reply) or bool(re.search(r"\bcapital of .+ is [A-Z]", reply))
+    return bool(DONT_KNOW_RE.search(reply)) and not names_city
+
+
 def check_second_question(rt: Any, lex: Lexicon, taught: Sequence[str]) -> dict[str, Any]:
     """A reply is about the second word when it scores higher for it than for the first: overlap with the
     word's glosses, plus 0.5 if it names the word."""
     rows = []
     for a, b in second_question_pairs(taught):
         first, second = conversation(rt, [f"What does {a} mean?", f"What does {b} mean?"])
-        score_a = best_overlap(second, _all_glosses(lex, a))[0] + 0.5 * _mentions(second, a)
-        score_b = best_overlap(second, _all_glosses(lex, b))[0] + 0.5 * _mentions(second, b)
-        rows.append({"first": a, "second": b, "reply_1": first, "reply_2": second, "about_second": score_b > score_a,
+        about = is_about_second(second, a, _all_glosses(lex, a), b, _all_glosses(lex, b))
+        rows.append({"first": a, "second": b, "reply_1": first, "reply_2": second, "about_second": about,
                      "right_sense": is_right(second, _all_glosses(lex, b))})  # fmt: skip
     return {"right": sum(r["about_second"] for r in rows), "n": len(rows), "rows": rows}
 
@@ -226,8 +243,7 @@ def check_identity(rt: Any) -> dict[str, Any]:
     rows = []
     for p in H.IDENTITY_PROMPTS:
         (r,) = conversation(rt, [p])
-        rows.append({"prompt": p, "reply": r,
-                     "true": bool(TRUE_IDENTITY_RE.search(r)) and not FALSE_IDENTITY_RE.search(r)})  # fmt: skip
+        rows.append({"prompt": p, "reply": r, "true": is_true_identity(r)})
     return {"right": sum(r["true"] for r in rows), "n": len(rows), "rows": rows}
 
 
@@ -240,8 +256,7 @@ def check_capitals(rt: Any) -> dict[str, Any]:
     unk = replies(rt, [f"What is the capital of {x}?" for x, _ in H.UNKNOWN_COUNTRIES])
     unknown_rows = []
     for (x, y), r in zip(H.UNKNOWN_COUNTRIES, unk, strict=True):
-        names_city = _fold(y) in _fold(r) or bool(re.search(r"\bcapital of .+ is [A-Z]", r))
-        unknown_rows.append({"country": x, "reply": r, "says_unknown": bool(DONT_KNOW_RE.search(r)) and not names_city,
+        unknown_rows.append({"country": x, "reply": r, "says_unknown": says_unknown(r, y),
                              "names_known_capital": any(_fold(c) in _fold(r) for c in all_capitals)})  # fmt: skip
     return {"right": sum(r["right"] for r in rows), "n": len(rows), "rows": rows,
             "unknown_right": sum(r["says_unknown"] for r in unknown_rows), "unknown_n": len(unknown_rows),

@@ -605,3 +605,22 @@ def test_real_built_dataset_properties() -> None:
         r"does|What about|And [a-z-]+\?|Now define)",
         text,
     )
+
+
+def test_shipped_folder_and_the_v6_shape_fit_64_mb() -> None:
+    """The shipped folder is at most 64 MB and pickle-free, and the preset a GPU run trains would still fit:
+    bf16 weights (2 bytes a parameter) plus the tokenizer, card and params.json of today's folder."""
+    from mixchat.paths import BUILTIN_DIR
+    from mixchat.train.loop import PRESETS
+
+    files = list(BUILTIN_DIR.iterdir())
+    assert sum(p.stat().st_size for p in files) <= 64_000_000
+    assert not [p for p in files if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt")]
+    others = sum(p.stat().st_size for p in files if p.name != "consolidated.safetensors")
+    total, active = PRESETS["builtin"](8192, False).param_counts()
+    assert 2 * total + others <= 64_000_000 and active < total
+    moe = PRESETS["builtin"](8192, False)
+    _, dense_active = PRESETS["builtin"](8192, True).param_counts()
+    assert moe.moe is not None
+    router = moe.n_layers * moe.dim * moe.moe.num_experts
+    assert dense_active == active - router  # the twin has the same active parameters, less the router
