@@ -31,7 +31,7 @@ from mixchat.train.corpus import (
 )
 from mixchat.train.heldout import HELDOUT_WORDS, IDENTITY_PROMPTS, UNKNOWN_COUNTRIES
 from mixchat.train.mix import Mix, build_mix
-from mixchat.train.spm import V3_CONTROL_SYMBOLS, load_processor, train_tokenizer
+from mixchat.train.spm import INST_END_ID, INST_ID, V3_CONTROL_SYMBOLS, load_processor, train_tokenizer
 from mixchat.train.synthetic import heldout_recall
 from mixchat.train.tokens import (
     build_dataset,
@@ -42,7 +42,14 @@ from mixchat.train.tokens import (
     packed_info,
     unpack_bits,
 )
-from mixchat.train.wordnet import build_items, definition_dialogues, load_lexicon, taught_senses
+from mixchat.train.wordnet import (
+    NEXT_QUESTIONS,
+    QUESTIONS,
+    build_items,
+    definition_dialogues,
+    load_lexicon,
+    taught_senses,
+)
 
 TOPICS = ["cooking", "hiking", "jazz music", "painting", "chess", "gardening", "running", "old movies"]
 PLACES = ["Portland", "Denver", "Boston", "Austin", "Seattle", "Chicago"]
@@ -596,8 +603,15 @@ def test_real_built_dataset_properties() -> None:
     tokens, _ = load_packed(BUILT / "train.safetensors")
     text = sp.decode(tokens[:, 1:].reshape(-1).tolist())
     assert not PLACEHOLDER_RE.search(text)
-    for w in HELDOUT_WORDS:
-        assert not re.search(rf"(?:mean|[Dd]efine|definition)[^\n?]{{0,20}}\b{w}\b[^\n]{{0,20}}\?", text), w
+    # every user turn, decoded on its own: the ids between [INST] and [/INST]
+    stream = tokens[:, 1:].reshape(-1)
+    starts = (stream == INST_ID).nonzero().flatten().tolist()
+    ends = (stream == INST_END_ID).nonzero().flatten().tolist()
+    ids = stream.tolist()
+    user_turns = set(sp.decode([ids[a + 1 : b] for a, b in zip(starts, ends, strict=False) if b > a]))
+    assert len(user_turns) > 100_000
+    asked = {t.format(w=w) for t in (*QUESTIONS, *NEXT_QUESTIONS) for w in HELDOUT_WORDS}
+    assert not asked & user_turns
     for _, fact in heldout_recall():
         assert fact.statement not in text
     assert re.search(

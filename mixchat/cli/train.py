@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
             wordnet_index=Path(args.wordnet_index) if args.wordnet_index else None,
             scale=args.scale,
         )
+        order = stats["mix"].get("wordnet", {}).get("sense_order")
+        if order not in (None, "wordnet-index"):
+            print(f"  warning: WordNet senses in {order} order (no index files found: run "
+                  "scripts/fetch_wordnet_index.sh or pass --wordnet-index)", flush=True)  # fmt: skip
         print(
             f"  train {stats['splits']['train']['tokens']:,} tokens, "
             f"held-out {stats['splits']['heldout']['tokens']:,} tokens",
