@@ -7,7 +7,7 @@
 set -euo pipefail
 OUT=$1; DEST=$2
 mkdir -p "$DEST"
-tar -C "$OUT" -cf - moe/model moe/train_log.csv moe/summary.json dense/train_log.csv dense/summary.json \
+tar -C "$OUT" -chf - moe/model moe/train_log.csv moe/summary.json dense/train_log.csv dense/summary.json \
     dataset/stats.json dataset/heldout.safetensors dataset/taught_words.json dataset/tokenizer.model \
     moe.log dense.log $( [ -f "$OUT/moe/steps.json" ] && echo moe/steps.json ) \
     | split -b 15M -d - "$DEST/run.tar.part"

@@ -20,6 +20,7 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 if [ -f "$SRC/stats.json" ]; then
     DATA=$SRC
+    [ "$(realpath "$SRC")" = "$(realpath -m "$OUT/dataset")" ] || ln -sfn "$(realpath "$SRC")" "$OUT/dataset"
 else
     DATA=$OUT/dataset
     $PY -m mixchat.train.tokens "$SRC" "$DATA" ${WORDNET_INDEX:+--wordnet-index "$WORDNET_INDEX"} \
