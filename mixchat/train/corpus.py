@@ -254,7 +254,9 @@ _ROUND_SLOT_RE = re.compile(
 )
 _BARE_USER_RE = re.compile(r"(?<![\w/.\[(])@?[Uu][Ss][Ee][Rr] ?([12])\b")
 PLACEHOLDER_RE = re.compile(
-    r"[\[(](?!(?:or|a|an|the|especially)\b)(?:[\w']+ ){0,2}(?:names?|username)[\])]|[\[(][^\])]{0,40}\buser ?\d[^\])]{0,40}[\])]|\buser ?[12]\b",
+    r"[\[(](?!(?:or|a|an|the|especially)\b)(?:[\w']+ ){0,2}(?:names?|username)[\])]"  # (name), [band name]
+    r"|[\[(][^\])]{0,40}\buser ?\d[^\])]{0,40}[\])]"  # (user 1 location), [User 2]
+    r"|\buser ?[12]\b",  # bare "User 2"
     re.IGNORECASE,
 )
 """Template slots that must never reach the model: `[user 1's name]`, `(name)`, `(User 2)`, bare `User 2`,
