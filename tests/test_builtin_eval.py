@@ -51,3 +51,13 @@ def test_identity_and_unknown_judges(ev: ModuleType) -> None:
     assert not ev.says_unknown("The capital of Moldova is Chisinau.", "Chișinău")
     assert not ev.says_unknown("I don't know, but the capital of Moldova is Tiraspol.", "Chișinău")
     assert not ev.says_unknown("Chisinau, I think.", "Chișinău")
+
+
+def test_heldout_lists_in_docs_and_card_match_the_code(ev: ModuleType) -> None:
+    """docs/builtin/heldout.md is what `--write-lists` writes from `mixchat.train.heldout`, and the card
+    names every held-out word: the lists people read are the ones training excludes."""
+    from mixchat.train.heldout import HELDOUT_WORDS
+
+    assert (ROOT / "docs" / "builtin" / "heldout.md").read_text() == ev.heldout_lists()
+    card = (ROOT / "mixchat" / "builtin" / "MODEL_CARD.md").read_text()
+    assert all(f" {w}," in card or f" {w};" in card for w in HELDOUT_WORDS)

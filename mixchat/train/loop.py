@@ -271,7 +271,8 @@ class Trainer:
                     ce, _, _ = token_loss(self.model, toks, mask, routing)
                     weights = torch.where(mask[:, 1:].reshape(-1), 1.0, cfg.prompt_weight)
                     loss = (ce * weights).sum() / weights.sum()
-                    aux = load_balancing_loss(routing, self.args.moe.num_experts) if routing else torch.zeros(())
+                    moe = self.args.moe
+                    aux = load_balancing_loss(routing, moe.num_experts) if routing and moe else torch.zeros(())
                     total = loss + cfg.aux_coef * aux
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()

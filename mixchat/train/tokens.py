@@ -220,13 +220,13 @@ def build_dataset(
         random.Random(f"{seed}:{name}").shuffle(order)
         examples = [encode_dialogue_v3(sp, d) for d in order]
         per_source: dict[str, Counter[str]] = {}
-        for d, (ids, mask) in zip(order, examples, strict=True):
+        for d, (ids, loss_mask) in zip(order, examples, strict=True):
             c = per_source.setdefault(d.source, Counter())
             c["dialogues"] += 1
             c["turns"] += len(d.turns)
             c["chars"] += d.n_chars()
             c["tokens"] += len(ids)
-            c["loss_tokens"] += sum(mask)
+            c["loss_tokens"] += sum(loss_mask)
             c["special_tokens"] += 1 + 3 * len(d.turns)  # <s>, then [INST] [/INST] </s> per turn
         tokens, mask = pack_examples(examples, seq_len)
         path = out_dir / f"{name}.safetensors"
