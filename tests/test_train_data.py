@@ -603,6 +603,10 @@ def test_real_built_dataset_properties() -> None:
     tokens, _ = load_packed(BUILT / "train.safetensors")
     text = sp.decode(tokens[:, 1:].reshape(-1).tolist())
     assert not PLACEHOLDER_RE.search(text)
+    for _, fact in heldout_recall():
+        assert fact.statement not in text
+    for country, capital in UNKNOWN_COUNTRIES:  # names as the fact files write them, accents and all
+        assert country.removeprefix("the ") not in text and capital not in text, country
     # every user turn, decoded on its own: the ids between [INST] and [/INST]
     stream = tokens[:, 1:].reshape(-1)
     starts = (stream == INST_ID).nonzero().flatten().tolist()
