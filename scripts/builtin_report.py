@@ -1,17 +1,19 @@
 """Figures for the built-in model's card: fixed sample replies, expert usage and specialisation, loss plot.
 
-    python scripts/builtin_report.py --dataset .data/builtin --out docs/builtin
+    python scripts/builtin_report.py --dataset .data/v6 --corpus ../shared/data --out docs/builtin
 
-Reads the shipped model (mixchat/builtin), the held-out token set made by `mixchat train` and the training
-logs copied to OUT (train_log_moe.csv, train_log_dense.csv). Writes OUT/samples.md, OUT/expert_usage.md and
-OUT/heldout_loss.svg.
+Reads the shipped model (mixchat/builtin, or --model), the held-out token set and taught-word list made by
+`mixchat train` (the dataset folder) and the training logs copied to OUT (train_log_moe.csv,
+train_log_dense.csv). Writes OUT/samples.md, OUT/expert_usage.md and OUT/heldout_loss.svg, and with
+--corpus OUT/definitions.md (recall of the 500 commonest taught words). The held-out checks of issue 15
+are in scripts/builtin_eval.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import re
+import json
 import string
 from collections import Counter
 from pathlib import Path
@@ -25,10 +27,10 @@ from mixchat.model.layout import fresh_layout
 from mixchat.runtime import load_runtime
 from mixchat.sampling import SamplingSettings
 from mixchat.session import ChatSettings, Conversation
-from mixchat.train.corpus import _QUESTIONS, load_corpus, parse_wordnet_line, read_xz
+from mixchat.train.corpus import read_xz
+from mixchat.train.heldout import HELDOUT_WORDS
 from mixchat.train.tokens import load_packed
-
-QUESTION_FORMS = [re.escape(q).replace(re.escape("{w}"), "([a-z-]+)") for q in _QUESTIONS]
+from mixchat.train.wordnet import excluded_synsets, load_lexicon, taught_senses
 
 # Fixed before looking at any reply: greetings, small talk, common words, and a follow-up that needs the
 # previous turn (the second item of a pair is sent in the same conversation).
@@ -42,6 +44,11 @@ PROMPTS: list[tuple[str, ...]] = [
     ("What does coffee mean?",),
     ("What does music mean?",),
     ("I just got back from a trip to the mountains.", "What did I just tell you about?"),
+    # added for v6, before its training: identity, memory two turns back, a capital, a held-out word
+    ("Who are you?",),
+    ("My sister lives in Oslo.", "What is your favourite season?", "Where does my sister live?"),
+    ("What is the capital of Japan?",),
+    ("What does river mean?", "What does music mean?"),
 ]
 
 
@@ -69,30 +76,27 @@ UNSEEN_PHRASING = "Tell me what {w} means."
 """A way to ask that no training turn uses: recall under it shows the word -> gloss link, not a memorised string."""
 
 
-def definition_recall(rt, corpus: Path, batch: int = 48) -> str:  # type: ignore[no-untyped-def]
+def definition_recall(rt, corpus: Path, dataset: Path, index: Path | None, batch: int = 48, n: int = 500) -> str:  # type: ignore[no-untyped-def]
     """Recall under the card's phrasing ("What does W mean?") and under one that training never uses."""
-    return "\n".join(_recall_table(rt, corpus, q, batch) for q in ("What does {w} mean?", UNSEEN_PHRASING))
+    lex = load_lexicon(read_xz(corpus / "wordnet_glosses.txt.xz"), index)
+    banned = excluded_synsets(lex, HELDOUT_WORDS)
+    taught: dict[str, str] = {}
+    glosses: dict[str, list[str]] = {}
+    for w in json.loads((dataset / "taught_words.json").read_text())[:n]:
+        senses = taught_senses([s for s in lex.senses[w] if s.synset not in banned])
+        taught[w] = senses[0].gloss.lower()
+        glosses[w] = [s.gloss.lower() for s in lex.senses[w]]
+    return "\n".join(_recall_table(rt, taught, glosses, q, batch) for q in ("What does {w} mean?", UNSEEN_PHRASING))
 
 
-def _recall_table(rt, corpus: Path, phrasing: str, batch: int) -> str:  # type: ignore[no-untyped-def]
-    """Ask `phrasing` for every word the training data defines, at temperature 0.
+def _recall_table(rt, taught: dict[str, str], glosses: dict[str, list[str]], phrasing: str, batch: int) -> str:  # type: ignore[no-untyped-def]
+    """Ask `phrasing` for the commonest words the training data defines, at temperature 0.
 
-    A reply counts as right when it contains the gloss that the training data gave as the word's first
+    A reply counts as right when it contains the gloss that the training data gives as the word's first
     answer, and as "another sense" when it contains another of the word's WordNet glosses instead.
     Everything else (a gloss of a different word, an invented one) is wrong.
     """
-    taught: dict[str, str] = {}
-    for d in load_corpus(corpus):
-        if d.source == "wordnet":
-            q, a = d.turns[0]
-            word = next(m[1] for t in QUESTION_FORMS if (m := re.fullmatch(t, q)))
-            taught[word] = a
-    glosses: dict[str, list[str]] = {}
-    for line in read_xz(corpus / "wordnet_glosses.txt.xz").split("\n"):
-        sense = parse_wordnet_line(line)
-        if sense is not None and sense.lemma in taught:
-            glosses.setdefault(sense.lemma, []).append(sense.gloss.lower())
-    words = sorted(taught)
+    words = list(taught)
     settings = SamplingSettings(temperature=0.0, max_tokens=80)
     right, other, wrong = [], [], []
     for i in range(0, len(words), batch):
@@ -104,8 +108,7 @@ def _recall_table(rt, corpus: Path, phrasing: str, batch: int) -> str:  # type: 
                 texts[ev.seq] += ev.text
         for w, text in zip(group, texts, strict=True):
             reply = text.lower()
-            first = next(g for g in glosses[w] if g in taught[w].lower())
-            if first in reply:
+            if taught[w] in reply:
                 right.append(w)
             elif any(g in reply for g in glosses[w]):
                 other.append(w)
@@ -113,7 +116,8 @@ def _recall_table(rt, corpus: Path, phrasing: str, batch: int) -> str:  # type: 
                 wrong.append(w)
     n = len(words)
     lines = [
-        f'Definition recall over all {n} words the training data defines ("{phrasing.format(w="W")}", temperature 0):',
+        f'Definition recall over the {n} commonest words the training data defines ("{phrasing.format(w="W")}", '
+        "temperature 0):",
         "",
         "| reply holds | words | share |",
         "|---|---|---|",
@@ -247,6 +251,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/builtin"))
     p.add_argument("--corpus", type=Path, help="corpus folder: also measure definition recall")
     p.add_argument("--model", type=Path, help="model folder (default: the shipped built-in model)")
+    p.add_argument("--wordnet-index", type=Path, default=Path(".data/wordnet"), help="WordNet's index files")
     a = p.parse_args()
     torch.set_num_threads(1)
     rt = load_runtime(a.model, device="cpu", dtype="float32")
@@ -257,7 +262,7 @@ def main() -> None:
     print((a.out / "samples.md").read_text())
     print((a.out / "expert_usage.md").read_text())
     if a.corpus:
-        (a.out / "definitions.md").write_text(definition_recall(rt, a.corpus))
+        (a.out / "definitions.md").write_text(definition_recall(rt, a.corpus, a.dataset, a.wordnet_index))
         print((a.out / "definitions.md").read_text())
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,16 +18,21 @@ import torch
 
 from mixchat.train.corpus import (
     FIRST_NAMES,
+    PLACEHOLDER_RE,
     ContextStats,
     Dialogue,
     load_corpus,
     messages_to_dialogues,
+    read_xz,
     rephrase_definition,
     split,
     summarize,
     wordnet_dialogues,
 )
-from mixchat.train.spm import V3_CONTROL_SYMBOLS, load_processor, train_tokenizer
+from mixchat.train.heldout import HELDOUT_WORDS, IDENTITY_PROMPTS, UNKNOWN_COUNTRIES
+from mixchat.train.mix import Mix, build_mix
+from mixchat.train.spm import EOS_ID, INST_END_ID, INST_ID, V3_CONTROL_SYMBOLS, load_processor, train_tokenizer
+from mixchat.train.synthetic import heldout_recall
 from mixchat.train.tokens import (
     build_dataset,
     encode_dialogue_v3,
@@ -35,6 +42,14 @@ from mixchat.train.tokens import (
     packed_info,
     unpack_bits,
 )
+from mixchat.train.wordnet import (
+    NEXT_QUESTIONS,
+    QUESTIONS,
+    build_items,
+    definition_dialogues,
+    load_lexicon,
+    taught_senses,
+)
 
 TOPICS = ["cooking", "hiking", "jazz music", "painting", "chess", "gardening", "running", "old movies"]
 PLACES = ["Portland", "Denver", "Boston", "Austin", "Seattle", "Chicago"]
@@ -43,6 +58,10 @@ PLACEHOLDER_DIALOGUE = """A: Hi, I'm [user 1's name]. What's your name?
 B: Nice to meet you, [name]. I'm [name].
 A: Great to meet you too, [user 2]!
 B: Do you like music?"""
+ROUND_PLACEHOLDER_DIALOGUE = """A: Hello, my name is (User 1's name). What's yours?
+B: Hi (User 1's name), my name is (name).
+A: Nice to meet you. Do you like jazz music?
+B: I do! It was nice talking, User 1."""
 DROPPED_DIALOGUE = """A: Hi! I live in [city].
 B: Cool, I have never been there."""
 
@@ -53,7 +72,7 @@ def _write_xz(path: Path, text: str) -> None:
 
 
 def _persona_text() -> str:
-    items = [PLACEHOLDER_DIALOGUE, DROPPED_DIALOGUE]
+    items = [PLACEHOLDER_DIALOGUE, ROUND_PLACEHOLDER_DIALOGUE, DROPPED_DIALOGUE]
     for i in range(48):
         topic, place = TOPICS[i % len(TOPICS)], PLACES[i % len(PLACES)]
         other = TOPICS[(i * 3 + 1) % len(TOPICS)]
@@ -91,15 +110,79 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "User: Yes.\nAssistant: Great, it will be ready in a few minutes.\n\n"
         "User: What's in a cold brew?\nAssistant: It's coffee concentrate and ice.\n",
     )
-    _write_xz(
-        d / "wordnet_glosses.txt.xz",
-        'music (noun): an artistic form of auditory communication; "she enjoys music"\n'
-        "music (noun): the sounds produced by singers or musical instruments\n"
-        'relax (verb): become less tense, rest, or take one\'s ease; "He relaxed in the hot tub"\n'
-        "in (noun): a unit of length equal to one twelfth of a foot\n"
-        "Portland (noun): a port city in northwestern Oregon\n",
-    )
+    _write_xz(d / "wordnet_glosses.txt.xz", "".join(f"{line}\n" for line, _ in WORDNET))
+    _write_wordnet_index(d / "wordnet")
+    _write_xz(d / "quiz_facts.txt.xz", QUIZ)
+    _write_xz(d / "country_facts.txt.xz", COUNTRY)
     return d
+
+
+# Fake WordNet: (corpus line, words of the synset). Lines are listed per part of speech in "file order"
+# (nouns, then verbs), which is NOT sense order: "doctor" is a children's game first here, as in the real
+# file. The index written below gives the real order, sense counts and extra synset members ("auto").
+WORDNET: list[tuple[str, tuple[str, ...]]] = [
+    ("doctor (noun): children pretend they are at the physician's office", ("doctor",)),
+    ('music (noun): an artistic form of auditory communication; "she enjoys music"', ("music",)),
+    ("music (noun): the sounds produced by singers or musical instruments", ("music",)),
+    ("in (noun): a unit of length equal to one twelfth of a foot", ("in",)),
+    ("Portland (noun): a port city in northwestern Oregon", ("portland",)),
+    ('doctor (noun): a licensed medical practitioner; "I went to see my doctor"', ("doctor", "doc")),
+    ("car (noun): a motor vehicle with four wheels", ("car", "auto")),
+    ('river (noun): a large natural stream of water; "the river was navigable"', ("river",)),
+    ("bread (noun): food made from dough of flour or meal and baked", ("bread", "breadstuff")),
+    ("cooking (noun): the act of preparing something as food by the application of heat", ("cooking",)),
+    ("Dakar (noun): the capital and largest city of Senegal", ("dakar",)),
+    ('relax (verb): become less tense, rest, or take one\'s ease; "He relaxed in the hot tub"', ("relax",)),
+    ("cook (verb): prepare a hot meal", ("cook",)),
+]
+SENSE_COUNTS = {("doctor", "n", 1): 73, ("doctor", "n", 2): 1, ("music", "n", 1): 51, ("music", "n", 2): 12,
+                ("relax", "v", 1): 20, ("car", "n", 1): 40, ("cooking", "n", 1): 5}  # fmt: skip
+SENSE_NUMBERS = {("doctor", 0): 2, ("doctor", 5): 1}  # (word, line) -> sense number where not file order
+
+
+def _write_wordnet_index(folder: Path) -> None:
+    """index.noun/verb/adj/adv and cntlist.rev for `WORDNET`: offsets rise with the lines of each part of
+    speech (as byte offsets in WordNet's data files do), each word's synsets listed in sense order."""
+    folder.mkdir()
+    entries: dict[tuple[str, str], list[tuple[int, int]]] = {}  # (word, pos) -> [(sense number, offset)]
+    for k, (line, words) in enumerate(WORDNET):
+        pos = "n" if "(noun)" in line else "v"
+        for w in words:
+            senses = entries.setdefault((w, pos), [])
+            senses.append((SENSE_NUMBERS.get((w, k), len(senses) + 1), 1000 + 100 * k))
+    for pos, name in (("n", "noun"), ("v", "verb"), ("a", "adj"), ("r", "adv")):
+        lines = ["  1 This software and database is being provided to you, the LICENSEE, by  "]
+        for (w, p), senses in sorted(entries.items()):
+            if p == pos:
+                offs = " ".join(f"{o:08d}" for _, o in sorted(senses))
+                lines.append(f"{w} {p} {len(senses)} 0 {len(senses)} 0 {offs}  ")
+        _write_xz(folder / f"index.{name}.xz", "\n".join(lines) + "\n")
+    cnt = [f"{w}%{'1' if p == 'n' else '2'}:00:00:: {n} {c}" for (w, p, n), c in SENSE_COUNTS.items()]
+    (folder / "cntlist.rev").write_text("\n".join(cnt) + "\n")
+
+
+QUIZ = """User: What is the capital of Japan?
+Assistant: The capital of Japan is Tokyo.
+
+User: What is Tokyo the capital of?
+Assistant: Tokyo is the capital of Japan.
+
+User: What is the capital of Senegal?
+Assistant: The capital of Senegal is Dakar.
+
+User: What is the chemical symbol for gold?
+Assistant: The chemical symbol for gold is Au.
+
+"""
+COUNTRY = """User: What's the capital city of Peru?
+Assistant: Lima is the capital of Peru.
+User: Which region of the world is Peru in?
+Assistant: Peru is in South America, a subregion of the Americas.
+
+User: What's the capital city of Moldova?
+Assistant: The capital of Moldova is Chișinău.
+
+"""
 
 
 @pytest.fixture(scope="module")
@@ -295,9 +378,9 @@ def test_packing_keeps_mask_aligned() -> None:
 
 def test_build_dataset(corpus_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "built"
-    stats = build_dataset(corpus_dir, out, vocab_size=400, seq_len=32)
+    stats = build_dataset(corpus_dir, out, vocab_size=400, seq_len=32, scale=0.02)
     assert {p.name for p in out.iterdir()} == {
-        "tokenizer.model", "train.safetensors", "heldout.safetensors", "stats.json",
+        "tokenizer.model", "train.safetensors", "heldout.safetensors", "stats.json", "taught_words.json",
     }  # fmt: skip
     assert json.loads((out / "stats.json").read_text()) == stats
     sp = load_processor(out / "tokenizer.model")
@@ -313,7 +396,7 @@ def test_build_dataset(corpus_dir: Path, tmp_path: Path) -> None:
     # no pickle anywhere: safetensors files start with their JSON header length + "{"
     assert (out / "train.safetensors").read_bytes()[8:9] == b"{"
     # a rebuild gives byte-identical files
-    again = build_dataset(corpus_dir, tmp_path / "again", vocab_size=400, seq_len=32)
+    again = build_dataset(corpus_dir, tmp_path / "again", vocab_size=400, seq_len=32, scale=0.02)
     assert again["splits"] == stats["splits"]
     for name in ("tokenizer.model", "train.safetensors", "heldout.safetensors"):
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
@@ -330,9 +413,33 @@ def test_training_smoke_run_end_to_end(corpus_dir: Path, tmp_path: Path) -> None
     from mixchat.sampling import SamplingSettings
 
     out = tmp_path / "run"
-    rc = main(["train", "--corpus", str(corpus_dir), "--out", str(out), "--preset", "smoke", "--steps", "4",
-               "--batch-size", "4", "--eval-every", "2", "--eval-batches", "1", "--vocab-size", "400",
-               "--seq-len", "32", "--device", "cpu"])
+    rc = main(
+        [
+            "train",
+            "--corpus",
+            str(corpus_dir),
+            "--out",
+            str(out),
+            "--preset",
+            "smoke",
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "2",
+            "--eval-batches",
+            "1",
+            "--vocab-size",
+            "400",
+            "--seq-len",
+            "32",
+            "--device",
+            "cpu",
+            "--scale",
+            "0.02",
+        ]
+    )
     assert rc == 0
     with open(out / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
@@ -345,6 +452,182 @@ def test_training_smoke_run_end_to_end(corpus_dir: Path, tmp_path: Path) -> None
     assert {p.name for p in model_dir.iterdir()} == {"params.json", "consolidated.safetensors", "tokenizer.model"}
     rt = load_runtime(model_dir, device="cpu", dtype="float32")
     assert rt.model.args.moe is not None and rt.tokenizer.version == "v3"
-    events = list(rt.engine.generate([rt.tokenizer.encode("hello", bos=True)],
-                                     SamplingSettings(temperature=0, max_tokens=3)))
+    events = list(
+        rt.engine.generate([rt.tokenizer.encode("hello", bos=True)], SamplingSettings(temperature=0, max_tokens=3))
+    )
     assert isinstance(events[-1], SequenceFinished) and 1 <= len(events[-1].ids) <= 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# v6: the mix (WordNet in sense order, fact files, templates, held-out sets)
+
+
+@pytest.fixture(scope="module")
+def mix(corpus_dir: Path) -> Mix:
+    return build_mix(corpus_dir, scale=0.02)
+
+
+def _texts(dialogues: list[Dialogue]) -> list[str]:
+    return [t for d in dialogues for turn in d.turns for t in turn]
+
+
+def test_sense_order_comes_from_the_wordnet_index(corpus_dir: Path) -> None:
+    """The index's order wins over the file's ("doctor" is a physician first, the game second), words that
+    are not a synset's head word get its gloss ("auto"), and counts come from cntlist.rev."""
+    lex = load_lexicon(read_xz(corpus_dir / "wordnet_glosses.txt.xz"), corpus_dir / "wordnet")
+    assert lex.source == "wordnet-index"
+    doctor = lex.senses["doctor"]
+    assert "medical practitioner" in doctor[0].gloss and doctor[0].count == 73 and "pretend" in doctor[1].gloss
+    assert lex.senses["auto"][0].gloss == lex.senses["car"][0].gloss
+    assert [s.gloss for s in taught_senses(lex.senses["music"])] == [s.gloss for s in lex.senses["music"]]
+    # without the index the file order is all there is, and the lexicon says so
+    plain = load_lexicon(read_xz(corpus_dir / "wordnet_glosses.txt.xz"), None)
+    assert plain.source == "file" and "pretend" in plain.senses["doctor"][0].gloss
+
+
+def test_index_that_does_not_match_the_corpus_is_refused(corpus_dir: Path, tmp_path: Path) -> None:
+    text = read_xz(corpus_dir / "wordnet_glosses.txt.xz").replace("river (noun)", "lake (noun)")
+    with pytest.raises(ValueError, match="do not match the index"):
+        load_lexicon(text, corpus_dir / "wordnet")
+
+
+def test_heldout_words_are_never_defined(mix: Mix) -> None:
+    """No training turn asks about a held-out word or gives one of its glosses, under its own name or a
+    synonym's ("breadstuff" shares bread's synset); their definitions are in the held-out split instead."""
+    bread_gloss, river_gloss = "food made from dough", "large natural stream of water"
+    train = _texts(mix.train)
+    assert not [t for t in train if bread_gloss in t or river_gloss in t]
+    questions = [u for d in mix.train for u, _ in d.turns]
+    for w in HELDOUT_WORDS:
+        assert not [q for q in questions if re.search(rf"\b{w}\b", q) and "mean" in q], w
+    assert "breadstuff" not in mix.taught_words and "bread" not in mix.taught_words
+    held = " ".join(_texts(mix.heldout))
+    assert bread_gloss in held and river_gloss in held
+
+
+def test_definition_dialogues_hold_several_words(mix: Mix) -> None:
+    """Multi-word dialogues exist, and a later word's question is answered about that word, not the first."""
+    defs = [d for d in mix.train if d.source == "wordnet"]
+    later = []
+    for d in defs:
+        first_word = None
+        for q, a in d.turns:
+            m = re.search(r"\b(doctor|music|relax|cooking|cook|car|auto|doc)\b", q)
+            if m and first_word is None:
+                first_word = m[1]
+            elif m and m[1] != first_word:
+                later.append((m[1], a))
+    assert later, "no dialogue defines a second word"
+    assert all(a.startswith((w, f"As a noun, {w}", f"As a verb, {w}")) for w, a in later)
+
+
+def test_follow_up_is_about_the_last_word(corpus_dir: Path) -> None:
+    """ "Does it have another meaning?" after a second word gives that word's next sense."""
+    lex = load_lexicon(read_xz(corpus_dir / "wordnet_glosses.txt.xz"), corpus_dir / "wordnet")
+    items = build_items(lex, ["car", "music"], set())
+    seen = False
+    for repeat in range(40):
+        for d in definition_dialogues(items, repeat):
+            words = [w for q, _ in d.turns for w in ("car", "music") if w in q]
+            if words[:2] == ["car", "music"] and len(d.turns) == 3:
+                assert d.turns[2][1].startswith("music can also mean") and "sounds produced" in d.turns[2][1]
+                seen = True
+    assert seen
+
+
+def test_no_placeholders_in_the_built_dataset(corpus_dir: Path, tmp_path: Path) -> None:
+    """Decoded train and held-out tokens hold no template slot; the slots in the fixture became names."""
+    build_dataset(corpus_dir, tmp_path / "b", vocab_size=400, seq_len=64, scale=0.02)
+    sp = load_processor(tmp_path / "b" / "tokenizer.model")
+    text = ""
+    for name in ("train", "heldout"):
+        tokens, _ = load_packed(tmp_path / "b" / f"{name}.safetensors")
+        text += sp.decode(tokens[:, 1:].reshape(-1).tolist())
+    assert PLACEHOLDER_RE.search(_persona_text())  # the fixture has them ...
+    assert not PLACEHOLDER_RE.search(text)  # ... the dataset has none
+    assert "(name)" not in text and "User 1" not in text and "[" not in text
+    names = "|".join(FIRST_NAMES)
+    assert re.search(rf"Hi ({names}), my name is ({names})\.", text)  # filled, not dropped
+
+
+@pytest.mark.parametrize(
+    "text, slot",
+    [("(name)", True), ("[user 1's name]", True), ("(dog's name)", True), ("[band name]", True),
+     ("(user 1 location)", True), ("[User 2]", True), ("Bye, User 1", True), ("(USER 2's name)", True),
+     ("(trade name Ritalin)", False), ("(especially a person's name)", False), ("(or their names)", False),
+     ("(named after him)", False), ("a user 12 thing", False), ("[?]", False)],
+)  # fmt: skip
+def test_placeholder_pattern(text: str, slot: bool) -> None:
+    """Template slots match; WordNet's own brackets that mention names do not (they are real text)."""
+    assert bool(PLACEHOLDER_RE.search(text)) == slot
+
+
+def test_heldout_recall_dialogues_are_not_trained(mix: Mix) -> None:
+    held = heldout_recall()
+    assert len(held) == 20 and len({f.value for _, f in held}) > 5
+    train = "\n".join(d.text() for d in mix.train if d.source == "recall")
+    assert train
+    for d, fact in held:
+        assert fact.value in d.turns[-1][1] and len(d.turns) == 4  # asked two turns after it was told
+        assert fact.statement not in train and not re.search(rf"\b{re.escape(fact.value)}\b", train), fact
+        assert d in mix.heldout
+
+
+def test_capitals_stay_and_unknown_countries_go(mix: Mix) -> None:
+    train = "\n".join(d.text() for d in mix.train)
+    assert "The capital of Japan is Tokyo." in train and "Lima is the capital of Peru." in train
+    for country, capital in UNKNOWN_COUNTRIES:
+        assert country not in train and capital not in train
+    capitals = [a for d in mix.train if d.source == "capitals" for _, a in d.turns]
+    unknown = [a for a in capitals if re.search("don't know|not sure", a)]
+    assert unknown  # invented places get "I don't know"
+
+
+def test_identity_and_refusals_are_taught(mix: Mix) -> None:
+    by_q = {q: a for d in mix.train for q, a in d.turns}
+    assert "mixchat" in by_q["Who are you?"]
+    assert not set(IDENTITY_PROMPTS[1:]) & set(by_q)  # the evaluation's rephrasings are never trained
+    refusals = [a for d in mix.train if d.source == "refusal" for _, a in d.turns]
+    assert any("code" in a for a in refusals) and any("calculator" in a for a in refusals)
+    assert any("news" in a for a in refusals) and any(re.fullmatch(r"\d+ plus \d+ is \d+\.", a) for a in refusals)
+
+
+BUILT = Path(os.environ.get("MIXCHAT_BUILT_DATASET", ".data/v6"))
+
+
+@pytest.mark.skipif(not (BUILT / "train.safetensors").is_file(), reason="no built v6 dataset (.data/v6)")
+def test_real_built_dataset_properties() -> None:
+    """On the real built dataset, where one is present: no placeholders anywhere, no held-out word asked
+    about, no held-out recall dialogue, several words per definition dialogue."""
+    sp = load_processor(BUILT / "tokenizer.model")
+    tokens, _ = load_packed(BUILT / "train.safetensors")
+    text = sp.decode(tokens[:, 1:].reshape(-1).tolist())
+    assert not PLACEHOLDER_RE.search(text)
+    for _, fact in heldout_recall():
+        assert fact.statement not in text
+    for country, capital in UNKNOWN_COUNTRIES:  # names as the fact files write them, accents and all
+        assert country.removeprefix("the ") not in text and capital not in text, country
+    # every user turn, decoded on its own: the ids between [INST] and [/INST]
+    stream = tokens[:, 1:].reshape(-1)
+    starts = (stream == INST_ID).nonzero().flatten().tolist()
+    ends = (stream == INST_END_ID).nonzero().flatten().tolist()
+    ids = stream.tolist()
+    pairs = list(zip(starts, ends, strict=False))
+    user_turns = sp.decode([ids[a + 1 : b] for a, b in pairs])
+    assert len(user_turns) > 100_000
+    asked = {t.format(w=w) for t in (*QUESTIONS, *NEXT_QUESTIONS) for w in HELDOUT_WORDS}
+    assert not asked & set(user_turns)
+    # a later word of a definition dialogue is answered about that word
+    later = [
+        re.compile(re.escape(t).replace(re.escape("{w}"), "([a-z -]+)"))
+        for t in NEXT_QUESTIONS
+        if t.startswith(("And what does", "Now define"))
+    ]
+    eos = (stream == EOS_ID).nonzero().flatten()
+    hits = [(m[1], k) for k, u in enumerate(user_turns) for rx in later if (m := rx.fullmatch(u))]
+    assert len(hits) > 1000
+    for word, k in hits[:200]:
+        b = pairs[k][1]
+        e = int(eos[torch.searchsorted(eos, b)])
+        reply = sp.decode(ids[b + 1 : e])
+        assert reply.startswith(word) or re.match(rf"As an? \w+, {re.escape(word)} means", reply), (word, reply)

@@ -48,7 +48,7 @@ WORDNET_CAP = 900
 """At most this many WordNet question/answer turns. An 18 M-parameter model recalls only so many glosses:
 with 6,000 turns seen 5 times each it got the format right and most glosses wrong, and with 1,400 turns
 seen 16 times it recalled 44 % of them. So the list is cut to the commonest words (about 500 of them) and
-each is seen more often (see `tokens.TRAIN_REPEATS`)."""
+each is seen more often (28 times per epoch in v5; v6 builds its WordNet turns in `mix`)."""
 
 WORDNET_MAX_SENSES = 2
 """Senses taught per word: the main one answers the question, a second one answers a follow-up."""
@@ -248,6 +248,20 @@ _GENERIC_NAME_RE = re.compile(
     r"insert their name(?: here)?|other name|other person's name|user|partner name)\]",
     re.IGNORECASE,
 )
+_ROUND_SLOT_RE = re.compile(
+    r"\(((?:user|USER|User)[ _]?[12](?:'s)?(?:[ _]?(?:user)?name)?|name|Name|username|your name|insert name|"
+    r"their name)\)"
+)
+_BARE_USER_RE = re.compile(r"(?<![\w/.\[(])@?[Uu][Ss][Ee][Rr] ?([12])\b")
+PLACEHOLDER_RE = re.compile(
+    r"[\[(](?!(?:or|a|an|the|especially)\b)(?:[\w']+ ){0,2}(?:names?|username)[\])]"  # (name), [band name]
+    r"|[\[(][^\])]{0,40}\buser ?\d[^\])]{0,40}[\])]"  # (user 1 location), [User 2]
+    r"|\buser ?[12]\b",  # bare "User 2"
+    re.IGNORECASE,
+)
+"""Template slots that must never reach the model: `[user 1's name]`, `(name)`, `(User 2)`, bare `User 2`,
+`[band name]` ... `load_corpus` drops any dialogue that still holds one; the tests and the evaluation of
+sampled replies use the same pattern."""
 _SELF_INTRO_RE = re.compile(r"(?:\bI'm|\bI am|\bname is|\bname's|\bcall me|\bthis is)\s*,?\s*$", re.IGNORECASE)
 _ANY_BRACKET_RE = re.compile(r"\[[^\]]*\]")
 
@@ -255,8 +269,9 @@ _ANY_BRACKET_RE = re.compile(r"\[[^\]]*\]")
 def fill_name_placeholders(messages: Sequence[tuple[int, str]], key: str) -> list[tuple[int, str]] | None:
     """Replace persona-chat name placeholders by first names; None if other placeholders remain.
 
-    The synthetic dialogues sometimes left template slots such as `[user 1's name]` or `[name]` in the
-    text. Name slots get a plausible first name, chosen from `FIRST_NAMES` by a hash of the dialogue (so
+    The synthetic dialogues sometimes left template slots such as `[user 1's name]`, `[name]`, `(name)` or
+    a bare `User 2` in the text. Name slots get a plausible first name, chosen from `FIRST_NAMES` by a hash
+    of the dialogue (so
     the two speakers get different names and a rebuild picks the same ones). `[user 1 ...]` is the first
     speaker's name; a generic `[name]` is the speaker's own name right after "I'm"/"my name is", and the
     other speaker's name elsewhere ("nice to meet you, [name]"). Any other bracket slot (`[city]`,
@@ -268,6 +283,8 @@ def fill_name_placeholders(messages: Sequence[tuple[int, str]], key: str) -> lis
     names = (FIRST_NAMES[first], FIRST_NAMES[second])
     out: list[tuple[int, str]] = []
     for speaker, msg in messages:
+        msg = _ROUND_SLOT_RE.sub(r"[\1]", msg)  # "(name)", "(User 1's name)": the same slots in round brackets
+        msg = _BARE_USER_RE.sub(lambda m: names[int(m.group(1)) - 1], msg)  # "Bye, User 1"
         msg = _NUMBERED_NAME_RE.sub(lambda m: names[int(m.group(1)) - 1], msg)
 
         def generic(m: re.Match[str], speaker: int = speaker, msg: str = msg) -> str:
@@ -568,8 +585,11 @@ def load_corpus(
     wordnet_cap: int = WORDNET_CAP,
     wordnet_min_count: int = 2,
     report: dict[str, Counter[str]] | None = None,
+    sources: Iterable[str] | None = None,
 ) -> list[Dialogue]:
     """Read every known source file present in `data_dir` into de-duplicated dialogues.
+
+    `sources` limits the reading to some keys of `SOURCE_FILES` (v6 builds its WordNet turns elsewhere).
 
     Missing files are skipped (tests use a subset); no file at all is an error. Exact duplicate
     dialogues (the chatterbot and coffee files repeat some) are kept once, so the held-out split cannot
@@ -577,7 +597,8 @@ def load_corpus(
     was dropped.
     """
     data_dir = Path(data_dir)
-    found = {name: data_dir / fn for name, fn in SOURCE_FILES.items() if (data_dir / fn).is_file()}
+    wanted = set(SOURCE_FILES if sources is None else sources)
+    found = {n: data_dir / fn for n, fn in SOURCE_FILES.items() if n in wanted and (data_dir / fn).is_file()}
     if not found:
         raise FileNotFoundError(f"no corpus files ({', '.join(SOURCE_FILES.values())}) in {data_dir}")
     dialogues: list[Dialogue] = []
@@ -602,6 +623,9 @@ def load_corpus(
     unique: list[Dialogue] = []
     for d in dialogues:
         t = d.text()
+        if PLACEHOLDER_RE.search(t):
+            drops.setdefault(d.source, Counter())["placeholder"] += 1
+            continue
         if t in seen:
             drops.setdefault(d.source, Counter())["duplicate"] += 1
             continue

@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,20 +27,19 @@ from mixchat.model.transformer import Transformer
 from mixchat.train.tokens import load_packed
 
 
-def builtin_args(vocab_size: int, dense: bool = False) -> ModelArgs:
-    """The shipped model's shape: Mixtral's design scaled down to fit 40 MB in bf16.
+def _shape(dim: int, n_layers: int, hidden: int, vocab_size: int, dense: bool, head_dim: int = 32) -> ModelArgs:
+    """Mixtral's design scaled down: 8 experts top-2, grouped-query attention (4:1), a 256-token window.
 
-    The dense twin has one FFN twice as wide as an expert: with top-2 routing both models then have the same
-    active parameters per token, which is the comparison the Mixtral paper makes.
+    The dense twin has one FFN twice as wide as an expert: with top-2 routing both models then have the
+    same active parameters per token, which is the comparison the Mixtral paper makes.
     """
-    hidden = 256
     return ModelArgs(
-        dim=256,
-        n_layers=8,
-        head_dim=32,
+        dim=dim,
+        n_layers=n_layers,
+        head_dim=head_dim,
         hidden_dim=2 * hidden if dense else hidden,
-        n_heads=8,
-        n_kv_heads=2,
+        n_heads=dim // head_dim,
+        n_kv_heads=dim // head_dim // 4,
         vocab_size=vocab_size,
         norm_eps=1e-5,
         rope_theta=10000.0,
@@ -48,7 +48,27 @@ def builtin_args(vocab_size: int, dense: bool = False) -> ModelArgs:
     )
 
 
+def v5_args(vocab_size: int, dense: bool = False) -> ModelArgs:
+    """The v5 shape (18.1 M parameters, 36 MB in bf16), kept to compare against and to retrain v5."""
+    return _shape(256, 8, 256, vocab_size, dense)
+
+
+def builtin_args(vocab_size: int, dense: bool = False) -> ModelArgs:
+    """The shipped shape since v6: 10 layers x dim 256, experts of hidden size 384: 29.5 M parameters
+    (11.8 M active), 59.1 MB in bf16 (the limit is 64 MB).
+
+    Why this size (docs/builtin/size.md has the arithmetic): the v6 corpus carries facts (24,600 defined
+    words, capitals, quiz tables) and v5 was data-bound on chat alone, so the shape grows to what 64 MB holds
+    (at most 31.9 M parameters in bf16). Of the shapes of that size measured, this one puts the most
+    parameters into the experts, where facts are stored (23.6 M), with the fewest active per token, which
+    makes it the cheapest to train in a GPU run's fixed time and to decode on the CPU (about 180 tokens per
+    CPU-second on one thread, against 250 for v5; at least 60 tok/s is required). Attention is v5's.
+    """
+    return _shape(256, 10, 384, vocab_size, dense)
+
+
 def smoke_args(vocab_size: int, dense: bool = False) -> ModelArgs:
+    """A tiny shape for the CPU smoke run in CI (seconds)."""
     return ModelArgs(
         dim=32,
         n_layers=2,
@@ -62,11 +82,30 @@ def smoke_args(vocab_size: int, dense: bool = False) -> ModelArgs:
     )
 
 
+def _candidate(dim: int, n_layers: int, hidden: int, head_dim: int = 32) -> Callable[[int, bool], ModelArgs]:
+    def make(vocab_size: int, dense: bool = False) -> ModelArgs:
+        return _shape(dim, n_layers, hidden, vocab_size, dense, head_dim)
+
+    return make
+
+
+PRESETS: dict[str, Callable[[int, bool], ModelArgs]] = {
+    "builtin": builtin_args,
+    "v5": v5_args,
+    "smoke": smoke_args,
+    # other shapes weighed for v6 (scripts/builtin_size.py measures them; docs/builtin/size.md)
+    "w320x9h320": _candidate(320, 9, 320, head_dim=40),
+    "w384x6h384": _candidate(384, 6, 384, head_dim=48),
+    "w320x10h320": _candidate(320, 10, 320, head_dim=40),
+}
+"""Model shapes by name (`mixchat train --preset NAME`)."""
+
+
 @dataclass
 class TrainConfig:
     dataset: Path
     out: Path
-    preset: str = "builtin"  # or "smoke"
+    preset: str = "builtin"  # a key of PRESETS
     dense: bool = False
     steps: int = 3000
     batch_size: int = 64
@@ -81,7 +120,22 @@ class TrainConfig:
     eval_batches: int = 20
     seed: int = 0
     device: str = "auto"
+    time_budget: float | None = None  # seconds of training; the step count is fixed from early steps' speed
     extra: dict = field(default_factory=dict)
+
+
+PROBE_STEPS = (10, 30)
+"""With a time budget, steps 10..30 are timed (the first steps include warm-up work) and the run is cut to
+the steps that fit. They lie inside the LR warm-up, so changing the total there changes no LR already used."""
+
+
+def steps_for_budget(cfg: TrainConfig, seconds_per_step: float, elapsed: float) -> int:
+    """Total steps that fit the time budget, given the time so far and the measured speed (never more than
+    asked for, never fewer than the steps already done plus one evaluation interval)."""
+    assert cfg.time_budget is not None
+    left = max(0.0, cfg.time_budget - elapsed) * 0.97  # evaluations and the final save take a little
+    fit = PROBE_STEPS[1] + int(left / seconds_per_step)
+    return max(PROBE_STEPS[1] + 1, min(cfg.steps, fit))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -131,8 +185,7 @@ class Trainer:
         self.train_tokens, self.train_mask = self.train_tokens[:-1], self.train_mask[:-1]
         stats = json.loads((cfg.dataset / "stats.json").read_text())
         vocab = int(stats["vocab_size"])
-        make = builtin_args if cfg.preset == "builtin" else smoke_args
-        self.args = make(vocab, dense=cfg.dense)
+        self.args = PRESETS[cfg.preset](vocab, cfg.dense)
         self.model = Transformer(self.args).to(self.device)
         _init_weights(self.model, self.args)
         decay = [p for n, p in self.model.named_parameters() if "norm" not in n]
@@ -196,7 +249,20 @@ class Trainer:
             w = csv.DictWriter(fh, fieldnames=fields)
             w.writeheader()
             run_loss = run_aux = 0.0
-            for step in range(cfg.steps):
+            step = 0
+            probe_t0 = 0.0
+            while step < cfg.steps:
+                if cfg.time_budget is not None and step == PROBE_STEPS[0]:
+                    probe_t0 = time.perf_counter()
+                if cfg.time_budget is not None and step == PROBE_STEPS[1]:
+                    per_step = (time.perf_counter() - probe_t0) / (PROBE_STEPS[1] - PROBE_STEPS[0])
+                    cfg.steps = steps_for_budget(cfg, per_step, time.perf_counter() - start)
+                    cfg.eval_every = min(cfg.eval_every, cfg.steps)
+                    (cfg.out / "steps.json").write_text(json.dumps({"steps": cfg.steps, "seconds_per_step": per_step}))
+                    print(
+                        f"time budget {cfg.time_budget:.0f} s: {per_step:.3f} s/step, training {cfg.steps} steps",
+                        flush=True,
+                    )
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(step, cfg)
                 toks, mask = self.batch()
@@ -205,7 +271,8 @@ class Trainer:
                     ce, _, _ = token_loss(self.model, toks, mask, routing)
                     weights = torch.where(mask[:, 1:].reshape(-1), 1.0, cfg.prompt_weight)
                     loss = (ce * weights).sum() / weights.sum()
-                    aux = load_balancing_loss(routing, self.args.moe.num_experts) if routing else torch.zeros(())
+                    moe = self.args.moe
+                    aux = load_balancing_loss(routing, moe.num_experts) if routing and moe else torch.zeros(())
                     total = loss + cfg.aux_coef * aux
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()
@@ -232,6 +299,7 @@ class Trainer:
                     fh.flush()
                     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
                     run_loss = run_aux = 0.0
+                step += 1
         elapsed = time.perf_counter() - start
         self.save(cfg.out / "model")
         summary.update(

@@ -34,7 +34,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mixchat.train.corpus import Dialogue, load_corpus, rephrase_definition, split
+from mixchat.train.corpus import Dialogue
+from mixchat.train.mix import build_mix
 from mixchat.train.spm import BOS_ID, EOS_ID, INST_END_ID, INST_ID, load_processor, train_tokenizer
 
 PACKED_FORMAT = "mixchat-packed-v1"
@@ -169,30 +170,35 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-# Training-split repeats per source. Definitions are facts to memorise, not style to pick up: at one
-# pass they are about one per cent of the tokens and a small model recalls few of them, so each is seen
-# 28 times per epoch (about 150 times in a training run); the word list is cut to the commonest words
-# (`corpus.WORDNET_CAP`) so the repeats go to the senses people ask about.
-TRAIN_REPEATS = {"wordnet": 28}
-
-
 def build_dataset(
-    data_dir: Path, out_dir: Path, vocab_size: int = 8192, seq_len: int = 512, seed: int = 0
+    data_dir: Path,
+    out_dir: Path,
+    vocab_size: int = 8192,
+    seq_len: int = 512,
+    seed: int = 0,
+    *,
+    wordnet_index: Path | None = None,
+    scale: float = 1.0,
 ) -> dict[str, Any]:
     """Corpus -> tokenizer + packed train / held-out sets + statistics, all in `out_dir`.
 
-    Writes `tokenizer.model`, `train.safetensors`, `heldout.safetensors` and `stats.json`, and returns
-    the statistics. The tokenizer is trained on the train split only. Dialogue order is shuffled with
-    `seed` before packing so that sources interleave within rows; everything else is hash-based, so a
-    rebuild from the same corpus gives identical files.
+    Writes `tokenizer.model`, `train.safetensors`, `heldout.safetensors`, `stats.json` and
+    `taught_words.json` (the words whose definitions are taught, commonest first), and returns the
+    statistics. The dialogues come from `mix.build_mix` (repeats included; `scale` shrinks them for
+    CPU checks). The tokenizer is trained on the distinct train dialogues only, so repeats do not skew its
+    pieces towards definitions. Dialogue order is shuffled with `seed` before packing so that sources
+    interleave within rows; everything else is hash-based, so a rebuild from the same corpus gives
+    identical files.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drops: dict[str, Counter[str]] = {}
-    train, heldout = split(load_corpus(Path(data_dir), report=drops))
+    mix = build_mix(Path(data_dir), wordnet_index, scale=scale, drops=drops)
+    train, heldout = mix.train, mix.heldout
     t_corpus = time.perf_counter() - t0
-    model_path = train_tokenizer(train, out_dir / "tokenizer", vocab_size=vocab_size, seed=seed)
+    distinct = list({d.text(): d for d in train}.values())
+    model_path = train_tokenizer(distinct, out_dir / "tokenizer", vocab_size=vocab_size, seed=seed)
     sp = load_processor(model_path)
     t_tokenizer = time.perf_counter() - t0 - t_corpus
 
@@ -201,7 +207,9 @@ def build_dataset(
         "seq_len": seq_len,
         "row_len": seq_len + 1,
         "seed": seed,
-        "train_repeats": TRAIN_REPEATS,
+        "mix_scale": scale,
+        "mix": mix.stats,
+        "taught_words": len(mix.taught_words),
         "tokenizer": {"file": model_path.name, "sha256": _sha256(model_path), "model_type": "bpe"},
         "splits": {},
         "sources": {},
@@ -209,22 +217,16 @@ def build_dataset(
     }
     for name, dialogues in (("train", train), ("heldout", heldout)):
         order = list(dialogues)
-        if name == "train":
-            order += [
-                rephrase_definition(d, r) if d.source == "wordnet" else d
-                for d in dialogues
-                for r in range(1, TRAIN_REPEATS.get(d.source, 1))
-            ]
         random.Random(f"{seed}:{name}").shuffle(order)
         examples = [encode_dialogue_v3(sp, d) for d in order]
         per_source: dict[str, Counter[str]] = {}
-        for d, (ids, mask) in zip(order, examples, strict=True):
+        for d, (ids, loss_mask) in zip(order, examples, strict=True):
             c = per_source.setdefault(d.source, Counter())
             c["dialogues"] += 1
             c["turns"] += len(d.turns)
             c["chars"] += d.n_chars()
             c["tokens"] += len(ids)
-            c["loss_tokens"] += sum(mask)
+            c["loss_tokens"] += sum(loss_mask)
             c["special_tokens"] += 1 + 3 * len(d.turns)  # <s>, then [INST] [/INST] </s> per turn
         tokens, mask = pack_examples(examples, seq_len)
         path = out_dir / f"{name}.safetensors"
@@ -251,6 +253,8 @@ def build_dataset(
         "total": round(time.perf_counter() - t0, 1),
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    # Which words the data defines, commonest first: the evaluation picks taught words from it.
+    (out_dir / "taught_words.json").write_text(json.dumps(mix.taught_words) + "\n")
     return stats
 
 
@@ -263,9 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wordnet-index", type=Path, help="WordNet index files (default: DATA_DIR/wordnet, .data/wordnet)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every repeat count (small for CPU checks)")
     args = p.parse_args(argv)
     try:
-        stats = build_dataset(args.data_dir, args.out_dir, args.vocab_size, args.seq_len, args.seed)
+        stats = build_dataset(
+            args.data_dir,
+            args.out_dir,
+            args.vocab_size,
+            args.seq_len,
+            args.seed,
+            wordnet_index=args.wordnet_index,
+            scale=args.scale,
+        )
     except (OSError, ValueError, RuntimeError, lzma.LZMAError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
