@@ -22,6 +22,7 @@ from mixchat.model.stage import StageModel, StagePart
 from mixchat.model.transformer import Transformer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FLOAT_HEADER_DTYPES = ("F32", "BF16", "F16", "F64")  # safetensors' names; the weights are floats, nothing else
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 
 
@@ -178,15 +179,24 @@ def _hf_target(name: str, args: ModelArgs) -> Target | list[Target] | None:
     return None
 
 
-def _iter_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
+def _open_weights(path: Path):  # type: ignore[no-untyped-def]
+    """safe_open, with the true reason when the file cannot even be opened (safetensors says "not found")."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise LoadError(f"{path.name} cannot be read ({e.strerror or e})") from None
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:
+        raise LoadError(f"{path.name} is not a readable safetensors file ({_short(e)})") from None
+
+
+def _iter_tensors(files: list[Path]) -> Iterator[tuple[Path, str, Callable[[], torch.Tensor]]]:
     for path in files:
-        try:
-            handle = safe_open(str(path), framework="pt")
-        except Exception as e:
-            raise LoadError(f"{path.name} is not a readable safetensors file ({_short(e)})") from None
-        with handle as f:
+        with _open_weights(path) as f:
             for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                yield name, (lambda f=f, name=name: f.get_tensor(name))
+                yield path, name, (lambda f=f, name=name: f.get_tensor(name))
 
 
 def _short(e: BaseException) -> str:
@@ -199,8 +209,10 @@ def build_model(
     """Materialise the whole model of `ckpt` on `device`."""
     with torch.device("meta"):
         model = Transformer(ckpt.args)
+    known = set(dict(model.named_parameters()))
+    check_headers(model, ckpt, known)  # before allocating: a config's sizes are checked against the file's
     model = model.to(dtype).to_empty(device=device)
-    _load_weights(model, ckpt, set(dict(model.named_parameters())))
+    _load_weights(model, ckpt, known)
     return model.eval().requires_grad_(False)
 
 
@@ -212,9 +224,52 @@ def build_stage(
     with torch.device("meta"):
         model = StageModel(ckpt.args, part)
         known = {name for name, _ in Transformer(ckpt.args).named_parameters()}
+    check_headers(model, ckpt, known)
     model = model.to(dtype).to_empty(device=device)
     _load_weights(model, ckpt, known)
     return model.eval().requires_grad_(False)
+
+
+def check_headers(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> None:
+    """Every tensor's dtype and shape, from the files' headers, against the (not yet allocated) model.
+
+    A config that claims a vocabulary of 10^12 would otherwise have mixchat try to allocate 256 TB before
+    the first tensor is read; integer tensors would be cast to floats silently and talk nonsense.
+    """
+    params = dict(model.named_parameters())
+    config = "params.json" if ckpt.layout == "mistral" else "config.json"
+    for path in ckpt.weight_files:
+        with _open_weights(path) as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, ckpt.args)
+                if targets is None:
+                    continue
+                fused = isinstance(targets, list)
+                for pname, expert, _ in targets if fused else [targets]:  # type: ignore[union-attr]
+                    if pname not in params or pname not in known:
+                        continue
+                    piece = f.get_slice(name)
+                    stored = piece.get_dtype()
+                    if stored not in FLOAT_HEADER_DTYPES:
+                        raise LoadError(f"tensor {name!r} in {path.name} holds {stored} values; "
+                                        "mixchat loads floating-point weights only (F32, BF16, F16)")
+                    if expert is not None and expert >= params[pname].shape[0]:
+                        raise LoadError(f"tensor {name!r} in {path.name} is expert {expert}, but {config} "
+                                        f"has {params[pname].shape[0]} experts")
+                    expected = tuple(params[pname].shape)[0 if expert is None else 1 :]
+                    shape = tuple(piece.get_shape())
+                    if fused:
+                        shape = (shape[0], shape[1] // 2, *shape[2:]) if len(shape) >= 2 else shape
+                    if shape != expected:
+                        raise LoadError(
+                            f"tensor {name!r} in {path.name} has shape {shape}, but {config} makes it "
+                            f"{expected} ({_sizes(ckpt.args)})"
+                        )
+
+
+def _sizes(args: ModelArgs) -> str:
+    return (f"vocab_size {args.vocab_size}, dim {args.dim}, hidden_dim {args.hidden_dim}, "
+            f"n_heads {args.n_heads}, n_kv_heads {args.n_kv_heads}, head_dim {args.head_dim}")
 
 
 def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> None:
@@ -229,7 +284,7 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
     expert_fill: dict[str, set[int]] = {}
     embed_source: Callable[[], torch.Tensor] | None = None
 
-    for name, get in _iter_tensors(ckpt.weight_files):
+    for path, name, get in _iter_tensors(ckpt.weight_files):
         if name == "model.embed_tokens.weight":
             embed_source = get
         targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, args)
@@ -256,6 +311,8 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                 )
             with torch.no_grad():
                 dest.copy_(tensor)
+                if not bool(torch.isfinite(dest).all()):  # one pass over a tensor just read: cheap next to the read
+                    raise LoadError(f"tensor {name!r} in {path} holds NaN or infinite values")
             if expert is None:
                 filled.add(pname)
             else:

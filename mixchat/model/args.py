@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,10 @@ class ModelArgs:
             raise ConfigError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"'{name}' must be a finite number > 0, got {value!r}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             self.sliding_window = None
         if self.moe is not None and not 1 <= self.moe.num_experts_per_tok <= self.moe.num_experts:
@@ -167,8 +172,8 @@ def _fields_of(filename: str) -> Iterator[None]:
     """Turn a missing or mistyped field of a config file into one ConfigError line naming the file."""
     try:
         yield
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise ConfigError(f"{filename}: {e}") from None
     except KeyError as e:
         raise ConfigError(f"{filename} lacks the field {e.args[0]!r}") from None
     except (TypeError, ValueError) as e:
