@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
 

@@ -18,7 +18,8 @@ examples:
   mixchat conversations show "trip plans"
   mixchat conversations export "trip plans" --format md > trip.md
   mixchat conversations rename "trip plans" "Lisbon trip"
-  mixchat conversations delete "Lisbon trip\""""
+  mixchat conversations delete "Lisbon trip"
+  mixchat conversations repair "Lisbon trip"   # rebuild a damaged transcript (the original is kept)"""
 
 
 def add_data_dir_option(p: argparse.ArgumentParser, suppress: bool = False) -> None:
@@ -28,7 +29,7 @@ def add_data_dir_option(p: argparse.ArgumentParser, suppress: bool = False) -> N
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("conversations", help="list, show, export, rename or delete saved conversations",
+    p = sub.add_parser("conversations", help="list, show, export, rename, delete or repair saved conversations",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir_option(p)
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
@@ -46,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("new", metavar="NEW")
     add_data_dir_option(a, suppress=True)
     a = actions.add_parser("delete", help="delete a conversation and its saved cache")
+    a.add_argument("name", metavar="NAME")
+    add_data_dir_option(a, suppress=True)
+    a = actions.add_parser("repair", help="rebuild what can be rebuilt of a damaged transcript (the original "
+                           "is kept beside it)")
     a.add_argument("name", metavar="NAME")
     add_data_dir_option(a, suppress=True)
     p.set_defaults(func=run, action=None)
@@ -78,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
     if action == "delete":
         store.delete(args.name)
         print(f"deleted {args.name!r}", file=sys.stderr)
+        return 0
+    if action == "repair":
+        from mixchat.session.repair import repair
+
+        changes = repair(store.root, store.folder(args.name))
+        print(f"{args.name!r}: " + ("; ".join(changes) if changes else "nothing needed repair"), file=sys.stderr)
         return 0
     raise AssertionError(action)
 

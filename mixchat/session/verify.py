@@ -73,5 +73,5 @@ def settings_problem(experts_per_token: int | None, n_experts: int | None) -> st
     if n_experts is None:
         return None  # a dense model ignores it
     if not 1 <= experts_per_token <= n_experts:
-        return f"experts_per_token {experts_per_token} is out of range for this model (1 to {n_experts})"
+        return f"experts_per_token {experts_per_token}, out of range for this model (1 to {n_experts})"
     return None
