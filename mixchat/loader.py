@@ -24,6 +24,9 @@ from mixchat.model.transformer import Transformer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FLOAT_HEADER_DTYPES = ("F32", "BF16", "F16", "F64")  # safetensors' names; the weights are floats, nothing else
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
+# Called after each tensor is copied into place: a front end may stop a long load there (its own exception,
+# raised between two tensors, where nothing is half done). None: no check.
+between_tensors: Callable[[], None] | None = None
 
 
 class LoadError(RuntimeError):
@@ -285,6 +288,8 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
     embed_source: Callable[[], torch.Tensor] | None = None
 
     for path, name, get in _iter_tensors(ckpt.weight_files):
+        if between_tensors is not None:
+            between_tensors()
         if name == "model.embed_tokens.weight":
             embed_source = get
         targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, args)

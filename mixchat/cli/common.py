@@ -108,14 +108,24 @@ def stderr_status(message: str, quiet: bool = False) -> Iterator[None]:
 
 
 def load_from_args(args: argparse.Namespace, quiet: bool = False) -> Runtime:
-    with stderr_status("Loading model…", quiet):
-        return load_runtime(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
-            max_context=args.max_context,
-        )
+    """Load the model; a stop signal meanwhile ends the command between two tensors (see cli.signals)."""
+    from mixchat import loader
+    from mixchat.cli.signals import STOP
+
+    loader.between_tensors = STOP.check
+    try:
+        with stderr_status("Loading model…", quiet):
+            rt = load_runtime(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
+                max_context=args.max_context,
+            )
+    finally:
+        loader.between_tensors = None
+    STOP.check()
+    return rt
 
 
 def fail(message: str) -> None:

@@ -67,8 +67,9 @@ def reserve_standard_fds() -> None:
 
 def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
+    parser = build_parser()  # imports torch: a signal meanwhile is acted on just below
     args = parser.parse_args(argv)
+    STOP.check()
     func = getattr(args, "func", None)
     if func is None:
         func = getattr(args, "tui_func", None)

@@ -5,7 +5,10 @@ import of torch (a traceback), inside a save (a lost turn) or inside a C++ call 
 SIGHUP kill the process outright and lose the turn in progress. So the commands install these handlers
 before anything heavy is imported, and a signal only raises `Stopped` where that is safe:
 
-- during start-up and while waiting for input, where nothing is unsaved: `Stopped` ends the command;
+- during start-up the signal is remembered and acted on at the next check point: after the imports, after
+  each tensor the loader copies, after the model is loaded (raising inside an import leaves half-imported
+  modules behind that fail again on the way out, e.g. numpy's lazy submodules recursing);
+- while waiting for input, where nothing is unsaved, `Stopped` ends the command at once;
 - while a reply runs, the handler only sets the reply's cancel event: the engine stops after its current
   forward pass, the partial reply is saved (marked as cancelled), and then the command exits. A first
   Ctrl-C stops just the reply; a second one, or SIGTERM/SIGHUP, also ends the process after the save;
@@ -55,13 +58,13 @@ class StopSignals:
     def __init__(self) -> None:
         self.cancel: threading.Event | None = None  # the running reply's, while one runs
         self.requested: int | None = None  # a signal that ends the process at the next safe point
-        self.raise_now = True  # start-up: nothing to save yet
+        self.raise_now = False  # see the module docstring: only `interruptible` stretches raise at once
         self.stopped_reply = False  # the running reply was stopped by a (first) Ctrl-C
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
         """Take over the three signals with a fresh state (main thread only; elsewhere a no-op)."""
-        self.cancel, self.requested, self.raise_now, self.stopped_reply = None, None, True, False
+        self.cancel, self.requested, self.raise_now, self.stopped_reply = None, None, False, False
         if threading.current_thread() is not threading.main_thread() or self._previous:
             return
         for s in SIGNALS:

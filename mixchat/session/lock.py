@@ -89,8 +89,13 @@ def acquire(root: Path, key: str, name: str, purpose: str = "chat") -> Conversat
             f"conversation {name!r} is open in another mixchat ({holder}); "
             f"read it with `mixchat conversations show {_quote(name)}`, or continue a copy with --fork NEW_NAME"
         ) from None
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "purpose": purpose,
-            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": _now(),
+        "purpose": purpose,
+        "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200],
+    }
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
