@@ -514,3 +514,36 @@ def test_alias_names_are_refused(ckpt: Path, tmp_path: Path, capsys) -> None:  #
     one_line(capsys.readouterr().err, '--data-dir ""')
     with pytest.raises(Exception, match="names no folder"):
         data_dir("")
+
+
+# ---- the app ------------------------------------------------------------------------------------------------------
+def test_app_shows_a_failed_save_until_a_save_succeeds(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from tui_support import chat_screen, idle, make_app
+
+    import mixchat.session.cachefile as cachefile
+
+    real_save = cachefile.save_file
+
+    async def scenario() -> None:
+        app = make_app(tmp_path)
+        async with app.run_test(size=(120, 40)) as pilot:
+            chat = await chat_screen(pilot)
+            monkeypatch.setattr(cachefile, "save_file", _enospc)
+            await chat.send("hello")
+            await idle(pilot, chat)
+            notes = [str(n.render()) for n in chat.transcript.query(".note")]
+            assert any("not saved" in n and "No space left on device" in n for n in notes), notes
+            assert "NOT SAVED" in chat.status.text()
+            assert len(chat.transcript.replies()) == 1  # the turn stays on screen, and in the conversation
+            await pilot.pause(1.0)
+            assert "NOT SAVED" in chat.status.text()  # persistent, not a toast that fades
+            monkeypatch.setattr(cachefile, "save_file", real_save)
+            await chat.send("again")
+            await idle(pilot, chat)
+            assert "NOT SAVED" not in chat.status.text()
+            saved_turns = ConversationStore(tmp_path / "data").read(chat.conversation.name).messages
+            assert [m.content for m in saved_turns if m.role == "user"] == ["hello", "again"]
+
+    asyncio.run(scenario())

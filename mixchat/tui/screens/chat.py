@@ -251,7 +251,16 @@ class ChatScreen(Screen[None]):
         if message.error is not None:
             await self.transcript.add_note(f"error: {message.error}", "error")
         if message.save_error is not None:
+            # Persistent, not a toast: the turn is only in memory. It stays on screen (export it, or the next
+            # turn's save tries again), and the status bar says NOT SAVED until a save succeeds.
             self.notify(message.save_error, severity="error")
+            await self.transcript.add_note(
+                f"not saved: {message.save_error}; the conversation is kept here, and the next save tries again",
+                "error",
+            )
+            self.status.set(unsaved=True)
+        elif message.saved_as is not None:
+            self.status.set(unsaved=False)
         self.reply = None
         self.user_widget = None
         if self.panel_on:
