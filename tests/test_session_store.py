@@ -260,10 +260,19 @@ def test_sigkill_during_save_leaves_a_complete_save(tmp_path: Path) -> None:
 
 
 # ---- names ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/absolute/path", "a/b\\c", "..", ".", "rb/../rb2", "rb2/."])
+def test_names_that_are_not_one_folder_name_are_refused(rt, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    store = ConversationStore(tmp_path / "data")
+    conv = chat(rt, ["hi"], Conversation.from_runtime(rt, ChatSettings(temperature=0, max_tokens=2)))
+    with pytest.raises(ConversationError, match="or contain '/'"):
+        store.save(conv, name)
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("transcript.json"))
+
+
 @pytest.mark.parametrize(
     "name",
-    ["../../etc/passwd", "/absolute/path", "a/b\\c", "..", ".", "~", "nul", "CON", "tab\there", "bell\x07\x1b[31m",
-     "x" * MAX_NAME, "ünïcødé 名前", "a\x00b", "-rf", ".hidden"],
+    ["~", "nul", "CON", "tab\there", "bell\x07\x1b[31m", "x" * MAX_NAME, "ünïcødé 名前", "a\x00b", "-rf", ".hidden",
+     "...", "a..b"],
 )
 def test_names_cannot_escape_the_data_dir(rt, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     store = ConversationStore(tmp_path / "data")
