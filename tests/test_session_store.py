@@ -313,16 +313,16 @@ def test_list_rename_export_delete(rt, tmp_path: Path) -> None:  # type: ignore[
         store.save(a, "beta")
     with pytest.raises(ConversationError, match="already exists"):
         store.rename("alpha", "beta")
-    assert store.rename("alpha", "gamma / delta") == "gamma / delta"
-    assert not store.exists("alpha") and store.exists("gamma / delta")
-    loaded = store.load_for(rt, "gamma / delta")
-    assert loaded.problem is None and loaded.conversation.name == "gamma / delta"
+    assert store.rename("alpha", "gamma · delta") == "gamma · delta"
+    assert not store.exists("alpha") and store.exists("gamma · delta")
+    loaded = store.load_for(rt, "gamma · delta")
+    assert loaded.problem is None and loaded.conversation.name == "gamma · delta"
     md = store.export("beta", "md")
     assert md.startswith("# beta\n") and "## User\n\nsecond" in md and b.messages[-1].content in md
     exported = json.loads(store.export("beta", "json"))
     assert exported["ids"] == b.ids and [m["content"] for m in exported["messages"]][:1] == ["second"]
     store.delete("beta")
-    assert not store.exists("beta") and [i.name for i in store.list()] == ["gamma / delta"]
+    assert not store.exists("beta") and [i.name for i in store.list()] == ["gamma · delta"]
     with pytest.raises(ConversationError, match="no conversation named"):
         store.delete("beta")
 
