@@ -547,3 +547,35 @@ def test_app_shows_a_failed_save_until_a_save_succeeds(tmp_path: Path, monkeypat
             assert [m.content for m in saved_turns if m.role == "user"] == ["hello", "again"]
 
     asyncio.run(scenario())
+
+
+def test_app_refuses_a_conversation_open_in_another_process(ckpt: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    from tui_support import make_app, until
+
+    from mixchat.session.lock import lock_path
+
+    rt = runtime(ckpt)
+    conv = Conversation.from_runtime(rt, ChatSettings(temperature=0, max_tokens=3))
+    drain(conv.send("hi"))
+    store = ConversationStore(tmp_path / "data")
+    store.save(conv, "busy")
+    lock_path(store.root, conv.id).parent.mkdir(exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
+         str(lock_path(store.root, conv.id))], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+
+        async def scenario() -> None:
+            app = make_app(tmp_path, resume="busy")
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: app.load_error is not None, what="the load to fail")
+            assert "is open in another mixchat" in app.load_error and "\n" not in app.load_error
+
+        asyncio.run(scenario())
+    finally:
+        holder.kill()
+        holder.wait()

@@ -29,6 +29,7 @@ except ImportError:  # Windows: no advisory locks here; one process per conversa
     fcntl = None  # type: ignore[assignment]
 
 LOCKS = ".locks"
+_HELD: set[str] = set()  # lock files this process holds: taking one again (the app renaming the open one) is fine
 
 
 class ConversationLocked(ConversationError):
@@ -50,6 +51,7 @@ class ConversationLock:
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
+        _HELD.discard(str(self.path))
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # closing the last descriptor releases the flock
@@ -73,7 +75,7 @@ def acquire(root: Path, key: str, name: str, purpose: str = "chat") -> Conversat
     media) gives an unlocked handle: reading and chatting still work there, and any save fails on its own.
     """
     path = lock_path(root, key)
-    if fcntl is None:
+    if fcntl is None or str(path) in _HELD:  # no locks here, or this process holds it already
         return ConversationLock(path, None)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +103,7 @@ def acquire(root: Path, key: str, name: str, purpose: str = "chat") -> Conversat
         os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
     except OSError:
         pass  # the lock is held all the same; only the holder's description is missing
+    _HELD.add(str(path))
     return ConversationLock(path, fd)
 
 
@@ -125,3 +128,28 @@ def _quote(name: str) -> str:
     import shlex
 
     return shlex.quote(name)
+
+
+class LockHolder:
+    """The one conversation a front end has open: switching takes the new lock, then gives up the old one.
+
+    One holder per process and data dir: two flocks on one file from one process would refuse each other.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.key: str | None = None
+        self.lock: ConversationLock | None = None
+
+    def switch(self, key: str, name: str, purpose: str = "chat") -> None:
+        """Hold conversation `key` instead of the current one; ConversationLocked if another process has it."""
+        if key == self.key:
+            return
+        new = acquire(self.root, key, name, purpose)
+        self.release()
+        self.key, self.lock = key, new
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        self.key, self.lock = None, None

@@ -292,6 +292,9 @@ class ChatScreen(Screen[None]):
         old.invalidate_cache()  # the buffer is reused; `old` was saved after its last turn, cache included
         self.conversation = Conversation(self.runtime.engine, self.runtime.tokenizer, old.fingerprint, settings,
                                          model_name=old.model_name, cache=old.cache)
+        locks = getattr(self.app, "locks", None)
+        if locks is not None:
+            locks.switch(self.conversation.id, "new conversation")
         await self.show_conversation()
         self.update_status(state="ready", tokens_per_second=None, first_token=None)
         self.input.focus()
@@ -321,6 +324,9 @@ class ChatScreen(Screen[None]):
         from mixchat.session import ConversationError
 
         try:
+            locks = getattr(self.app, "locks", None)
+            if locks is not None:  # another process may have it open: then this one keeps the current one
+                locks.switch(self.store.read(name).id, name)
             loaded = self.store.load_for(self.runtime, name)
         except ConversationError as e:
             self.post_message(ConversationOpened(None, None, str(e)))
