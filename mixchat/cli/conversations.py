@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 
 from mixchat.cli.common import Parser
+from mixchat.runtime import UserError
 
 DESCRIPTION = """\
 Manage the conversations that `mixchat chat` saves after every turn. They live in one folder each under
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     store = ConversationStore(args.data_dir)
     action = args.action or "list"
+    if sys.stdout is None and action in ("list", "show", "export"):
+        raise UserError(f"stdout is closed: there is nowhere to print what `conversations {action}` shows")
     if action == "list":
         return _list(store)
     if action == "show":

@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from mixchat.engine import SequenceFinished, TokenGenerated
     from mixchat.sampling import SamplingSettings
 
+    if sys.stdout is None:
+        raise UserError("stdout is closed: there is nowhere to print the replies")
     prompts = read_prompts(args)
     settings = SamplingSettings(args.temperature, args.top_p, args.max_tokens, args.seed)
     rt = load_from_args(args)
