@@ -248,7 +248,8 @@ def check_headers(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                 if targets is None:
                     continue
                 fused = isinstance(targets, list)
-                for pname, expert, _ in targets if fused else [targets]:  # type: ignore[union-attr]
+                items: list[Target] = targets if isinstance(targets, list) else [targets]
+                for pname, expert, _ in items:
                     if pname not in params or pname not in known:
                         continue
                     piece = f.get_slice(name)

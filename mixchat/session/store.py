@@ -179,7 +179,7 @@ class ConversationStore:
             messages=t.messages, ids=t.ids, conversation_id=t.id or None, created=t.created or None,
             updated=t.updated or None,
         )
-        moe = conv.model.args.moe
+        moe = conv.engine.model.args.moe
         bad = settings_problem(t.settings.experts_per_token, moe.num_experts if moe is not None else None)
         if bad is not None:
             raise TranscriptError(
