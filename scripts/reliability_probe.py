@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's mixchat, not an installed one
 PY = sys.executable
 ENV = {**os.environ, "PYTHONIOENCODING": "utf-8"}
 ENV.pop("MIXCHAT_DATA_DIR", None)

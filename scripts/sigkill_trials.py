@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's mixchat, not an installed one
 HELPERS = REPO / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
 sys.path.insert(0, str(REPO / "tests"))
