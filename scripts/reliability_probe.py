@@ -276,7 +276,7 @@ class Probe:
                 extra = ["--resume", "s"] if resume else ["--conversation", "s"]
                 rc, _, err = run(self.chat(data, *extra, "--max-tokens", "4"), stdin=b"hello\n", fault=fault)
                 r = Result("storage", what + (" (resumed)" if resume else " (new)"), rc, err)
-                r.lost = "hello" not in users(data, "s")  # expected lost; must not be silent
+                r.lost = "hello" not in users(data, "s")  # the disk refused it: lost, but it must not be silent
                 if not resume:
                     root = data / "conversations"
                     left = [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
@@ -289,7 +289,7 @@ class Probe:
         cases = []
         for resume in (False, True):
             cases += [save_fault("ENOSPC in the cache write", "mixchat.session.cachefile:save_file:28", resume),
-                      save_fault("ENOSPC in the transcript write", "mixchat.session.files:atomic_write_bytes:28",
+                      save_fault("ENOSPC in the transcript write", "mixchat.session.store:atomic_write_bytes:28",
                                  resume),
                       save_fault("EROFS on mkdir", "Path:mkdir:30", resume),
                       save_fault("EACCES on replace", "os:replace:13", resume)]

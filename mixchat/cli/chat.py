@@ -279,7 +279,8 @@ class PlainRepl:
     def exit_status(self) -> int:
         """0, or non-zero when a turn failed or could not be saved: scripts must notice a lost turn."""
         if self.unsaved is not None:
-            self.status(f"mixchat: error: the last turn was not saved ({self.unsaved})")
+            if self.interactive:  # a script was told once, when the save failed; a person may have scrolled on
+                self.status(f"mixchat: error: the last turn was not saved ({self.unsaved})")
             return 1
         return self.error_status
 
