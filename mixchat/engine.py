@@ -300,11 +300,15 @@ class Engine:
             yield from self._cache_events(cache, [rows[i] for i in live])
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], settings: SamplingSettings, trace: bool = True
+        self,
+        prompts: Sequence[Sequence[int]],
+        settings: SamplingSettings,
+        trace: bool = True,
+        cancel: threading.Event | None = None,
     ) -> Iterator[Event]:
         """Packed generation for independent prompts, one cache row each."""
         cache = self.new_cache(batch=len(prompts))
-        yield from self.run(cache, list(range(len(prompts))), prompts, settings, trace=trace)
+        yield from self.run(cache, list(range(len(prompts))), prompts, settings, cancel, trace=trace)
 
     # ---- helpers ----------------------------------------------------------------------------------------
     def _stream_decoder(self):  # type: ignore[no-untyped-def]

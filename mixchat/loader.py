@@ -38,7 +38,11 @@ _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
     "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
+FLOAT_HEADER_DTYPES = ("F32", "BF16", "F16", "F64")  # safetensors' names; the weights are floats, nothing else
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
+# Called after each tensor is copied into place: a front end may stop a long load there (its own exception,
+# raised between two tensors, where nothing is half done). None: no check.
+between_tensors: Callable[[], None] | None = None
 
 
 @dataclass
@@ -191,6 +195,19 @@ def _hf_target(name: str, args: ModelArgs) -> Target | list[Target] | None:
     return None
 
 
+def _open_weights(path: Path):  # type: ignore[no-untyped-def]
+    """safe_open, with the true reason when the file cannot even be opened (safetensors says "not found")."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise LoadError(f"{path.name} cannot be read ({e.strerror or e})") from None
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:
+        raise LoadError(f"{path.name} is not a readable safetensors file ({_short(e)})") from None
+
+
 @dataclass
 class TensorEntry:
     """One tensor of a safetensors file, as its header describes it; `read` fetches its bytes."""
@@ -221,9 +238,9 @@ class TensorEntry:
 
 def read_header(path: Path) -> list[TensorEntry]:
     """The tensors of one safetensors file, from its header (validated by safetensors itself first)."""
+    with _open_weights(path):  # the true reason when the file cannot be read at all
+        pass
     try:
-        with safe_open(str(path), framework="pt"):
-            pass
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(n))
@@ -298,8 +315,10 @@ def build_model(
     """Materialise the whole model of `ckpt` on `device`."""
     with torch.device("meta"), _SkipInit():
         model = Transformer(ckpt.args)
+    known = set(dict(model.named_parameters()))
+    check_headers(model, ckpt, known)  # before allocating: a config's sizes are checked against the file's
     model = model.to(dtype).to_empty(device=device)
-    _load_weights(model, ckpt, set(dict(model.named_parameters())))
+    _load_weights(model, ckpt, known)
     return model.eval().requires_grad_(False)
 
 
@@ -311,9 +330,53 @@ def build_stage(
     with torch.device("meta"), _SkipInit():
         model = StageModel(ckpt.args, part)
         known = {name for name, _ in Transformer(ckpt.args).named_parameters()}
+    check_headers(model, ckpt, known)
     model = model.to(dtype).to_empty(device=device)
     _load_weights(model, ckpt, known)
     return model.eval().requires_grad_(False)
+
+
+def check_headers(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> None:
+    """Every tensor's dtype and shape, from the files' headers, against the (not yet allocated) model.
+
+    A config that claims a vocabulary of 10^12 would otherwise have mixchat try to allocate 256 TB before
+    the first tensor is read; integer tensors would be cast to floats silently and talk nonsense.
+    """
+    params = dict(model.named_parameters())
+    config = "params.json" if ckpt.layout == "mistral" else "config.json"
+    for path in ckpt.weight_files:
+        with _open_weights(path) as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, ckpt.args)
+                if targets is None:
+                    continue
+                fused = isinstance(targets, list)
+                items: list[Target] = targets if isinstance(targets, list) else [targets]
+                for pname, expert, _ in items:
+                    if pname not in params or pname not in known:
+                        continue
+                    piece = f.get_slice(name)
+                    stored = piece.get_dtype()
+                    if stored not in FLOAT_HEADER_DTYPES:
+                        raise LoadError(f"tensor {name!r} in {path.name} holds {stored} values; "
+                                        "mixchat loads floating-point weights only (F32, BF16, F16)")
+                    if expert is not None and expert >= params[pname].shape[0]:
+                        raise LoadError(f"tensor {name!r} in {path.name} is expert {expert}, but {config} "
+                                        f"has {params[pname].shape[0]} experts")
+                    expected = tuple(params[pname].shape)[0 if expert is None else 1 :]
+                    shape = tuple(piece.get_shape())
+                    if fused:
+                        shape = (shape[0], shape[1] // 2, *shape[2:]) if len(shape) >= 2 else shape
+                    if shape != expected:
+                        raise LoadError(
+                            f"tensor {name!r} in {path.name} has shape {shape}, but {config} makes it "
+                            f"{expected} ({_sizes(ckpt.args)})"
+                        )
+
+
+def _sizes(args: ModelArgs) -> str:
+    return (f"vocab_size {args.vocab_size}, dim {args.dim}, hidden_dim {args.hidden_dim}, "
+            f"n_heads {args.n_heads}, n_kv_heads {args.n_kv_heads}, head_dim {args.head_dim}")
 
 
 def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> None:
@@ -330,6 +393,8 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
 
     for entry in _iter_tensors(ckpt.weight_files):
         name = entry.name
+        if between_tensors is not None:
+            between_tensors()
         if name == "model.embed_tokens.weight":
             embed_source = entry
         targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, args)
@@ -361,6 +426,8 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                 with torch.no_grad():
                     dest.copy_(tensor)
             del tensor
+            if not bool(torch.isfinite(dest).all()):  # one pass over a tensor just read: cheap next to the read
+                raise LoadError(f"tensor {name!r} in {entry.path} holds NaN or infinite values")
             if expert is None:
                 filled.add(pname)
             else:

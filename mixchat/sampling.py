@@ -6,6 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
+def check_seed(seed: int | None) -> None:
+    """Raise ValueError (one line, naming the value) for a seed torch cannot take."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and {MAX_SEED} (2^63 - 1), got {seed}")
+
 
 @dataclass
 class SamplingSettings:
@@ -21,6 +29,7 @@ class SamplingSettings:
             raise ValueError("top-p must be in (0, 1]")
         if self.max_tokens < 1:
             raise ValueError("max tokens must be at least 1")
+        check_seed(self.seed)
 
 
 class Sampler:

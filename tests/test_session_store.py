@@ -263,10 +263,19 @@ def test_sigkill_during_save_leaves_a_complete_save(tmp_path: Path) -> None:
 
 
 # ---- names ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/absolute/path", "a/b\\c", "..", ".", "rb/../rb2", "rb2/."])
+def test_names_that_are_not_one_folder_name_are_refused(rt, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    store = ConversationStore(tmp_path / "data")
+    conv = chat(rt, ["hi"], Conversation.from_runtime(rt, ChatSettings(temperature=0, max_tokens=2)))
+    with pytest.raises(ConversationError, match="or contain '/'"):
+        store.save(conv, name)
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("transcript.json"))
+
+
 @pytest.mark.parametrize(
     "name",
-    ["../../etc/passwd", "/absolute/path", "a/b\\c", "..", ".", "~", "nul", "CON", "tab\there", "bell\x07\x1b[31m",
-     "x" * MAX_NAME, "ünïcødé 名前", "a\x00b", "-rf", ".hidden"],
+    ["~", "nul", "CON", "tab\there", "bell\x07\x1b[31m", "x" * MAX_NAME, "ünïcødé 名前", "a\x00b", "-rf", ".hidden",
+     "...", "a..b"],
 )
 def test_names_cannot_escape_the_data_dir(rt, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     store = ConversationStore(tmp_path / "data")
@@ -307,16 +316,16 @@ def test_list_rename_export_delete(rt, tmp_path: Path) -> None:  # type: ignore[
         store.save(a, "beta")
     with pytest.raises(ConversationError, match="already exists"):
         store.rename("alpha", "beta")
-    assert store.rename("alpha", "gamma / delta") == "gamma / delta"
-    assert not store.exists("alpha") and store.exists("gamma / delta")
-    loaded = store.load_for(rt, "gamma / delta")
-    assert loaded.problem is None and loaded.conversation.name == "gamma / delta"
+    assert store.rename("alpha", "gamma · delta") == "gamma · delta"
+    assert not store.exists("alpha") and store.exists("gamma · delta")
+    loaded = store.load_for(rt, "gamma · delta")
+    assert loaded.problem is None and loaded.conversation.name == "gamma · delta"
     md = store.export("beta", "md")
     assert md.startswith("# beta\n") and "## User\n\nsecond" in md and b.messages[-1].content in md
     exported = json.loads(store.export("beta", "json"))
     assert exported["ids"] == b.ids and [m["content"] for m in exported["messages"]][:1] == ["second"]
     store.delete("beta")
-    assert not store.exists("beta") and [i.name for i in store.list()] == ["gamma / delta"]
+    assert not store.exists("beta") and [i.name for i in store.list()] == ["gamma · delta"]
     with pytest.raises(ConversationError, match="no conversation named"):
         store.delete("beta")
 

@@ -4,24 +4,31 @@ One line of stdin is one user turn; the reply streams to stdout as it is generat
 Everything else (status, /stats, /help, warnings) goes to stderr, so `... | mixchat chat --plain > out`
 captures exactly the replies. There are no prompts or colours unless stdin is a terminal.
 
-The conversation is saved after every turn. Generation runs in a worker thread: Ctrl-C then only sets the
-engine's cancel event (checked between forward passes), so an interrupted reply never leaves a half-written
-cache behind.
+The conversation is saved after every turn, before anything depends on stdout: a reader that goes away
+or a full disk behind stdout ends the session only after the turn is saved (`mixchat.cli.output`).
+Generation runs in a worker thread: Ctrl-C, SIGTERM and SIGHUP then only set the engine's cancel event
+(checked between forward passes), so an interrupted reply is saved whole, never half-written
+(`mixchat.cli.signals`). While a conversation is open here, it is locked against other processes
+(`mixchat.session.lock`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import queue
 import sys
 import threading
 import unicodedata
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from mixchat.cli.common import add_conversation_options, add_model_options, load_from_args
 from mixchat.cli.conversations import add_data_dir_option
+from mixchat.cli.output import Output, say, silence_stdout
+from mixchat.cli.signals import STOP
 from mixchat.engine import DEFAULT_CHUNK_SIZE
 from mixchat.runtime import UserError
 from mixchat.units import human_bytes
@@ -65,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--conversation", metavar="NAME", help="open NAME if it exists, else start it under NAME")
     which.add_argument("--resume", nargs="?", const="", metavar="NAME",
                        help="continue NAME, or without NAME the most recently updated conversation")
+    g.add_argument("--fork", metavar="NEW_NAME",
+                   help="with --resume/--conversation: continue a copy named NEW_NAME (works while the original "
+                        "is open elsewhere)")
     g.add_argument("--system", metavar="TEXT", help="system prompt of a new conversation")
     add_data_dir_option(g)
     # Defaults are None so that a resumed conversation keeps its saved settings unless a flag overrides them.
@@ -85,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         from mixchat.cli.tui_command import run as run_app
 
         return run_app(args)
+    if sys.stdin is None:
+        raise UserError("stdin is closed: there is nothing to read (pipe the turns in, or run in a terminal)")
+    from mixchat.session.lock import acquire
+
     store = ConversationStore(args.data_dir)
     target: str | None = None
     resume = False
@@ -96,11 +110,19 @@ def run(args: argparse.Namespace) -> int:
     elif args.conversation is not None:
         target = clean_name(args.conversation)
         resume = store.exists(target)
+    fork = clean_name(args.fork) if args.fork is not None else None
+    if fork is not None and not resume:
+        raise UserError("--fork copies a saved conversation: give it with --resume NAME or --conversation NAME")
+    if fork is not None and store.exists(fork):
+        raise UserError(f"a conversation named {fork!r} already exists; choose another name for the copy")
+    lock = None
     if resume:
         assert target is not None
         saved = store.read(target)  # an unreadable transcript fails here, before a model is loaded
         if args.system is not None and saved.messages and (args.system or None) != saved.settings.system:
             raise UserError(f"--system only applies to a new conversation; {saved.name!r} already has turns")
+        if fork is None:  # fail now, not after loading the model; a copy needs no lock on the original
+            lock = acquire(store.root, saved.id, saved.name)
     overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
 
     # The conversation's own chunk size is applied before every turn; the engine's initial one does not matter.
@@ -123,7 +145,28 @@ def run(args: argparse.Namespace) -> int:
             conv = Conversation.from_runtime(rt, ChatSettings(system=args.system or None, **overrides), name=target)
     except SettingsError as e:
         raise UserError(str(e)) from None
-    return PlainRepl(rt, store, conv, resumed=resume).loop()
+    if fork is not None:
+        conv = fork_conversation(store, conv, fork)
+    if lock is None:
+        lock = acquire(store.root, conv.id, conv.name or "new conversation")
+    repl = PlainRepl(rt, store, conv, resumed=resume)
+    repl.lock = lock
+    try:
+        return repl.loop()
+    finally:
+        repl.lock.release()
+
+
+def fork_conversation(store: Any, conv: Any, name: str) -> Any:
+    """Make `conv` a copy saved as `name` (a new id, so it is locked and saved on its own)."""
+    import uuid
+
+    conv.id = uuid.uuid4().hex
+    conv.name = name
+    conv.dirty = True
+    store.save(conv)
+    say(f"mixchat: continuing a copy named {name!r}")
+    return conv
 
 
 class _Done:
@@ -148,39 +191,48 @@ class PlainRepl:
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
     ) -> None:
+        from mixchat.session.lock import ConversationLock
+
         self.rt = runtime
         self.store = store
         self.conv = conversation
         self.resumed = resumed
         self.inp = stdin or sys.stdin
-        self.out = stdout or sys.stdout
+        self.out = Output(stdout or sys.stdout)
         self.err = stderr or sys.stderr
         self.interactive = _isatty(self.inp)
-        self.terminal_out = _isatty(self.out)
+        self.terminal_out = _isatty(self.out.stream)
         self.announced: set[str] = set()  # conversation ids whose save location was already reported
         self._progress_shown = False
-        for stream in (self.inp, self.out):
+        self.lock = ConversationLock(Path(), None)  # `run` hands over the lock it took
+        self.unsaved: str | None = None  # why the last save failed; the session then ends with status 1
+        self.error_status = 0  # 2 once a turn failed (e.g. the context is full)
+        self._cancel: threading.Event | None = None
+        for stream in (self.inp, self.out.stream):
             reconfigure: Callable[..., None] | None = getattr(stream, "reconfigure", None)
             if reconfigure is not None:
                 reconfigure(errors="replace")
 
     # ---- I/O ------------------------------------------------------------------------------------------------
     def status(self, text: str) -> None:
-        print(text, file=self.err, flush=True)
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr gone (a hung-up terminal)
+            print(text, file=self.err, flush=True)
 
     def read_line(self) -> str | None:
-        try:
-            if self.interactive and self.terminal_out and self.inp is sys.stdin:
-                return input("> ")  # line editing where the terminal offers it
-            if self.interactive:
-                self.err.write("> ")
-                self.err.flush()
-            line = self.inp.readline()
-            return line if line else None
-        except EOFError:
-            return None
-        except KeyboardInterrupt:
-            return None
+        """The next line, or None at EOF; a stop signal while waiting ends the session (everything is saved)."""
+        with STOP.interruptible():
+            try:
+                if self.interactive and self.terminal_out and self.inp is sys.stdin:
+                    return input("> ")  # line editing where the terminal offers it
+                if self.interactive:
+                    self.err.write("> ")
+                    self.err.flush()
+                line = self.inp.readline()
+                return line if line else None
+            except EOFError:
+                return None
+            except KeyboardInterrupt:
+                return None
 
     def progress(self, done: int, total: int) -> None:
         """A long pre-fill (a pasted document, a cache being rebuilt) counts up on a terminal's stderr."""
@@ -195,10 +247,11 @@ class PlainRepl:
         self.err.flush()
 
     def write(self, text: str) -> None:
+        """Reply text to stdout; if stdout fails, the reply stops (nobody reads it) and is saved as it is."""
         if self.terminal_out:
             text = _printable(text)
-        self.out.write(text)
-        self.out.flush()
+        if not self.out.write(text) and self._cancel is not None:
+            self._cancel.set()
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def loop(self) -> int:
@@ -208,25 +261,46 @@ class PlainRepl:
                 f"new conversation{f' {c.name!r}' if c.name else ''}")
             self.status(f"mixchat · {self.rt.name} · {what} · /help for commands, Ctrl-D to quit")
         while True:
+            STOP.check()  # a signal that arrived during a turn ends the session now that the turn is saved
+            if self.out.failed:
+                return self.output_failed()
+            if self.error_status and not self.interactive:
+                return self.exit_status()  # a script's next turns would fail the same way
             line = self.read_line()
             if line is None:
                 if self.interactive:
                     self.status("")
-                return 0
+                return self.exit_status()
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             if line.startswith("/") and not line.startswith("//"):
-                if not self.command(line):
-                    return 0
+                with STOP.deferred():
+                    if not self.command(line):
+                        return self.exit_status()
                 continue
             self.turn(line[1:] if line.startswith("//") else line)
 
+    def exit_status(self) -> int:
+        """0, or non-zero when a turn failed or could not be saved: scripts must notice a lost turn."""
+        if self.unsaved is not None:
+            if self.interactive:  # a script was told once, when the save failed; a person may have scrolled on
+                self.status(f"mixchat: error: the last turn was not saved ({self.unsaved})")
+            return 1
+        return self.error_status
+
+    def output_failed(self) -> int:
+        """stdout failed during a turn, which is saved by now: one line (none for a broken pipe), and exit."""
+        message = self.out.message()
+        if message is not None:
+            self.status(message + ("; the conversation was saved" if self.unsaved is None else ""))
+        if self.out.stream is not None and self.out.stream is sys.stdout:
+            silence_stdout()
+        return self.exit_status() or self.out.exit_status()
+
     def turn(self, text: str, start: Callable[[threading.Event], Any] | None = None) -> None:
         """Send `text`, or run `start(cancel)` (a retry, an edit: raises before anything runs if it cannot)."""
-        from mixchat.cache import ContextFullError
         from mixchat.engine import PrefillProgressed, SequenceFinished, TokenGenerated
-        from mixchat.session import SettingsError
 
         cancel = threading.Event()
         events: queue.Queue[Any] = queue.Queue()
@@ -243,44 +317,60 @@ class PlainRepl:
                 events.put(_Done())
 
         worker = threading.Thread(target=work, name="mixchat-generate", daemon=True)
-        worker.start()
         reason: str | None = None
         failure: BaseException | None = None
-        while True:
+        self._cancel = cancel
+        with STOP.reply(cancel):
             try:
-                try:
-                    item = events.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if isinstance(item, _Done):
-                    break
-                if isinstance(item, _Failed):
-                    failure = item.error
-                elif isinstance(item, PrefillProgressed):
-                    self.progress(item.done, item.total)
-                elif isinstance(item, TokenGenerated) and item.text:
-                    self.progress(0, 0)
-                    self.write(item.text)
-                elif isinstance(item, SequenceFinished):
-                    reason = item.reason
-            except KeyboardInterrupt:
-                cancel.set()  # the worker stops after the current forward pass
-        worker.join()
+                worker.start()
+                while True:
+                    try:
+                        try:
+                            item = events.get(timeout=0.1)
+                        except queue.Empty:
+                            continue
+                        if isinstance(item, _Done):
+                            break
+                        if isinstance(item, _Failed):
+                            failure = item.error
+                        elif isinstance(item, PrefillProgressed):
+                            self.progress(item.done, item.total)
+                        elif isinstance(item, TokenGenerated) and item.text:
+                            self.progress(0, 0)
+                            self.write(item.text)
+                        elif isinstance(item, SequenceFinished):
+                            reason = item.reason
+                    except KeyboardInterrupt:
+                        cancel.set()  # the worker stops after the current forward pass
+            finally:
+                cancel.set()  # however this loop ended, the worker must end before the process may
+                if worker.is_alive() or worker.ident is not None:
+                    worker.join()
+                self._cancel = None
+        with STOP.deferred():
+            # (a retry or an edit undid a turn first: two messages fewer before its reply comes)
+            self.finish_turn(len(self.conv.messages) > before - (2 if start is not None else 0), reason, failure)
+
+    def finish_turn(self, replied: bool, reason: str | None, failure: BaseException | None) -> None:
+        """Save first, then tell: the turn is on disk before anything else can fail."""
+        from mixchat.cache import ContextFullError
+        from mixchat.session import SettingsError
+
         self.progress(0, 0)
-        replied = len(self.conv.messages) > before - (2 if start is not None else 0)  # a retry undid a turn first
+        if failure is not None and not isinstance(failure, (ContextFullError, SettingsError)):
+            self.autosave()
+            raise failure
+        self.autosave()  # a reply cut short by the context limit or a signal is kept
         if replied:
             self.write("\n")  # every reply ends with exactly one newline, even an empty one
         if failure is not None:
-            if isinstance(failure, (ContextFullError, SettingsError)):
-                self.status(f"mixchat: error: {failure}")
-                self.autosave()  # a reply cut short by the context limit is kept
-                return
-            raise failure
+            self.status(f"mixchat: error: {failure}")
+            self.error_status = 2
+            return
         if reason == "length":
             self.status(f"[reply stopped at {self.conv.settings.max_tokens} tokens]")
         elif reason == "cancelled":
             self.status("[cancelled]" if replied else "[cancelled before the reply; the turn was dropped]")
-        self.autosave()
 
     def autosave(self) -> None:
         from mixchat.session import ConversationError
@@ -290,8 +380,10 @@ class PlainRepl:
         try:
             folder = self.store.save(self.conv)
         except ConversationError as e:
-            self.status(f"mixchat: {e}")
+            self.unsaved = str(e)
+            self.status(f"mixchat: error: {e}; the turn is kept in memory only (/save NAME tries again)")
             return
+        self.unsaved = None
         if self.conv.id not in self.announced:
             self.announced.add(self.conv.id)
             if not self.resumed or self.interactive:
@@ -338,18 +430,24 @@ class PlainRepl:
                 self.status("nothing to save yet")
             return
         folder = self.store.save(self.conv, name)
+        self.unsaved = None
         self.announced.add(self.conv.id)
         self.status(f"saved {self.conv.name!r} in {folder}")
 
     def new_conversation(self, system: str | None) -> None:
-        from mixchat.session import Conversation
+        from mixchat.session import Conversation, ConversationError
+        from mixchat.session.lock import acquire
 
         self.autosave()
+        if self.unsaved is not None:
+            raise ConversationError(f"the current conversation is not saved ({self.unsaved}); /save NAME first")
         old = self.conv
         settings = replace(old.settings, system=system)
         old.invalidate_cache()  # the buffer is reused (a second one would double the memory); `old` is saved
         self.conv = Conversation(self.rt.engine, self.rt.tokenizer, old.fingerprint, settings,
                                  model_name=old.model_name, cache=old.cache)
+        self.lock.release()
+        self.lock = acquire(self.store.root, self.conv.id, "new conversation")
         self.resumed = False
 
     def system(self, text: str) -> None:

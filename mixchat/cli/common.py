@@ -49,7 +49,7 @@ def add_sampling_options(p: argparse.ArgumentParser, temperature: float = 0.7, m
     g.add_argument("--top-p", type=unit_float, default=0.95, metavar="P", help="nucleus sampling mass (default 0.95)")
     g.add_argument("--max-tokens", type=positive_int, default=max_tokens, metavar="N",
                    help=f"stop a reply after N tokens (default {max_tokens})")
-    g.add_argument("--seed", type=int, metavar="S", help="random seed for reproducible sampling")
+    g.add_argument("--seed", type=seed_int, metavar="S", help="random seed for reproducible sampling")
 
 
 def add_conversation_options(g: argparse._ArgumentGroup) -> None:
@@ -58,7 +58,7 @@ def add_conversation_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--temperature", type=non_negative_float, metavar="T", help="0 = greedy (default 0.7)")
     g.add_argument("--top-p", type=unit_float, metavar="P", help="nucleus sampling mass (default 0.95)")
     g.add_argument("--max-tokens", type=positive_int, metavar="N", help="stop a reply after N tokens (default 512)")
-    g.add_argument("--seed", type=int, metavar="S", help="random seed (turn n samples with S + n)")
+    g.add_argument("--seed", type=seed_int, metavar="S", help="random seed (turn n samples with S + n)")
     g.add_argument("--chunk-size", type=positive_int, metavar="N",
                    help="pre-fill at most N tokens per forward pass (default 512)")
     g.add_argument("--experts-per-token", type=positive_int, metavar="K",
@@ -72,6 +72,18 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    from mixchat.sampling import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is between 0 and {MAX_SEED} (2^63 - 1), got {text}")
     return value
 
 
@@ -105,15 +117,25 @@ def stderr_status(message: str, quiet: bool = False) -> Iterator[None]:
 
 
 def load_from_args(args: argparse.Namespace, quiet: bool = False) -> Runtime:
-    with stderr_status("Loading model…", quiet):
-        return load_runtime(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
-            max_context=args.max_context,
-            template=getattr(args, "template", None),
-        )
+    """Load the model; a stop signal meanwhile ends the command between two tensors (see cli.signals)."""
+    from mixchat import loader
+    from mixchat.cli.signals import STOP
+
+    loader.between_tensors = STOP.check
+    try:
+        with stderr_status("Loading model…", quiet):
+            rt = load_runtime(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
+                max_context=args.max_context,
+                template=getattr(args, "template", None),
+            )
+    finally:
+        loader.between_tensors = None
+    STOP.check()
+    return rt
 
 
 def fail(message: str) -> None:

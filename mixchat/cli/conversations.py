@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mixchat.cli.common import Parser
+from mixchat.errors import UserError
 from mixchat.units import local_time
 
 DESCRIPTION = """\
@@ -19,7 +20,8 @@ examples:
   mixchat conversations export "trip plans" --format md > trip.md
   mixchat conversations search lisbon          # every conversation that mentions it (exit 1: none)
   mixchat conversations rename "trip plans" "Lisbon trip"
-  mixchat conversations delete "Lisbon trip\""""
+  mixchat conversations delete "Lisbon trip"
+  mixchat conversations repair "Lisbon trip"   # rebuild a damaged transcript (the original is kept)"""
 
 
 def add_data_dir_option(p: argparse.ArgumentParser, suppress: bool = False) -> None:
@@ -29,7 +31,7 @@ def add_data_dir_option(p: argparse.ArgumentParser, suppress: bool = False) -> N
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("conversations", help="list, show, search, export, rename or delete saved conversations",
+    p = sub.add_parser("conversations", help="list, show, search, export, rename, delete or repair saved conversations",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir_option(p)
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
@@ -52,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("delete", help="delete a conversation and its saved cache")
     a.add_argument("name", metavar="NAME")
     add_data_dir_option(a, suppress=True)
+    a = actions.add_parser("repair", help="rebuild what can be rebuilt of a damaged transcript (the original "
+                           "is kept beside it)")
+    a.add_argument("name", metavar="NAME")
+    add_data_dir_option(a, suppress=True)
     p.set_defaults(func=run, action=None)
 
 
@@ -60,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     store = ConversationStore(args.data_dir)
     action = args.action or "list"
+    if sys.stdout is None and action in ("list", "show", "export"):
+        raise UserError(f"stdout is closed: there is nowhere to print what `conversations {action}` shows")
     if action == "list":
         return _list(store)
     if action == "show":
@@ -76,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
     if action == "delete":
         store.delete(args.name)
         print(f"deleted {args.name!r}", file=sys.stderr)
+        return 0
+    if action == "repair":
+        from mixchat.session.repair import repair
+
+        changes = repair(store.root, store.folder(args.name))
+        print(f"{args.name!r}: " + ("; ".join(changes) if changes else "nothing needed repair"), file=sys.stderr)
         return 0
     raise AssertionError(action)
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from mixchat.cli.common import add_model_options, add_sampling_options, load_from_args
+from mixchat.cli.signals import STOP, Stopped
 from mixchat.runtime import UserError
 
 DESCRIPTION = """\
@@ -40,7 +43,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
         if args.prompts_file == "-":
-            text = sys.stdin.read()
+            text = read_stdin_text()
         else:
             path = Path(args.prompts_file)
             if not path.is_file():
@@ -57,11 +60,28 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def read_stdin_text() -> str:
+    """All of stdin as UTF-8 text; closed or binary stdin is one line, not a traceback deep in the tokenizer."""
+    stream = sys.stdin
+    if stream is None:
+        raise UserError("--prompts-file -: stdin is closed")
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read().encode("utf-8", "surrogateescape")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--prompts-file -: stdin is not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
+    if "\0" in text:
+        raise UserError(f"--prompts-file -: stdin holds a NUL character (byte {text.index(chr(0))}); it is not text")
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
     from mixchat.chat_template import Message, encode_chat
     from mixchat.engine import SequenceFinished, TokenGenerated
     from mixchat.sampling import SamplingSettings
 
+    if sys.stdout is None:
+        raise UserError("stdout is closed: there is nowhere to print the replies")
     prompts = read_prompts(args)
     settings = SamplingSettings(args.temperature, args.top_p, args.max_tokens, args.seed)
     rt = load_from_args(args)
@@ -75,18 +95,30 @@ def run(args: argparse.Namespace) -> int:
     stream = not args.json and len(prompts) == 1
     results: dict[int, SequenceFinished] = {}
     routing: list[list] = [[] for _ in prompts]
-    for ev in rt.engine.generate(prompt_ids, settings, trace=args.json):
-        if isinstance(ev, TokenGenerated):
-            if ev.routing is not None:
-                routing[ev.seq].append(ev.routing.to_json())
-            if stream and ev.text:
-                sys.stdout.write(ev.text)
-                sys.stdout.flush()
-        elif isinstance(ev, SequenceFinished):
-            results[ev.seq] = ev
+    cancel = threading.Event()  # a signal stops generation at the next step (see mixchat.cli.signals)
+    with STOP.reply(cancel):
+        for ev in rt.engine.generate(prompt_ids, settings, trace=args.json, cancel=cancel):
+            if isinstance(ev, TokenGenerated):
+                if ev.routing is not None:
+                    routing[ev.seq].append(ev.routing.to_json())
+                if stream and ev.text:
+                    sys.stdout.write(ev.text)
+                    sys.stdout.flush()
+            elif isinstance(ev, SequenceFinished):
+                results[ev.seq] = ev
+        stopped = STOP.requested or (signal.SIGINT if STOP.stopped_reply else None)
     if stream:
         sys.stdout.write("\n")
-        return 0
+    else:
+        print_results(args, prompts, prompt_ids, results, routing, rt)
+    if stopped is not None:
+        raise Stopped(stopped)  # nothing to save here: what was generated is printed, and the exit says why
+    return 0
+
+
+def print_results(args, prompts, prompt_ids, results, routing, rt) -> None:  # type: ignore[no-untyped-def]
+    """The finished sequences (cancelled ones too), as text blocks or JSON lines."""
+    tok = rt.tokenizer
     for i, prompt in enumerate(prompts):
         fin = results[i]
         text_ids = [t for t in fin.ids if t != tok.eos_id]
@@ -111,4 +143,3 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"--- [{i + 1}] {prompt}")
             print(tok.decode(text_ids))
-    return 0

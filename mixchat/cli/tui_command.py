@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown theme {theme!r}; available: {names}")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UserError("the chat app needs a terminal; for pipes and scripts use `mixchat chat --plain`")
+    from mixchat.cli.signals import STOP
+
+    STOP.check()  # a signal during start-up ends it here
+    STOP.uninstall()  # the app reads Ctrl-C as a key, and Textual has its own handling of the others
     app.run()
     if app.load_error is not None:
         print(f"mixchat: error: {app.load_error}", file=sys.stderr)

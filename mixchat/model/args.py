@@ -8,6 +8,7 @@ field, rather than ignored; a model that then runs with wrong numbers is worse t
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,10 @@ class ModelArgs:
             raise ConfigError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"'{name}' must be a finite number > 0, got {value!r}")
         if isinstance(self.sliding_window, list):
             if not self.sliding_window or self.n_layers % len(self.sliding_window):
                 raise ConfigError(
@@ -241,8 +246,8 @@ def _fields_of(filename: str) -> Iterator[None]:
     """Turn a missing or mistyped field of a config file into one ConfigError line naming the file."""
     try:
         yield
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise ConfigError(f"{filename}: {e}") from None
     except KeyError as e:
         raise ConfigError(f"{filename} lacks the field {e.args[0]!r}") from None
     except (TypeError, ValueError) as e:

@@ -14,13 +14,14 @@ safetensors holds raw tensors and a JSON header, no pickle.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mixchat.cache import RollingCache, RowSnapshot
@@ -92,10 +93,22 @@ def write_cache(path: Path, cache: RollingCache, fingerprint: ModelFingerprint) 
     }
 
     def write(tmp: Path) -> None:
-        save_file({"k": k, "v": v}, str(tmp), metadata=meta)
+        try:
+            save_file({"k": k, "v": v}, str(tmp), metadata=meta)
+        except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors; the caller expects one
+            raise as_os_error(e) from None
 
     atomic_write(path, write)
     return CacheRecord(path.name, snap.seen, int(k.shape[1]), dtype, digest, fingerprint.digest)
+
+
+def as_os_error(e: Exception) -> OSError:
+    """safetensors reports an OS error as text ("... Os { code: 28, ... }"): the OSError it stands for."""
+    m = re.search(r"(?:code: |os error )(\d+)", str(e))
+    if m:
+        code = int(m[1])
+        return OSError(code, os.strerror(code))
+    return OSError(str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
 
 
 def read_cache(

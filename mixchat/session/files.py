@@ -30,6 +30,7 @@ MAX_NAME = 200  # characters of a conversation name
 MAX_SLUG = 60  # characters of the readable part of a folder name
 TMP_PREFIX = ".tmp-"
 _SLUG_CHARS = re.compile(r"[^a-z0-9._-]+")
+_SEPARATORS = ("/", "\\")
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
@@ -45,13 +46,17 @@ def user_dir(override: str | os.PathLike[str] | None, env_var: str, default: str
 
 def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """--data-dir, else $MIXCHAT_DATA_DIR, else the platform's user data dir (e.g. ~/.local/share/mixchat)."""
+    if override is not None and not str(override).strip():  # "" is a mistake, not "the default"
+        raise ConversationError('--data-dir "" names no folder; give a folder, or leave the option out')
     return user_dir(override, ENV_DATA_DIR, platformdirs.user_data_dir("mixchat", appauthor=False))
 
 
 def clean_name(name: str) -> str:
     """The name as it will be stored and shown: control characters removed, whitespace collapsed.
 
-    Raises ConversationError for names that are empty after cleaning or longer than MAX_NAME characters.
+    Raises ConversationError for names that are empty after cleaning, longer than MAX_NAME characters, or
+    not exactly one folder name ('.', '..', anything with a path separator): a name is normalised here,
+    once, and every command (open, save, rename, delete, export) refuses what this refuses.
     """
     if not isinstance(name, str):
         raise ConversationError("a conversation name must be text")
@@ -64,6 +69,9 @@ def clean_name(name: str) -> str:
         raise ConversationError(
             f"a conversation name may have at most {MAX_NAME} characters (this one has {len(text)})"
         )
+    if text in (".", "..") or any(sep in text for sep in _SEPARATORS):
+        # Refused rather than mapped: 'a/../b' or 'b/.' must never be taken to mean 'b'.
+        raise ConversationError(f"a conversation name cannot be '.' or '..' or contain '/' or '\\' (got {text!r})")
     return text
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from mixchat.engine import DEFAULT_CHUNK_SIZE
-from mixchat.sampling import SamplingSettings
+from mixchat.sampling import MAX_SEED, SamplingSettings, check_seed
 
 
 class SettingsError(ValueError):
@@ -46,10 +46,14 @@ class ChatSettings:
             raise SettingsError(f"chunk size must be at least 1, got {self.chunk_size}")
         if self.experts_per_token is not None and self.experts_per_token < 1:
             raise SettingsError(f"experts per token must be at least 1, got {self.experts_per_token}")
+        try:
+            check_seed(self.seed)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
 
     def sampling(self, turn: int) -> SamplingSettings:
         """Sampling settings for the reply to user turn number `turn` (0-based)."""
-        seed = None if self.seed is None else self.seed + turn
+        seed = None if self.seed is None else (self.seed + turn) % (MAX_SEED + 1)  # stays in torch's range
         return SamplingSettings(self.temperature, self.top_p, self.max_tokens, seed)
 
     def to_json(self) -> dict[str, Any]:

@@ -11,8 +11,14 @@ then atomically replaces the transcript that names it, and only then deletes old
 any moment, the folder still holds a transcript and the exact cache file that transcript names.
 
 Loading never loses a conversation. A transcript that cannot be read (or is from a newer mixchat) is
-reported and left untouched. A cache that fails any check is reported in one line and rebuilt from the
-transcript's ids, lazily, by the next turn's pre-fill.
+reported and left untouched (`repair` moves it aside and rebuilds what it can). A transcript whose ids do
+not match its messages gets its ids rebuilt from the messages (`verify`). A cache that fails any check is
+reported in one line and rebuilt from the transcript's ids, lazily, by the next turn's pre-fill.
+
+Changes of more than one step are all-or-nothing: a new conversation whose first save fails leaves no
+folder behind, a rename whose second step fails is undone, a delete is one rename out of sight. Every
+storage failure becomes one ConversationError line. Renaming and deleting take the conversation's lock
+(`lock`), so a conversation open in another process is not pulled away from under it.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from mixchat.session.files import (
     slug,
 )
 from mixchat.session.fingerprint import ModelFingerprint
+from mixchat.session.lock import acquire
 from mixchat.session.undo import UNDO_FILE, read_undo, undo_file_for, write_undo
+from mixchat.session.verify import ids_mismatch, settings_problem
 from mixchat.tokenizer import Tokenizer
 
 TRANSCRIPT = "transcript.json"
@@ -70,12 +78,18 @@ class ConversationStore:
     def __init__(self, data: str | os.PathLike[str] | None = None) -> None:
         self.data_dir = data_dir(data)
         self.root = self.data_dir / "conversations"
+        for path in (self.data_dir, self.root):
+            if path.exists() and not path.is_dir():
+                raise ConversationError(f"the data dir {path} is a file, not a folder (see --data-dir)")
 
     # ---- finding ------------------------------------------------------------------------------------------
     def _folders(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        try:
+            if not self.root.is_dir():
+                return []
+            return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError as e:
+            raise ConversationError(f"cannot read the conversations in {self.root} ({e.strerror or e})") from None
 
     def find(self, name: str) -> Path | None:
         """The folder of the conversation called `name` (or whose folder is called `name`), if any."""
@@ -107,12 +121,18 @@ class ConversationStore:
     def read(self, name: str) -> tx.Transcript:
         """The transcript of `name`; TranscriptError (one line, files untouched) if it cannot be used."""
         folder = self.folder(name)
+        path = folder / TRANSCRIPT
         try:
-            return tx.load(_read_text(folder / TRANSCRIPT))
+            return tx.load(_read_text(path))
         except TranscriptError as e:
-            raise TranscriptError(f"conversation {name!r}: {e}; its files were left untouched") from None
+            raise TranscriptError(
+                f"conversation {name!r}: {e} ({path}); its files were left untouched "
+                f"(`mixchat conversations repair` rebuilds what it can)"
+            ) from None
         except OSError as e:
-            raise TranscriptError(f"conversation {name!r}: its transcript cannot be read ({e.strerror})") from None
+            raise TranscriptError(
+                f"conversation {name!r}: its transcript {path} cannot be read ({e.strerror})"
+            ) from None
 
     def list(self) -> list[ConversationInfo]:
         """Every conversation, most recently updated first; unreadable ones are listed with their error."""
@@ -161,6 +181,13 @@ class ConversationStore:
             messages=t.messages, ids=t.ids, conversation_id=t.id or None, created=t.created or None,
             updated=t.updated or None,
         )
+        moe = conv.engine.model.args.moe
+        bad = settings_problem(t.settings.experts_per_token, moe.num_experts if moe is not None else None)
+        if bad is not None:
+            raise TranscriptError(
+                f"conversation {t.name!r}: its transcript {folder / TRANSCRIPT} has {bad}; fix it there or run "
+                "`mixchat conversations repair`"
+            )
         problem = self._attach_cache(conv, t, folder)
         if problem is not None:
             conv.invalidate_cache()
@@ -179,11 +206,19 @@ class ConversationStore:
         fp = conv.fingerprint
         vocab = min(conv.model.args.vocab_size, conv.tokenizer.vocab_size)
         ids_usable = all(i < vocab for i in t.ids) and (bool(t.ids) or not t.messages)
-        if not fp.same_tokenizer(t.fingerprint) or not ids_usable:
+        mismatch = ids_mismatch(conv.tokenizer, t.settings.system, t.messages, t.ids) if ids_usable else None
+        if not fp.same_tokenizer(t.fingerprint) or not ids_usable or mismatch is not None:
             conv.ids = encode_transcript(conv.tokenizer, t.settings.system, t.messages)
-            why = "its token ids are missing or do not fit this model" if fp.same_tokenizer(t.fingerprint) else (
-                "it was saved with a different tokenizer")
-            return f"{why}; its text was encoded again"
+            if t.fingerprint is None:
+                why = "it has no model fingerprint"
+            elif not fp.same_tokenizer(t.fingerprint):
+                why = "it was saved with a different tokenizer"
+            elif not ids_usable:
+                why = "its token ids are missing or do not fit this model"
+            else:
+                why = f"its token ids disagree with its messages: {mismatch}"
+            conv.dirty = True  # the next save writes the repaired ids
+            return f"{why}; the conversation was rebuilt from its messages"
         diff = fp.difference(t.fingerprint)
         if diff is not None:
             return f"it was saved with a different model ({diff})"
@@ -213,6 +248,7 @@ class ConversationStore:
             target = self.new_name()
         existing = self.find(target)
         folder = existing if existing is not None else contained(self.root, slug(target))
+        new_folder = not folder.exists()
         if existing is not None:
             try:
                 other = tx.load(_read_text(existing / TRANSCRIPT))
@@ -238,6 +274,8 @@ class ConversationStore:
                 with contextlib.suppress(OSError):
                     p.unlink()
         except OSError as e:
+            if new_folder:  # all or nothing: a new conversation that could not be saved leaves no folder
+                shutil.rmtree(folder, ignore_errors=True)
             raise ConversationError(f"could not save conversation {target!r} in {folder}: {e.strerror or e}") from None
         conv.dirty = False
         return folder
@@ -246,24 +284,49 @@ class ConversationStore:
     def rename(self, old: str, new: str) -> str:
         """Rename a conversation (folder and stored name); returns the new, cleaned name."""
         src = self.folder(old)
-        self.read(old)  # refuse to rename what cannot be read: its name could not be updated
+        t = self.read(old)  # refuse to rename what cannot be read: its name could not be updated
         target = clean_name(new)
         dst = contained(self.root, slug(target))
         if self.find(target) not in (None, src) or (dst.exists() and dst != src):
             raise ConversationError(f"a conversation named {target!r} already exists")
+        with acquire(self.root, t.id, t.name, "rename"):
+            try:
+                self._rename(src, dst, target)
+            except OSError as e:
+                raise ConversationError(f"could not rename {t.name!r} to {target!r}: {e.strerror or e}") from None
+        return target
+
+    def _rename(self, src: Path, dst: Path, target: str) -> None:
+        """Folder, then stored name; if the second step fails, the first is undone."""
         if dst != src:
             os.rename(src, dst)  # first the folder: should we stop here, `find` still finds it by its stored name
             fsync_dir(self.root)
-        d = tx.parse(_read_text(dst / TRANSCRIPT))
-        d["name"] = target
-        atomic_write_bytes(dst / TRANSCRIPT, tx.dump(d).encode("utf-8"))
-        return target
+        try:
+            d = tx.parse(_read_text(dst / TRANSCRIPT))
+            d["name"] = target
+            atomic_write_bytes(dst / TRANSCRIPT, tx.dump(d).encode("utf-8"))
+        except OSError:
+            if dst != src:
+                with contextlib.suppress(OSError):
+                    os.rename(dst, src)
+                    fsync_dir(self.root)
+            raise
 
     def delete(self, name: str) -> None:
         """Remove a conversation's folder (readable or not)."""
         folder = self.folder(name)
+        try:
+            key = self.read(name).id
+        except TranscriptError:
+            key = None  # an unreadable transcript names no id; nobody can have it open either
         trash = self.root / f".deleting-{os.getpid()}-{os.urandom(4).hex()}"
-        os.rename(folder, trash)  # atomic: the conversation is gone at once, even if removal is interrupted
+        with contextlib.ExitStack() as stack:
+            if key is not None:
+                stack.enter_context(acquire(self.root, key, name, "delete"))
+            try:
+                os.rename(folder, trash)  # atomic: the conversation is gone at once, even if removal is interrupted
+            except OSError as e:
+                raise ConversationError(f"could not delete {name!r}: {e.strerror or e}") from None
         shutil.rmtree(trash, ignore_errors=True)
 
     def export(self, name: str, fmt: str = "md") -> str:

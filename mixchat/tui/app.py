@@ -57,6 +57,7 @@ class MixchatApp(App[int]):
         `deterministic`: no speed figures and no blinking cursor, so screenshots and snapshot tests are
         the same on every run. `stream_interval`: seconds between UI updates while a reply streams."""
         from mixchat.session import ConversationStore
+        from mixchat.session.lock import LockHolder
 
         self._colours: tuple[str, ExpertColours] | None = None
         self._remember_theme = False  # only a theme chosen after start-up is remembered
@@ -68,6 +69,7 @@ class MixchatApp(App[int]):
         self.max_context = max_context
         self.template = template  # --template: the chat-template version, instead of the tokenizer's own
         self.store = ConversationStore(data_dir)
+        self.locks = LockHolder(self.store.root)  # the open conversation is locked against other processes
         self.config_dir = config_dir(config)
         self.prefs = Prefs.load(self.config_dir)
         self.resume = resume
@@ -196,9 +198,12 @@ class MixchatApp(App[int]):
             target = name if self.store.exists(name) else None
             if target is None:
                 settings = ChatSettings(system=self.system or None, **self.overrides)
-                return Conversation.from_runtime(rt, settings, name=name), None, False
+                conv = Conversation.from_runtime(rt, settings, name=name)
+                self.locks.switch(conv.id, name)
+                return conv, None, False
         try:
             if target is not None:
+                self.locks.switch(self.store.read(target).id, target)  # one line if another process has it open
                 loaded = self.store.load_for(rt, target)
                 conv = loaded.conversation
                 conv.settings = replace(conv.settings, **self.overrides)
@@ -206,7 +211,9 @@ class MixchatApp(App[int]):
                     conv.set_system(self.system)
                 return conv, loaded.problem, True
             settings = ChatSettings(system=self.system or None, **self.overrides)
-            return Conversation.from_runtime(rt, settings), None, False
+            conv = Conversation.from_runtime(rt, settings)
+            self.locks.switch(conv.id, "new conversation")
+            return conv, None, False
         except SettingsError as e:
             raise UserError(str(e)) from None
 

@@ -3,7 +3,8 @@
 test_session_store.test_sigkill_during_save_leaves_a_complete_save runs this as a real process and kills
 it with SIGKILL at random moments; what is on disk must then load without a problem and be one of the
 complete saves. Save n is recognisable: its cache is filled with n (K) and -n (V), its user message says
-"save n", and its length depends on n.
+"save n", and its length depends on n. Its ids are those of its messages (a reply of one repeated token),
+so the transcript passes the check that ids and messages agree.
 
 usage: python save_loop.py DATA_DIR
 """
@@ -15,9 +16,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's mixchat, not an installed one
 
 from session_support import tokenizer_v1
 
+from mixchat.chat_template import encode_turn
 from mixchat.engine import Engine
 from mixchat.loader import random_model
 from mixchat.model.args import ModelArgs
@@ -30,7 +33,7 @@ WINDOW = 32768  # 2 layers x 32768 x 2 heads x 16 x fp32, K and V: a 16 MiB cach
 
 
 def _setup() -> tuple[Engine, Tokenizer, object]:
-    args = ModelArgs(dim=32, n_layers=2, head_dim=16, hidden_dim=32, n_heads=2, n_kv_heads=2, vocab_size=64,
+    args = ModelArgs(dim=32, n_layers=2, head_dim=16, hidden_dim=32, n_heads=2, n_kv_heads=2, vocab_size=32000,
                      sliding_window=WINDOW)
     model = random_model(args, seed=3)
     return Engine(model, None), Tokenizer(tokenizer_v1()), fingerprint_model(model, args)
@@ -40,12 +43,20 @@ def seen_for(n: int) -> int:
     return WINDOW // 2 + (n * 7919) % WINDOW  # between W/2 and 1.5 W: some saves have wrapped
 
 
+def ids_for(tok: Tokenizer, n: int) -> tuple[list[int], list[int]]:
+    """(ids of the user turn "save n", the reply's ids): seen_for(n) + 1 ids in all."""
+    turn = encode_turn(tok, f"save {n}", first=True)
+    return turn, [100 + n % 1000] * (seen_for(n) + 1 - len(turn))
+
+
 def fill(conv: Conversation, n: int) -> None:
     conv.cache.k[:, 0].fill_(float(n))
     conv.cache.v[:, 0].fill_(-float(n))
     conv.cache.seen[0] = seen_for(n)
-    conv.ids = [n % 64] * (seen_for(n) + 1)
-    conv.messages = [ChatMessage("user", f"save {n}"), ChatMessage("assistant", f"reply {n}", "eos", 1)]
+    turn, reply = ids_for(conv.tokenizer, n)
+    conv.ids = turn + reply
+    conv.messages = [ChatMessage("user", f"save {n}"),
+                     ChatMessage("assistant", conv.tokenizer.decode(reply), "length", len(reply))]
     conv.dirty = True
 
 
@@ -56,8 +67,9 @@ def save_number(conv: Conversation) -> int:
 def check(conv: Conversation, n: int) -> None:
     """Everything of save n, and nothing of another save."""
     assert conv.cache.seen[0] == seen_for(n), (conv.cache.seen[0], n)
-    assert conv.ids == [n % 64] * (seen_for(n) + 1)
-    assert conv.messages[1].content == f"reply {n}"
+    turn, reply = ids_for(conv.tokenizer, n)
+    assert conv.ids == turn + reply
+    assert conv.messages[0].content == f"save {n}" and conv.messages[1].tokens == len(reply)
     snap = conv.cache.snapshot(0)
     assert snap.k.shape[1] == min(seen_for(n), WINDOW)
     assert bool((snap.k == n).all()) and bool((snap.v == -n).all())

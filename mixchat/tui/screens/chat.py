@@ -277,7 +277,16 @@ class ChatScreen(Screen[None]):
         if message.error is not None:
             await self.transcript.add_note(f"error: {message.error}", "error")
         if message.save_error is not None:
+            # Persistent, not a toast: the turn is only in memory. It stays on screen (export it, or the next
+            # turn's save tries again), and the status bar says NOT SAVED until a save succeeds.
             self.notify(message.save_error, severity="error")
+            await self.transcript.add_note(
+                f"not saved: {message.save_error}; the conversation is kept here, and the next save tries again",
+                "error",
+            )
+            self.status.set(unsaved=True)
+        elif message.saved_as is not None:
+            self.status.set(unsaved=False)
         self.reply = None
         self.user_widget = None
         if self.panel_on:
@@ -314,6 +323,9 @@ class ChatScreen(Screen[None]):
         old.invalidate_cache()  # the buffer is reused; `old` was saved after its last turn, cache included
         self.conversation = Conversation(self.runtime.engine, self.runtime.tokenizer, old.fingerprint, settings,
                                          model_name=old.model_name, cache=old.cache)
+        locks = getattr(self.app, "locks", None)
+        if locks is not None:
+            locks.switch(self.conversation.id, "new conversation")
         await self.show_conversation()
         self.update_status(state="ready", tokens_per_second=None, first_token=None)
         self.input.focus()
@@ -343,6 +355,9 @@ class ChatScreen(Screen[None]):
         from mixchat.session import ConversationError
 
         try:
+            locks = getattr(self.app, "locks", None)
+            if locks is not None:  # another process may have it open: then this one keeps the current one
+                locks.switch(self.store.read(name).id, name)
             loaded = self.store.load_for(self.runtime, name)
         except ConversationError as e:
             self.post_message(ConversationOpened(None, None, str(e)))

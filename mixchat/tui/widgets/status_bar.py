@@ -23,6 +23,7 @@ class Status:
     state: str = "ready"
     colouring: str | None = None  # e.g. "colour: L3" when the transcript is coloured by expert
     timings: bool = True  # False: speed figures are hidden (deterministic screenshots, tests)
+    unsaved: bool = False  # the last save failed: shown until a save succeeds
 
 
 class StatusBar(LineWidget):
@@ -61,6 +62,8 @@ class StatusBar(LineWidget):
             parts.append(("dense", dim))
         if s.colouring:
             parts.append((s.colouring, dim))
+        if s.unsaved:
+            parts.append(("NOT SAVED", warn))
         parts.append((s.state, key if s.state != "ready" else dim))
         line: Line = []
         for i, part in enumerate(parts):
