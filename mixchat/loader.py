@@ -322,6 +322,14 @@ def build_model(
     return model.eval().requires_grad_(False)
 
 
+def check_files(ckpt: Checkpoint) -> None:
+    """The files' tensor headers against the config, on a skeleton that allocates nothing. Run before the
+    memory check: a wrong size in params.json is better named as such than as a model too big to load."""
+    with torch.device("meta"), _SkipInit():
+        model = Transformer(ckpt.args)
+    check_headers(model, ckpt, set(dict(model.named_parameters())))
+
+
 def build_stage(
     ckpt: Checkpoint, part: StagePart, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> StageModel:

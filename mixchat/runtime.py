@@ -17,7 +17,7 @@ from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
 from mixchat.errors import UserError as UserError  # re-exported
 from mixchat.exec.cpu import MAX_PARAMS as CPU_RUNNER_MAX_PARAMS
 from mixchat.flags import FREE_MEMORY, folder_from_env
-from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder, stored_dtype, weights_nbytes
+from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, check_files, inspect_folder, stored_dtype, weights_nbytes
 from mixchat.model.transformer import Transformer
 from mixchat.paths import BUILTIN_DIR
 from mixchat.tokenizer import Tokenizer, TokenizerError
@@ -199,6 +199,7 @@ def load_runtime(
         engine: Engine = PipelineEngine(stage_model, tok, chunk_size=chunk_size)
         return Runtime(ckpt, stage_model, tok, engine, time.perf_counter() - start)
     dt = resolve_dtype(dtype, dev, ckpt)
+    check_files(ckpt)
     check_memory(ckpt, dev, dt)
     net = build_model(ckpt, dev, dt)
     engine = Engine(net, tok, chunk_size=chunk_size)

@@ -18,6 +18,7 @@ from session_support import REPO, drain, make_checkpoint, runtime
 
 from mixchat.cli.chat import PlainRepl
 from mixchat.cli.main import main
+from mixchat.cli.output import Output
 from mixchat.session import ChatSettings, Conversation, ConversationStore
 
 
@@ -126,11 +127,12 @@ def test_copy_writes_osc52_to_a_terminal_and_prints_otherwise(rt, tmp_path: Path
     conv = repl.conv
     conv.messages[-1].content = "Here:\n```python\nprint('hi')\n```\nand\n~~~\nls -l\n~~~\n"
     repl.inp = io.StringIO("/copy 2\n/copy 3\n")
-    repl.out = io.StringIO()  # not a terminal: the text is printed to stderr instead
+    plain = io.StringIO()
+    repl.out = Output(plain)  # not a terminal: the text is printed to stderr instead
     repl.err = err2 = io.StringIO()
     repl.loop()
     assert "no terminal to copy to" in err2.getvalue() and "\nls -l\n" in err2.getvalue()
-    assert "use /copy 1..2" in err2.getvalue() and repl.out.getvalue() == ""
+    assert "use /copy 1..2" in err2.getvalue() and plain.getvalue() == ""
 
 
 def test_conversations_search(rt, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

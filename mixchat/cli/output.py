@@ -25,6 +25,12 @@ class Output:
         self.stream = stream
         self.failure: OSError | None = None  # a closed stdout (None) fails at the first write, not before
 
+    def isatty(self) -> bool:
+        try:
+            return self.stream is not None and bool(self.stream.isatty())
+        except (AttributeError, ValueError):
+            return False
+
     @property
     def failed(self) -> bool:
         return self.failure is not None

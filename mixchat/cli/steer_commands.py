@@ -84,8 +84,9 @@ def copy(repl: Any, which: str) -> None:
         what = f"code block {which} of the last reply"
     for stream in (repl.out, repl.err):
         if _isatty(stream):
-            stream.write(osc52(text))
-            stream.flush()
+            stream.write(osc52(text))  # Output.write flushes and keeps a failure instead of raising
+            if hasattr(stream, "flush"):
+                stream.flush()
             repl.status(f"copied {what} ({len(text)} characters) to the clipboard")
             return
     repl.status(f"no terminal to copy to (the clipboard needs one, through OSC 52); {what} follows:")
