@@ -17,7 +17,16 @@ from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
 from mixchat.errors import UserError as UserError  # re-exported
 from mixchat.exec.cpu import MAX_PARAMS as CPU_RUNNER_MAX_PARAMS
 from mixchat.flags import FREE_MEMORY, folder_from_env
-from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, check_files, inspect_folder, stored_dtype, weights_nbytes
+from mixchat.loader import (
+    DTYPES,
+    Checkpoint,
+    LoadError,
+    build_model,
+    check_files,
+    inspect_folder,
+    stored_dtype,
+    weights_nbytes,
+)
 from mixchat.model.transformer import Transformer
 from mixchat.paths import BUILTIN_DIR
 from mixchat.tokenizer import Tokenizer, TokenizerError
