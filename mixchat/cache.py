@@ -331,6 +331,7 @@ class RollingCache:
                 flat_k[s : s + 1] = k
                 flat_v[s : s + 1] = v
             else:
+                assert layout.write_dst is not None
                 flat_k.index_copy_(0, layout.write_dst, k)
                 flat_v.index_copy_(0, layout.write_dst, v)
             if layout.all_rows:

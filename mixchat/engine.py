@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -233,7 +233,7 @@ class Engine:
         settings: SamplingSettings,
         cancel: threading.Event | None = None,
         trace: bool = True,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Pre-fill `token_lists[i]` on top of row `rows[i]`, then generate until each sequence stops."""
         rows = list(rows)
         n = len(rows)

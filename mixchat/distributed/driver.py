@@ -28,7 +28,7 @@ from mixchat.engine import Engine
 from mixchat.exec.choose import choose_stage_decoder
 from mixchat.exec.graphs import GraphDecoder, stage_graph_fits
 from mixchat.exec.memory import peak_memory_bytes
-from mixchat.model.layers import Routing
+from mixchat.model.layers import MoeLayer, Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel, StagePart
 
@@ -88,7 +88,8 @@ class PipelineModel:
         if self.args.moe is None:
             return None
         ff = next(iter(self.stage.layers.values())).feed_forward
-        return int(ff.k)  # type: ignore[arg-type]
+        assert isinstance(ff, MoeLayer)
+        return ff.k
 
     def set_experts_per_token(self, k: int) -> None:
         if self.args.moe is None:

@@ -277,7 +277,7 @@ class GraphDecoder:
         so the modules' forward has no host integer that would be baked into a graph."""
         B, S = inputs.shape[1], cache.slots
         layout = BatchLayout(
-            mode="decode", seqlens=[1] * B, kv_lens=[S] * B, window=self.args.sliding_window,
+            mode="decode", seqlens=[1] * B, kv_lens=[S] * B, window=cache.window,
             device=inputs.device, pos_list=[0] * B, all_rows=row_idx is None, kv_padding=S,
             device_live=inputs[3], _positions=inputs[1],
         )  # fmt: skip

@@ -34,6 +34,7 @@ import torch
 from mixchat.cache import ContextFullError, RollingCache, UndoPoint
 from mixchat.chat_template import Message, encode_reply, encode_turn, reply_suffix
 from mixchat.engine import Engine, Event, PrefillProgressed, SequenceFinished, TokenGenerated, TokenRouting
+from mixchat.exec.executors import ModelLike
 from mixchat.session.errors import ConversationError
 from mixchat.session.fingerprint import ModelFingerprint
 from mixchat.session.settings import ChatSettings, SettingsError
@@ -158,7 +159,7 @@ class Conversation:
         return sum(1 for m in self.messages if m.role == "user")
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> ModelLike:
         return self.engine.model
 
     def transcript_messages(self) -> list[Message]:

@@ -132,7 +132,8 @@ def load(text: str) -> Transcript:
             settings = ChatSettings.from_json(d.get("settings") or {}, "\n\n".join(system_parts) or None)
         except SettingsError as e:
             raise TranscriptError(f"its transcript has bad settings ({e})") from None
-        model = d.get("model") if isinstance(d.get("model"), dict) else {}
+        raw_model = d.get("model")
+        model: dict[str, Any] = raw_model if isinstance(raw_model, dict) else {}
         cache: CacheRecord | None = None
         cache_problem: str | None = None
         if d.get("cache") is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ SETTINGS_KEYS: tuple[Key, ...] = (
 )
 
 
-def bindings(keys: tuple[Key, ...], priority: bool = False) -> list[Binding]:
+def bindings(keys: tuple[Key, ...], priority: bool = False) -> list[BindingType]:
     """Bindings for the keys that name an action."""
     return [
         Binding(k.keys, k.action, k.footer_label or k.description, show=k.footer, priority=priority)

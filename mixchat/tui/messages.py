@@ -8,11 +8,15 @@ UI with one message, one Markdown parse and one repaint per token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from mixchat.tui.routing import RoutedToken
+
+if TYPE_CHECKING:
+    from mixchat.runtime import Runtime
+    from mixchat.session import Conversation
 
 
 class ModelLoadProgressed(Message):
@@ -26,7 +30,7 @@ class ModelLoadProgressed(Message):
 class ModelLoaded(Message):
     """The model is ready and the first conversation (new or resumed) is open."""
 
-    def __init__(self, runtime: Any, conversation: Any, problem: str | None, resumed: bool = False) -> None:
+    def __init__(self, runtime: Runtime, conversation: Conversation, problem: str | None, resumed: bool = False) -> None:
         super().__init__()
         self.resumed = resumed
         self.runtime = runtime
@@ -102,7 +106,7 @@ class GenerationFinished(Message):
 class ConversationOpened(Message):
     """A saved conversation was loaded (with its cache, or with a note that the cache is rebuilt)."""
 
-    def __init__(self, conversation: Any, problem: str | None, error: str | None = None) -> None:
+    def __init__(self, conversation: Conversation | None, problem: str | None, error: str | None = None) -> None:
         super().__init__()
         self.conversation = conversation
         self.problem = problem

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
@@ -23,17 +23,21 @@ from mixchat.engine import SequenceFinished, TokenGenerated
 from mixchat.tui.messages import CacheChanged, CacheState, GenerationFinished, PrefillProgressed, TokensGenerated
 from mixchat.tui.routing import RoutedToken
 
+if TYPE_CHECKING:
+    from mixchat.cache import RollingCache
+    from mixchat.session import Conversation, ConversationStore
+
 DEFAULT_INTERVAL = 0.08  # seconds between UI updates while streaming (12.5 a second)
 
 
-def cache_state(conversation: Any) -> CacheState:
+def cache_state(conversation: Conversation) -> CacheState:
     """The cache gauge's numbers for a conversation, read directly (e.g. right after opening it)."""
     c = conversation.cache
     return CacheState(c.live(0), c.capacity, c.seen[0], c.wraps(0), c.nbytes, c.window is not None,
                       *_smallest_layer(c, c.seen[0]))  # fmt: skip
 
 
-def _smallest_layer(cache: Any, seen: int) -> tuple[int | None, int | None]:
+def _smallest_layer(cache: RollingCache, seen: int) -> tuple[int | None, int | None]:
     """(live, slots) of the smallest layer's buffer when the layers' sizes differ, else (None, None)."""
     small = cache.smallest_capacity
     if small == cache.capacity:
@@ -46,9 +50,9 @@ class TurnStreamer:
 
     def __init__(
         self,
-        conversation: Any,
+        conversation: Conversation,
         post: Callable[[Message], object],
-        store: Any | None = None,
+        store: ConversationStore | None = None,
         interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.conv = conversation

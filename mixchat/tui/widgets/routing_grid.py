@@ -59,7 +59,8 @@ class RoutingGridView:
         if not h.routed:
             return [[("no experts (dense model): every token uses the whole feed-forward layer", s.dim)]]
         if not h.tokens:
-            return [[("the experts of each token appear here as the model writes", s.dim)]] + [[]] * h.n_layers
+            first: Line = [("the experts of each token appear here as the model writes", s.dim)]
+            return [first] + [[] for _ in range(h.n_layers)]
         recent = (h.get(i) for i in range(max(h.first_index, h.end_index - 64), h.end_index))
         k = max((len(t.experts[0]) for t in recent if t is not None and t.experts), default=2)
         cw = self.cell_width = min(k, MAX_SHOWN_EXPERTS) + 1
