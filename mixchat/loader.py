@@ -21,6 +21,9 @@ from mixchat.errors import LoadError as LoadError  # re-exported
 from mixchat.model.args import ConfigError, ModelArgs, read_json
 from mixchat.model.stage import StageModel, StagePart
 from mixchat.model.transformer import Transformer
+from mixchat.quant.format import QuantSpec
+from mixchat.quant.load import QuantFiller, split_part
+from mixchat.quant.modules import quantize_modules
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
@@ -35,6 +38,7 @@ class Checkpoint:
     args: ModelArgs
     weight_files: list[Path]
     tokenizer_file: Path | None
+    quant: QuantSpec | None = None  # the stored format of a quantized checkpoint (params.json "quantization")
 
 
 def inspect_folder(folder: str | Path, max_context: int | None = None) -> Checkpoint:
@@ -50,12 +54,15 @@ def inspect_folder(folder: str | Path, max_context: int | None = None) -> Checkp
     try:
         if (folder / "params.json").is_file():
             layout = "mistral"
-            args = ModelArgs.from_params(read_json(folder / "params.json"))
+            params = read_json(folder / "params.json")
+            args = ModelArgs.from_params(params)
+            stored = QuantSpec.from_json(params["quantization"]) if "quantization" in params else None
             files = sorted(folder.glob("consolidated*.safetensors"))
         elif (folder / "config.json").is_file():
             layout = "hf"
             config = read_json(folder / "config.json")
             args = ModelArgs.from_hf_config(config)
+            stored = None
             files = _hf_weight_files(folder)
         else:
             raise LoadError(f"{folder} has no params.json (Mistral layout) or config.json (Hugging Face layout)")
@@ -71,7 +78,19 @@ def inspect_folder(folder: str | Path, max_context: int | None = None) -> Checkp
                 "(pickle can run code) - convert the checkpoint to safetensors first"
             )
         raise LoadError(f"{folder} has no .safetensors weights")
-    return Checkpoint(folder, layout, args, files, find_tokenizer(folder))
+    return Checkpoint(folder, layout, args, files, find_tokenizer(folder), stored)
+
+
+def quant_spec(ckpt: Checkpoint, requested: QuantSpec | None) -> QuantSpec:
+    """The format a model is loaded in: `requested` (None: as stored), which a quantized checkpoint must match."""
+    if ckpt.quant is None:
+        return requested or QuantSpec()
+    if requested is not None and requested != ckpt.quant:
+        raise LoadError(
+            f"{ckpt.folder.name} is stored as {ckpt.quant.label}; it cannot be loaded as {requested.label} "
+            f"(leave --quant out, or quantize the full-precision checkpoint again)"
+        )
+    return ckpt.quant
 
 
 def _hf_weight_files(folder: Path) -> list[Path]:
@@ -191,30 +210,45 @@ def _short(e: BaseException) -> str:
 
 
 def build_model(
-    ckpt: Checkpoint, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ckpt: Checkpoint,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quant: QuantSpec | None = None,
 ) -> Transformer:
-    """Materialise the whole model of `ckpt` on `device`."""
+    """Materialise the whole model of `ckpt` on `device`; with a quantized `quant` (or a quantized checkpoint)
+    the quantized matrices are allocated as codes only and filled tensor by tensor (`mixchat.quant.load`)."""
+    spec = quant_spec(ckpt, quant)
     with torch.device("meta"):
         model = Transformer(ckpt.args)
-    model = model.to(dtype).to_empty(device=device)
-    _load_weights(model, ckpt, set(dict(model.named_parameters())))
+        known = {name for name, _ in model.named_parameters()}
+    model = model.to(dtype)
+    quantize_modules(model, spec)
+    model = model.to_empty(device=device)
+    _load_weights(model, ckpt, known, spec)
     return model.eval().requires_grad_(False)
 
 
 def build_stage(
-    ckpt: Checkpoint, part: StagePart, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ckpt: Checkpoint,
+    part: StagePart,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quant: QuantSpec | None = None,
 ) -> StageModel:
     """Materialise one pipeline stage: only its layers (and embeddings / head where it owns them) are
     allocated, and only their tensors are read from the files, so a rank needs about 1/N of the memory."""
+    spec = quant_spec(ckpt, quant)
     with torch.device("meta"):
         model = StageModel(ckpt.args, part)
         known = {name for name, _ in Transformer(ckpt.args).named_parameters()}
-    model = model.to(dtype).to_empty(device=device)
-    _load_weights(model, ckpt, known)
+    model = model.to(dtype)
+    quantize_modules(model, spec)
+    model = model.to_empty(device=device)
+    _load_weights(model, ckpt, known, spec)
     return model.eval().requires_grad_(False)
 
 
-def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> None:
+def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str], spec: QuantSpec | None = None) -> None:
     """Copy every checkpoint tensor that `model` holds into place, one tensor at a time.
 
     `known` holds the parameter names of the whole model: a tensor that maps outside it is an error (for the
@@ -225,11 +259,14 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
     filled: set[str] = set()
     expert_fill: dict[str, set[int]] = {}
     embed_source: Callable[[], torch.Tensor] | None = None
+    n_exp = args.moe.num_experts if args.moe else 0
+    filler = QuantFiller(model, spec, n_exp) if spec is not None and spec.quantized else None
 
     for name, get in _iter_tensors(ckpt.weight_files):
         if name == "model.embed_tokens.weight":
             embed_source = get
-        targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, args)
+        base, part = split_part(name) if ckpt.quant is not None else (name, None)
+        targets = _native_target(base) if ckpt.layout == "mistral" else _hf_target(name, args)
         if targets is None:
             continue
         for pname, expert, transform in targets if isinstance(targets, list) else [targets]:
@@ -237,6 +274,15 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                 if ckpt.layout == "mistral" and name.startswith(("layers.", "tok_", "norm", "output")):
                     raise LoadError(f"unexpected tensor {name!r} in {ckpt.folder.name} (does params.json match?)")
                 continue
+            if filler is not None and filler.claims(pname):
+                if part is not None:
+                    filler.fill_part(pname, expert, part, get(), name)
+                else:
+                    tensor = get() if transform is None else transform(get())
+                    filler.fill(pname, expert, tensor, name)
+                continue
+            if part is not None:
+                raise LoadError(f"tensor {name!r} is quantized, but {pname!r} is kept in full precision")
             if pname not in params:
                 continue
             tensor = get()
@@ -257,7 +303,6 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                 filled.add(pname)
             else:
                 expert_fill.setdefault(pname, set()).add(expert)
-    n_exp = args.moe.num_experts if args.moe else 0
     for pname, got in expert_fill.items():
         if len(got) == n_exp:
             filled.add(pname)
@@ -267,7 +312,10 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
             with torch.no_grad():
                 params["output.weight"].data.copy_(embed_source())
             filled.add("output.weight")
-    missing = [p for p in params if p not in filled]
+    if filler is not None and filler.claims("output.weight") and embed_source is not None:
+        if filler.missing_head() and read_json(ckpt.folder / "config.json").get("tie_word_embeddings"):
+            filler.fill("output.weight", None, embed_source(), "model.embed_tokens.weight")
+    missing = [p for p in params if p not in filled] + (filler.missing() if filler is not None else [])
     if missing:
         raise LoadError(f"checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing in all)")
 

@@ -15,9 +15,10 @@ import torch
 
 from mixchat.engine import DEFAULT_CHUNK_SIZE, Engine
 from mixchat.errors import UserError as UserError  # re-exported
-from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder
+from mixchat.loader import DTYPES, Checkpoint, LoadError, build_model, inspect_folder, quant_spec
 from mixchat.model.transformer import Transformer
 from mixchat.paths import BUILTIN_DIR
+from mixchat.quant.format import QuantSpec
 from mixchat.tokenizer import Tokenizer, TokenizerError
 
 if TYPE_CHECKING:
@@ -54,9 +55,11 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"unknown device {name!r}: use cpu, cuda or auto")
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, quantized: bool = False) -> torch.dtype:
+    """The activations' (and full-precision weights') dtype. Quantized weights run with bf16 activations by
+    default on the CPU too: torch's int8/int4 CPU kernels take bf16 (see exec/quant_cpu.py)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" or quantized else torch.float32
     if name not in DTYPES:
         raise UserError(f"unknown dtype {name!r}: use float32, bfloat16 or float16")
     return DTYPES[name]
@@ -69,6 +72,7 @@ class Runtime:
     tokenizer: Tokenizer
     engine: Engine
     load_seconds: float
+    quant: QuantSpec = QuantSpec()  # how the weights are held (part of the conversation fingerprint)
 
     @property
     def name(self) -> str:
@@ -98,24 +102,28 @@ def load_runtime(
     dtype: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_context: int | None = None,
+    quant: QuantSpec | None = None,
 ) -> Runtime:
+    """`quant` None loads the weights as stored; int8/int4 quantizes a full-precision checkpoint while loading."""
     start = time.perf_counter()
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
     if chunk_size < 1:
         raise UserError("--chunk-size must be at least 1")
     ckpt = inspect_folder(resolve_model_path(model), max_context=max_context)
+    spec = quant_spec(ckpt, quant)
+    dt = resolve_dtype(dtype, dev, spec.quantized)
     tok = load_tokenizer(ckpt)
     pipeline = current_pipeline()
     if pipeline is not None:  # rank 0 of a torchrun job: its own stage here, the other layers elsewhere
         from mixchat.distributed.driver import PipelineEngine
 
-        stage_model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, resolve_dtype(dtype, pipeline.device)))
+        stage_dtype = resolve_dtype(dtype, pipeline.device, spec.quantized)
+        stage_model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, stage_dtype, spec))
         engine: Engine = PipelineEngine(stage_model, tok, chunk_size=chunk_size)
-        return Runtime(ckpt, stage_model, tok, engine, time.perf_counter() - start)
-    net = build_model(ckpt, dev, dt)
+        return Runtime(ckpt, stage_model, tok, engine, time.perf_counter() - start, spec)
+    net = build_model(ckpt, dev, dt, spec)
     engine = Engine(net, tok, chunk_size=chunk_size)
-    return Runtime(ckpt, net, tok, engine, time.perf_counter() - start)
+    return Runtime(ckpt, net, tok, engine, time.perf_counter() - start, spec)
 
 
 def current_pipeline() -> Pipeline | None:

@@ -7,7 +7,9 @@ import json
 
 from safetensors import safe_open
 
-from mixchat.loader import inspect_folder
+from mixchat.cli.common import add_quant_options, quant_from_args
+from mixchat.loader import inspect_folder, quant_spec
+from mixchat.quant.modules import meta_weight_bytes
 from mixchat.runtime import load_tokenizer, resolve_model_path
 from mixchat.units import human_bytes
 
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(weights are not loaded).")
     p.add_argument("--model", metavar="DIR", help="model folder (default: the built-in model)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_quant_options(p)
     p.set_defaults(func=run)
 
 
@@ -33,11 +36,12 @@ def _human(n: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     ckpt = inspect_folder(resolve_model_path(args.model))
+    spec = quant_spec(ckpt, quant_from_args(args))
     a = ckpt.args
     tok = load_tokenizer(ckpt)
     with safe_open(str(ckpt.weight_files[0]), framework="pt") as f:
-        first = next(iter(f.keys()))
-        stored = f.get_slice(first).get_dtype()
+        kinds = [f.get_slice(name).get_dtype() for name in f.keys()]  # noqa: SIM118 - safe_open has no __iter__
+    stored = next((k for k in kinds if k in ("F32", "BF16", "F16")), kinds[0])
     elem = DTYPE_BYTES.get(stored, 2)
     total, active = a.param_counts()
     per_tok = a.kv_bytes_per_token(elem)
@@ -60,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         "params_total": total,
         "params_active_per_token": active,
         "weights_dtype": stored,
+        "quantization": ckpt.quant.label if ckpt.quant else "none",
+        "weight_file_bytes": sum(p.stat().st_size for p in ckpt.weight_files),
+        "loaded_as": spec.label,
+        "loaded_weight_bytes": meta_weight_bytes(a, spec, DTYPE_BYTES.get(stored, 2)),
         "kv_cache_bytes_per_token": per_tok,
         "kv_cache_bytes_full_window": per_tok * a.cache_capacity,
         "cache_slots": a.cache_capacity,
@@ -84,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
                       f"RoPE θ={a.rope_theta:g}"),
         ("experts", f"{a.moe.num_experts}, top-{a.moe.num_experts_per_tok} per token" if a.moe else "dense"),
         ("parameters", f"{_human(total)} total, {_human(active)} active per token"),
+        ("weights", f"{summary['quantization']}, {human_bytes(summary['weight_file_bytes'])} on disk; "
+                    f"as {spec.label}: {human_bytes(summary['loaded_weight_bytes'])} in memory"),
         ("sliding window", f"{window} tokens" if window else f"none (full attention, cache {a.cache_capacity})"),
         ("KV cache", f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(per_tok * a.cache_capacity)} for "
                      f"{'a full window' if window else 'the full context'}"),

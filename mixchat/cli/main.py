@@ -23,7 +23,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     generate.register(sub)
     info.register(sub)
-    for name in ("chat", "conversations", "bench", "train"):
+    for name in ("chat", "conversations", "bench", "train", "quantize"):
         try:
             module = __import__(f"mixchat.cli.{name}", fromlist=["register"])
         except ImportError:

@@ -14,12 +14,17 @@ from mixchat.exec.cpu import CpuRunner
 from mixchat.exec.executors import CpuExecutor, Executor, GraphExecutor, ModelLike, ModuleExecutor
 from mixchat.exec.gpu_modules import install_gpu_modules
 from mixchat.exec.graphs import GraphDecoder, decoder_wanted
+from mixchat.exec.quant_cpu import install_cpu_quant_modules
+from mixchat.exec.quant_gpu import install_gpu_quant_modules
 from mixchat.flags import Flags, flags
+from mixchat.quant.modules import is_quantized
 
 
 def prepare_modules(model: nn.Module, settings: Flags | None = None) -> list[str]:
-    """Swap the GPU modules into a CUDA model or pipeline stage (no-op elsewhere); returns their names."""
-    return install_gpu_modules(model, settings or flags())
+    """Swap the device's modules into a model or pipeline stage: the GPU modules into a CUDA one, the
+    quantized kernels (CPU or GPU) into a quantized one. Returns the names of what was swapped."""
+    settings = settings or flags()
+    return install_gpu_modules(model, settings) + install_cpu_quant_modules(model) + install_gpu_quant_modules(model)
 
 
 def choose_executor(model: ModelLike, settings: Flags | None = None) -> Executor:
@@ -29,6 +34,10 @@ def choose_executor(model: ModelLike, settings: Flags | None = None) -> Executor
         prepare_modules(model, settings)
     if decoder_wanted(model, settings):  # type: ignore[arg-type]
         return GraphExecutor(model, GraphDecoder(model, fused=None, settings=settings))  # type: ignore[arg-type]
-    if settings.cpu_runner and CpuRunner.suits(model):  # type: ignore[arg-type]
-        return CpuExecutor(model)
+    on_cpu = model.device.type == "cpu"
+    if settings.cpu_runner and on_cpu:
+        # Small float32 models run the lean runner; every other CPU model (any size, bf16, int8, int4) the
+        # module forward with the CPU kernels swapped in above.
+        lean = CpuRunner.suits(model) and not (isinstance(model, nn.Module) and is_quantized(model))  # type: ignore[arg-type]
+        return CpuExecutor(model, lean=lean)
     return ModuleExecutor(model)

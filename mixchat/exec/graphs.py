@@ -46,6 +46,7 @@ from mixchat.model.layout import BatchLayout
 from mixchat.model.rope import apply_rotary
 from mixchat.model.stage import StageModel
 from mixchat.model.transformer import Transformer, TransformerBlock
+from mixchat.quant.modules import QuantMoe, is_quantized
 
 MAX_GRAPHS = 8  # captured graphs kept (each holds a small private memory pool)
 
@@ -214,6 +215,7 @@ class GraphDecoder:
         self._pinned: dict[int, torch.Tensor] = {}
         if fused is None:
             fused = model.device.type == "cuda" and settings.fused and ft.fused_decode_works("cuda", model.dtype)
+            fused = fused and not is_quantized(model)  # the fused step reads full-precision weights
         self.fused = fused
         self._qkv: list[torch.Tensor] = [_fuse_qkv(layer.attention) for layer in self.layers] if fused else []
 
@@ -276,7 +278,9 @@ class GraphDecoder:
             h = h + attn.wo(_attend_buffer(q, kc, vc, row_idx, mask))
             x = layer.ffn_norm(h)
             ff = layer.feed_forward
-            if isinstance(ff, MoeLayer):
+            if isinstance(ff, QuantMoe):  # its own forward: the Triton kernels on the GPU (quant_gpu.py)
+                h = h + ff(x, router_out)
+            elif isinstance(ff, MoeLayer):
                 h = h + grouped_moe_forward(ff, x, router_out)
             else:
                 assert isinstance(ff, FeedForward)

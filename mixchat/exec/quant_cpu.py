@@ -1,0 +1,187 @@
+"""CPU fast paths for the quantized modules: torch's weight-only int8 and int4 matmuls.
+
+`torch.ops.aten._weight_int8pack_mm` multiplies bf16 activations by int8 weights with per-channel scales,
+reading the stored codes as they are. `_weight_int4pack_mm_for_cpu` wants its own packed layout (made here,
+at load, by `_convert_weight_to_int4pack_for_cpu`) and a [groups, out, 2] table of scale and offset for a
+code minus 8; the stored format's zero is the value of code 0, so the offset is zero + 8 * scale. Both
+kernels read each weight byte once per call, which is what a decode step is bound by.
+
+Both take bf16 activations (int8 in float32 is several times slower than a float32 matmul on this build),
+so a float32 model's activations are rounded to bf16 for these matmuls only. Each kernel is probed once per
+(format, shape) against the dequantized reference; a kernel that is missing or disagrees leaves the module
+on its reference forward, quietly. The MoE's w1 and w3 are concatenated ([E, 2F, D]) so one matmul per
+expert computes both.
+
+The int4 swap replaces the stored codes by the packed ones (one copy of the weights in memory, not two),
+so a swapped int4 module has only its fast forward; `mixchat quantize` and the tests read the stored format
+from a model that was never swapped.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixchat.quant.format import dequantize, unpack_nibbles
+from mixchat.quant.modules import QuantLinear, QuantMoe
+
+ACT = torch.bfloat16  # the activation dtype both kernels take
+
+
+def _int8_mm(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # x: [T, K]; q: [N, K] int8; scale: [N] bf16 -> [T, N] in x's dtype
+    return torch.ops.aten._weight_int8pack_mm(x.to(ACT), q, scale).to(x.dtype)
+
+
+def _int4_mm(x: torch.Tensor, packed: torch.Tensor, group: int, sz: torch.Tensor) -> torch.Tensor:
+    # x: [T, K]; packed: torch's CPU int4 layout of [N, K]; sz: [K / G, N, 2] bf16 -> [T, N]
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(ACT), packed, group, sz).to(x.dtype)
+
+
+def pack_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored int4 ([N, K / 2] bytes, [N, groups] scale and zero) -> torch's CPU (packed, scale_and_zeros)."""
+    codes = unpack_nibbles(qweight).to(torch.int32)  # [N, K]
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    s, z = scales.float(), zeros.float()
+    sz = torch.stack([s, z + 8.0 * s], dim=-1).transpose(0, 1).contiguous().to(ACT)  # [groups, N, 2]
+    return packed, sz
+
+
+@functools.cache
+def kernel_works(fmt: str, n: int, k: int, group: int) -> bool:
+    """Whether torch's kernel for `fmt` runs on an [n, k] matrix and agrees with the dequantized reference."""
+    from mixchat.quant.format import quantize_int4, quantize_int8
+
+    try:
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(n, k, generator=g) * 0.02
+        x = torch.randn(3, k, generator=g).to(ACT)
+        if fmt == "int8":
+            q, s = quantize_int8(w)
+            got = _int8_mm(x, q, s.to(ACT))
+            ref_w = dequantize({"qweight": q, "scales": s})
+        else:
+            q4, s4, z4 = quantize_int4(w, group)
+            packed, sz = pack_int4(q4, s4, z4)
+            got = _int4_mm(x, packed, group, sz)
+            ref_w = dequantize({"qweight": q4, "scales": s4, "zeros": z4})
+        want = x.float() @ ref_w.t()
+        return bool(((got.float() - want).abs().max() <= 2e-2 * want.abs().max() + 1e-6).item())
+    except (RuntimeError, NotImplementedError, AttributeError, TypeError):
+        return False
+
+
+class CpuQuantLinear(QuantLinear):
+    """`QuantLinear` through torch's CPU kernel (int8: the stored codes; int4: packed at load)."""
+
+    group: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu":
+            return super().forward(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.format == "int8":
+            y = _int8_mm(x2, self.qweight, self.scales_act)
+        else:
+            y = _int4_mm(x2, self.packed, self.group, self.scale_zeros)
+        return y.reshape(*lead, self.out_features)
+
+
+class CpuQuantMoe(QuantMoe):
+    """`QuantMoe` with each expert's w1 | w3 as one quantized matrix and torch's CPU kernels."""
+
+    group13: int
+    group2: int
+
+    def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        hidden = self.w2_in
+        if self.format == "int8":
+            h = _int8_mm(x, self.w13_q[e], self.w13_s[e])
+            act = F.silu(h[:, :hidden]) * h[:, hidden:]
+            return _int8_mm(act, self.w2_q[e], self.w2_s[e])
+        h = _int4_mm(x, self.w13_packed[e], self.group13, self.w13_sz[e])
+        act = F.silu(h[:, :hidden]) * h[:, hidden:]
+        return _int4_mm(act, self.w2_packed[e], self.group2, self.w2_sz[e])
+
+
+def _group(scales: torch.Tensor, n_in: int) -> int:
+    return n_in // scales.shape[-1]
+
+
+@torch.no_grad()
+def _swap_linear(m: QuantLinear) -> bool:
+    N, K = m.out_features, m.in_features
+    if m.format == "int8":
+        if not kernel_works("int8", N, K, 0):
+            return False
+        m.register_buffer("scales_act", m.scales.to(ACT))
+    else:
+        G = _group(m.scales, K)
+        if not kernel_works("int4", N, K, G):
+            return False
+        packed, sz = pack_int4(m.qweight, m.scales, m.zeros)
+        for part in ("qweight", "scales", "zeros"):
+            delattr(m, part)
+        m.register_buffer("packed", packed)
+        m.register_buffer("scale_zeros", sz)
+        m.group = G
+    m.__class__ = CpuQuantLinear
+    return True
+
+
+@torch.no_grad()
+def _swap_moe(m: QuantMoe) -> bool:
+    s1, s2, s3 = m.stored("w1"), m.stored("w2"), m.stored("w3")
+    E, hidden = s1["qweight"].shape[:2]
+    D = s2["qweight"].shape[1]
+    if m.format == "int8":
+        if not (kernel_works("int8", 2 * hidden, D, 0) and kernel_works("int8", D, hidden, 0)):
+            return False
+        m.register_buffer("w13_q", torch.cat([s1["qweight"], s3["qweight"]], 1))  # [E, 2F, D]
+        m.register_buffer("w13_s", torch.cat([s1["scales"], s3["scales"]], 1).to(ACT))
+        m.register_buffer("w2_q", s2["qweight"])
+        m.register_buffer("w2_s", s2["scales"].to(ACT))
+    else:
+        g13, g2 = _group(s1["scales"], D), _group(s2["scales"], hidden)
+        if not (kernel_works("int4", 2 * hidden, D, g13) and kernel_works("int4", D, hidden, g2)):
+            return False
+        p13, sz13, p2, sz2 = [], [], [], []
+        for e in range(E):
+            p, sz = pack_int4(*(torch.cat([s1[k][e], s3[k][e]], 0) for k in ("qweight", "scales", "zeros")))
+            p13.append(p)
+            sz13.append(sz)
+            p, sz = pack_int4(s2["qweight"][e], s2["scales"][e], s2["zeros"][e])
+            p2.append(p)
+            sz2.append(sz)
+        m.register_buffer("w13_packed", torch.stack(p13))
+        m.register_buffer("w13_sz", torch.stack(sz13))
+        m.register_buffer("w2_packed", torch.stack(p2))
+        m.register_buffer("w2_sz", torch.stack(sz2))
+        m.group13, m.group2 = g13, g2
+    for w in ("w1", "w2", "w3"):
+        for part in list(m.stored(w)):
+            delattr(m, f"{w}_{part}")
+    m.w2_in = hidden
+    m.__class__ = CpuQuantMoe
+    return True
+
+
+def install_cpu_quant_modules(model: nn.Module) -> list[str]:
+    """Swap the CPU kernels into a quantized CPU model (whole or one stage); returns what was swapped."""
+    swapped = set()
+    for module in list(model.modules()):
+        if type(module) is QuantLinear and module.qweight.device.type == "cpu" and _swap_linear(module):
+            swapped.add(f"CpuQuantLinear[{module.format}]")
+        elif type(module) is QuantMoe and module.w1_qweight.device.type == "cpu" and _swap_moe(module):
+            swapped.add(f"CpuQuantMoe[{module.format}]")
+    return sorted(swapped)
+
+
+def reference_weight(m: nn.Module) -> torch.Tensor:
+    """The float32 weight of an unswapped `QuantLinear` (for tests)."""
+    assert isinstance(m, QuantLinear)
+    return dequantize(m.stored())
