@@ -312,9 +312,10 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str], spe
             with torch.no_grad():
                 params["output.weight"].data.copy_(embed_source())
             filled.add("output.weight")
-    if filler is not None and filler.claims("output.weight") and embed_source is not None:
-        if filler.missing_head() and read_json(ckpt.folder / "config.json").get("tie_word_embeddings"):
-            filler.fill("output.weight", None, embed_source(), "model.embed_tokens.weight")
+    tied = filler is not None and filler.claims("output.weight") and filler.missing_head()
+    if tied and embed_source is not None and read_json(ckpt.folder / "config.json").get("tie_word_embeddings"):
+        assert filler is not None
+        filler.fill("output.weight", None, embed_source(), "model.embed_tokens.weight")
     missing = [p for p in params if p not in filled] + (filler.missing() if filler is not None else [])
     if missing:
         raise LoadError(f"checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing in all)")

@@ -7,7 +7,7 @@ location are decided in one place.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +72,7 @@ class Runtime:
     tokenizer: Tokenizer
     engine: Engine
     load_seconds: float
-    quant: QuantSpec = QuantSpec()  # how the weights are held (part of the conversation fingerprint)
+    quant: QuantSpec = field(default_factory=QuantSpec)  # how the weights are held (in the fingerprint)
 
     @property
     def name(self) -> str:

@@ -43,12 +43,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Start the app. Problems found before the screen opens (no terminal, no model, unknown theme, nothing
     to resume) and a model that fails to load end with one line on stderr and exit status 2."""
-    from mixchat.loader import inspect_folder
+    from mixchat.loader import inspect_folder, quant_spec
     from mixchat.runtime import resolve_model_path
     from mixchat.session import ConversationStore
     from mixchat.session.files import clean_name
-
-    from mixchat.loader import quant_spec
 
     model = getattr(args, "model", None)
     quant = quant_from_args(args)

@@ -157,8 +157,9 @@ def _build_follower_stage(pipeline: Pipeline, args: argparse.Namespace) -> Stage
         if args.max_context:
             margs.max_context = args.max_context
         quantized = requested is not None and requested.quantized
-        return pipeline.stage_from_shape(margs, resolve_dtype(args.dtype, pipeline.device, quantized), args.seed,
-                                         requested)
+        return pipeline.stage_from_shape(
+            margs, resolve_dtype(args.dtype, pipeline.device, quantized), args.seed, requested
+        )
     ckpt = inspect_folder(resolve_model_path(args.model), max_context=args.max_context)
     spec = quant_spec(ckpt, requested)
     return pipeline.stage_from_checkpoint(ckpt, resolve_dtype(args.dtype, pipeline.device, spec.quantized), spec)
