@@ -6,10 +6,11 @@ at load, by `_convert_weight_to_int4pack_for_cpu`) and a [groups, out, 2] table 
 code minus 8; the stored format's zero is the value of code 0, so the offset is zero + 8 * scale. Both
 kernels read each weight byte once per call, which is what a decode step is bound by.
 
-Both take bf16 activations (int8 in float32 is several times slower than a float32 matmul on this build),
-so a float32 model's activations are rounded to bf16 for these matmuls only. Each kernel is probed once per
-(format, shape) against the dequantized reference; a kernel that is missing or disagrees leaves the module
-on its reference forward, quietly. The MoE's w1 and w3 are concatenated ([E, 2F, D]) so one matmul per
+Both run in the activations' dtype (bf16 is the fast one: int8 with float32 activations is several times
+slower than a float32 matmul on this build, which is why quantized models default to bf16 activations; a
+float32 model still computes in float32). Each kernel is probed once per (format, shape, dtype) against the
+dequantized reference; a kernel that is missing or disagrees leaves the module on its reference forward,
+quietly, and a dtype the kernel lacks is computed in bf16. The MoE's w1 and w3 are concatenated ([E, 2F, D]) so one matmul per
 expert computes both.
 
 The int4 swap replaces the stored codes by the packed ones (one copy of the weights in memory, not two),
@@ -28,45 +29,66 @@ from torch import nn
 from mixchat.quant.format import dequantize, unpack_nibbles
 from mixchat.quant.modules import QuantLinear, QuantMoe
 
-ACT = torch.bfloat16  # the activation dtype both kernels take
+FAST = torch.bfloat16  # the activation dtype both kernels are fast in, and the fallback for other dtypes
 
 
-def _int8_mm(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    # x: [T, K]; q: [N, K] int8; scale: [N] bf16 -> [T, N] in x's dtype
-    return torch.ops.aten._weight_int8pack_mm(x.to(ACT), q, scale).to(x.dtype)
+class _ByDtype:
+    """A scale table in float32 and its copies in the activations' dtypes, made on first use."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.copies = {torch.float32: table.float().contiguous()}
+
+    def get(self, dtype: torch.dtype) -> torch.Tensor:
+        t = self.copies.get(dtype)
+        if t is None:
+            t = self.copies[dtype] = self.copies[torch.float32].to(dtype)
+        return t
 
 
-def _int4_mm(x: torch.Tensor, packed: torch.Tensor, group: int, sz: torch.Tensor) -> torch.Tensor:
-    # x: [T, K]; packed: torch's CPU int4 layout of [N, K]; sz: [K / G, N, 2] bf16 -> [T, N]
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(ACT), packed, group, sz).to(x.dtype)
+def _act_dtype(x: torch.Tensor) -> torch.dtype:
+    return x.dtype if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else FAST
+
+
+def _int8_mm(x: torch.Tensor, q: torch.Tensor, scale: _ByDtype) -> torch.Tensor:
+    # x: [T, K]; q: [N, K] int8; scale: [N] -> [T, N] in x's dtype
+    dt = _act_dtype(x)
+    return torch.ops.aten._weight_int8pack_mm(x.to(dt), q, scale.get(dt)).to(x.dtype)
+
+
+def _int4_mm(x: torch.Tensor, packed: torch.Tensor, group: int, sz: _ByDtype) -> torch.Tensor:
+    # x: [T, K]; packed: torch's CPU int4 layout of [N, K]; sz: [K / G, N, 2] -> [T, N]
+    dt = _act_dtype(x)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(dt), packed, group, sz.get(dt)).to(x.dtype)
 
 
 def pack_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stored int4 ([N, K / 2] bytes, [N, groups] scale and zero) -> torch's CPU (packed, scale_and_zeros)."""
+    """Stored int4 ([N, K / 2] bytes, [N, groups] scale and zero) -> torch's CPU (packed, float32
+    scale_and_zeros [groups, N, 2])."""
     codes = unpack_nibbles(qweight).to(torch.int32)  # [N, K]
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     s, z = scales.float(), zeros.float()
-    sz = torch.stack([s, z + 8.0 * s], dim=-1).transpose(0, 1).contiguous().to(ACT)  # [groups, N, 2]
+    sz = torch.stack([s, z + 8.0 * s], dim=-1).transpose(0, 1).contiguous()  # [groups, N, 2]
     return packed, sz
 
 
 @functools.cache
-def kernel_works(fmt: str, n: int, k: int, group: int) -> bool:
-    """Whether torch's kernel for `fmt` runs on an [n, k] matrix and agrees with the dequantized reference."""
+def kernel_works(fmt: str, n: int, k: int, group: int, dtype: torch.dtype = FAST) -> bool:
+    """Whether torch's kernel for `fmt` runs on an [n, k] matrix with `dtype` activations and agrees with
+    the dequantized reference."""
     from mixchat.quant.format import quantize_int4, quantize_int8
 
     try:
         g = torch.Generator().manual_seed(0)
         w = torch.randn(n, k, generator=g) * 0.02
-        x = torch.randn(3, k, generator=g).to(ACT)
+        x = torch.randn(3, k, generator=g).to(dtype)
         if fmt == "int8":
             q, s = quantize_int8(w)
-            got = _int8_mm(x, q, s.to(ACT))
+            got = _int8_mm(x, q, _ByDtype(s))
             ref_w = dequantize({"qweight": q, "scales": s})
         else:
             q4, s4, z4 = quantize_int4(w, group)
             packed, sz = pack_int4(q4, s4, z4)
-            got = _int4_mm(x, packed, group, sz)
+            got = _int4_mm(x, packed, group, _ByDtype(sz))
             ref_w = dequantize({"qweight": q4, "scales": s4, "zeros": z4})
         want = x.float() @ ref_w.t()
         return bool(((got.float() - want).abs().max() <= 2e-2 * want.abs().max() + 1e-6).item())
@@ -78,6 +100,7 @@ class CpuQuantLinear(QuantLinear):
     """`QuantLinear` through torch's CPU kernel (int8: the stored codes; int4: packed at load)."""
 
     group: int
+    scale_table: _ByDtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.device.type != "cpu":
@@ -85,9 +108,9 @@ class CpuQuantLinear(QuantLinear):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.format == "int8":
-            y = _int8_mm(x2, self.qweight, self.scales_act)
+            y = _int8_mm(x2, self.qweight, self.scale_table)
         else:
-            y = _int4_mm(x2, self.packed, self.group, self.scale_zeros)
+            y = _int4_mm(x2, self.packed, self.group, self.scale_table)
         return y.reshape(*lead, self.out_features)
 
 
@@ -96,16 +119,19 @@ class CpuQuantMoe(QuantMoe):
 
     group13: int
     group2: int
+    w2_in: int
+    tables13: list[_ByDtype]  # per expert
+    tables2: list[_ByDtype]
 
     def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         hidden = self.w2_in
         if self.format == "int8":
-            h = _int8_mm(x, self.w13_q[e], self.w13_s[e])
+            h = _int8_mm(x, self.w13_q[e], self.tables13[e])
             act = F.silu(h[:, :hidden]) * h[:, hidden:]
-            return _int8_mm(act, self.w2_q[e], self.w2_s[e])
-        h = _int4_mm(x, self.w13_packed[e], self.group13, self.w13_sz[e])
+            return _int8_mm(act, self.w2_q[e], self.tables2[e])
+        h = _int4_mm(x, self.w13_packed[e], self.group13, self.tables13[e])
         act = F.silu(h[:, :hidden]) * h[:, hidden:]
-        return _int4_mm(act, self.w2_packed[e], self.group2, self.w2_sz[e])
+        return _int4_mm(act, self.w2_packed[e], self.group2, self.tables2[e])
 
 
 def _group(scales: torch.Tensor, n_in: int) -> int:
@@ -118,7 +144,7 @@ def _swap_linear(m: QuantLinear) -> bool:
     if m.format == "int8":
         if not kernel_works("int8", N, K, 0):
             return False
-        m.register_buffer("scales_act", m.scales.to(ACT))
+        m.scale_table = _ByDtype(m.scales)
     else:
         G = _group(m.scales, K)
         if not kernel_works("int4", N, K, G):
@@ -127,7 +153,7 @@ def _swap_linear(m: QuantLinear) -> bool:
         for part in ("qweight", "scales", "zeros"):
             delattr(m, part)
         m.register_buffer("packed", packed)
-        m.register_buffer("scale_zeros", sz)
+        m.scale_table = _ByDtype(sz)
         m.group = G
     m.__class__ = CpuQuantLinear
     return True
@@ -142,9 +168,10 @@ def _swap_moe(m: QuantMoe) -> bool:
         if not (kernel_works("int8", 2 * hidden, D, 0) and kernel_works("int8", D, hidden, 0)):
             return False
         m.register_buffer("w13_q", torch.cat([s1["qweight"], s3["qweight"]], 1))  # [E, 2F, D]
-        m.register_buffer("w13_s", torch.cat([s1["scales"], s3["scales"]], 1).to(ACT))
         m.register_buffer("w2_q", s2["qweight"])
-        m.register_buffer("w2_s", s2["scales"].to(ACT))
+        s13 = torch.cat([s1["scales"], s3["scales"]], 1)
+        m.tables13 = [_ByDtype(s13[e]) for e in range(E)]
+        m.tables2 = [_ByDtype(s2["scales"][e]) for e in range(E)]
     else:
         g13, g2 = _group(s1["scales"], D), _group(s2["scales"], hidden)
         if not (kernel_works("int4", 2 * hidden, D, g13) and kernel_works("int4", D, hidden, g2)):
@@ -158,9 +185,9 @@ def _swap_moe(m: QuantMoe) -> bool:
             p2.append(p)
             sz2.append(sz)
         m.register_buffer("w13_packed", torch.stack(p13))
-        m.register_buffer("w13_sz", torch.stack(sz13))
         m.register_buffer("w2_packed", torch.stack(p2))
-        m.register_buffer("w2_sz", torch.stack(sz2))
+        m.tables13 = [_ByDtype(t) for t in sz13]
+        m.tables2 = [_ByDtype(t) for t in sz2]
         m.group13, m.group2 = g13, g2
     for w in ("w1", "w2", "w3"):
         for part in list(m.stored(w)):
@@ -180,8 +207,3 @@ def install_cpu_quant_modules(model: nn.Module) -> list[str]:
             swapped.add(f"CpuQuantMoe[{module.format}]")
     return sorted(swapped)
 
-
-def reference_weight(m: nn.Module) -> torch.Tensor:
-    """The float32 weight of an unswapped `QuantLinear` (for tests)."""
-    assert isinstance(m, QuantLinear)
-    return dequantize(m.stored())
