@@ -47,14 +47,15 @@ class TritonQuantMoe(QuantMoe):
         return grouped_moe_forward(self, x, router_out, quant_mm=mm)
 
 
-def install_gpu_quant_modules(model: nn.Module) -> list[str]:
-    """Swap the Triton modules into a quantized CUDA model (whole or one stage); returns what was swapped."""
+def install_gpu_quant_modules(model: nn.Module, any_device: bool = False) -> list[str]:
+    """Swap the Triton modules into a quantized CUDA model (whole or one stage); returns what was swapped.
+    `any_device` swaps them into a CPU model too, for Triton's interpreter (tests/test_executors.py)."""
     swapped = set()
     for module in model.modules():
-        if type(module) is QuantLinear and module.qweight.is_cuda:
+        if type(module) is QuantLinear and (module.qweight.is_cuda or any_device):
             module.__class__ = TritonQuantLinear
             swapped.add("TritonQuantLinear")
-        elif type(module) is QuantMoe and module.w1_qweight.is_cuda:
+        elif type(module) is QuantMoe and (module.w1_qweight.is_cuda or any_device):
             module.__class__ = TritonQuantMoe
             swapped.add("TritonQuantMoe")
     return sorted(swapped)
