@@ -37,8 +37,6 @@ from mixchat.quant.format import (
     make_spec,
     pack_nibbles,
     quantize,
-    quantize_int4,
-    quantize_int8,
     unpack_nibbles,
 )
 from mixchat.quant.modules import QuantLinear, QuantMoe, quantize_modules

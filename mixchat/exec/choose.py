@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from mixchat.exec.cpu import CpuRunner
+from mixchat.exec.cpu_modules import install_cpu_modules
 from mixchat.exec.executors import CpuExecutor, Executor, GraphExecutor, ModelLike, ModuleExecutor
 from mixchat.exec.gpu_modules import install_gpu_modules
 from mixchat.exec.graphs import GraphDecoder, decoder_wanted
@@ -24,7 +25,8 @@ def prepare_modules(model: nn.Module, settings: Flags | None = None) -> list[str
     """Swap the device's modules into a model or pipeline stage: the GPU modules into a CUDA one, the
     quantized kernels (CPU or GPU) into a quantized one. Returns the names of what was swapped."""
     settings = settings or flags()
-    return install_gpu_modules(model, settings) + install_cpu_quant_modules(model) + install_gpu_quant_modules(model)
+    gpu = install_gpu_modules(model, settings) + install_gpu_quant_modules(model)
+    return gpu + install_cpu_quant_modules(model) + install_cpu_modules(model)
 
 
 def choose_executor(model: ModelLike, settings: Flags | None = None) -> Executor:

@@ -10,8 +10,9 @@ Both run in the activations' dtype (bf16 is the fast one: int8 with float32 acti
 slower than a float32 matmul on this build, which is why quantized models default to bf16 activations; a
 float32 model still computes in float32). Each kernel is probed once per (format, shape, dtype) against the
 dequantized reference; a kernel that is missing or disagrees leaves the module on its reference forward,
-quietly, and a dtype the kernel lacks is computed in bf16. The MoE's w1 and w3 are concatenated ([E, 2F, D]) so one matmul per
-expert computes both.
+quietly, and a dtype the kernel lacks is computed in bf16. The MoE's w1 and w3 are concatenated
+([E, 2F, D]) so one matmul per expert computes both, and a decode step goes straight to each token's chosen
+experts (`cpu_modules.moe_by_pairs`).
 
 The int4 swap replaces the stored codes by the packed ones (one copy of the weights in memory, not two),
 so a swapped int4 module has only its fast forward; `mixchat quantize` and the tests read the stored format
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixchat.exec.cpu_modules import PAIR_LIMIT, moe_by_pairs
+from mixchat.model.layers import Routing
 from mixchat.quant.format import dequantize, unpack_nibbles
 from mixchat.quant.modules import QuantLinear, QuantMoe
 
@@ -122,6 +125,11 @@ class CpuQuantMoe(QuantMoe):
     w2_in: int
     tables13: list[_ByDtype]  # per expert
     tables2: list[_ByDtype]
+
+    def forward(self, x: torch.Tensor, router_out: list[Routing] | None = None) -> torch.Tensor:
+        if x.shape[0] * self.k <= PAIR_LIMIT and not torch.is_grad_enabled():
+            return moe_by_pairs(self, x, router_out)
+        return super().forward(x, router_out)
 
     def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         hidden = self.w2_in

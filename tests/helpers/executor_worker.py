@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch
 from executor_schedule import CHUNK, run_schedule
 from safetensors.torch import save_file
 
@@ -22,9 +23,10 @@ from mixchat.cli.main import run_guarded
 from mixchat.distributed.launch import run_pipelined
 from mixchat.engine import Engine
 from mixchat.exec.executors import GraphExecutor, ModuleExecutor
-from mixchat.exec.quant_gpu import install_gpu_quant_modules
 from mixchat.exec.graphs import GraphDecoder
+from mixchat.exec.quant_gpu import install_gpu_quant_modules
 from mixchat.flags import Flags
+from mixchat.loader import build_model, inspect_folder
 from mixchat.quant.format import make_spec
 from mixchat.runtime import load_runtime
 
@@ -34,9 +36,9 @@ def main() -> int:
     quant = sys.argv[4] if len(sys.argv) > 4 else None
     spec = make_spec(quant) if quant else None
     if which == "quant-triton":
-        rt = load_runtime(ckpt, device="cpu", dtype="float32", chunk_size=CHUNK, quant=spec)
-        assert install_gpu_quant_modules(rt.model, any_device=True) == ["TritonQuantLinear", "TritonQuantMoe"]
-        engine = Engine(rt.model, None, chunk_size=CHUNK, eos_id=-1, executor=ModuleExecutor(rt.model))
+        model = build_model(inspect_folder(ckpt), "cpu", torch.float32, spec)
+        assert install_gpu_quant_modules(model, any_device=True) == ["TritonQuantLinear", "TritonQuantMoe"]
+        engine = Engine(model, None, chunk_size=CHUNK, eos_id=-1, executor=ModuleExecutor(model))
         save_file(run_schedule(engine), str(out))
         return 0
     if which == "fused":
