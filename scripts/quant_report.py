@@ -48,7 +48,7 @@ PROMPTS: list[tuple[str, ...]] = [  # scripts/builtin_report.py's, fixed before 
     ("What does music mean?",),
     ("I just got back from a trip to the mountains.", "What did I just tell you about?"),
 ]
-FORMATS = [QuantSpec(), make_spec("int8"), make_spec("int4", 128), make_spec("int4", 64), make_spec("int4", 32)]
+FORMATS = [QuantSpec(), make_spec("int8"), make_spec("int4", 128), make_spec("int4", 32)]
 
 
 def heldout_rows(corpus: Path, seq_len: int = 512, seed: int = 0) -> torch.Tensor:
@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("docs/builtin/quantization.md"))
     p.add_argument("--rows", type=int, help="only the first N held-out rows (a quick look)")
+    p.add_argument("--run-rows", type=int, default=64, help="rows for the loss as run by the CPU kernels (default 64)")
     a = p.parse_args()
     rows = heldout_rows(a.corpus)
     if a.rows:
@@ -93,6 +94,7 @@ def main() -> None:
     ckpt = inspect_folder(BUILTIN_DIR)
     print(f"held-out: {rows.shape[0]} rows, {rows[:, 1:].numel():,} target tokens", flush=True)
     results = []
+    base_run = 0.0
     base_replies: list[str] = []
     for spec in FORMATS:
         t0 = time.perf_counter()
@@ -101,7 +103,8 @@ def main() -> None:
         ref_loss = loss(ref, rows)
         run_model = build_model(ckpt, "cpu", torch.bfloat16 if spec.quantized else torch.float32, spec)
         prepare_modules(run_model)
-        run_loss = loss(run_model, rows)
+        run_loss = loss(run_model, rows[: a.run_rows])
+        base_run = run_loss if not spec.quantized else base_run
         quant = spec if spec.quantized else None
         said = replies(load_runtime(None, device="cpu", dtype="float32", quant=quant))
         if not spec.quantized:
@@ -109,7 +112,7 @@ def main() -> None:
         same = sum(x == y for x, y in zip(said, base_replies, strict=True))
         said_bf16 = replies(load_runtime(None, device="cpu", dtype="bfloat16", quant=quant))
         same_bf16 = sum(x == y for x, y in zip(said_bf16, base_replies, strict=True))
-        results.append((spec.label, size, ref_loss, run_loss, same, same_bf16, said))
+        results.append((spec.label, size, ref_loss, run_loss - base_run, same, same_bf16, said))
         print(f"{spec.label}: {size:,} bytes, loss {ref_loss:.4f} (as run {run_loss:.4f}), "
               f"same replies {same}/10, at bf16 {same_bf16}/10 ({time.perf_counter() - t0:.0f} s)", flush=True)
     base = results[0][2]  # none, float32
@@ -117,14 +120,14 @@ def main() -> None:
         f"Held-out split of the dataset builder: {rows.shape[0]} rows, {rows[:, 1:].numel():,} target tokens. "
         "Written by `python scripts/quant_report.py --corpus DATA`.",
         "",
-        "| format | weights in memory | held-out loss (reference, float32) | change | loss as run on the CPU "
-        "(kernels, bf16 activations) | same greedy reply as float32 full precision (10 prompts): float32 "
+        "| format | weights in memory | held-out loss (reference, float32) | change | change as run on the CPU "
+        f"(kernels, bf16 activations; first {a.run_rows} rows) | same greedy reply as float32 full precision (10 prompts): float32 "
         "activations | bf16 activations |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, size, ref_loss, run_loss, same, same_bf16, _ in results:
         lines.append(f"| {label} | {size / 2**20:.1f} MiB | {ref_loss:.4f} | {ref_loss - base:+.4f} | "
-                     f"{run_loss:.4f} | {same}/10 | {same_bf16}/10 |")
+                     f"{run_loss:+.4f} | {same}/10 | {same_bf16}/10 |")
     lines += ["", "Replies (float32 activations) that differ from full precision's:", ""]
     for label, _, _, _, _, _, said in results[1:]:
         for i, (x, y) in enumerate(zip(said, base_replies, strict=True)):

@@ -51,6 +51,10 @@ def install_gpu_quant_modules(model: nn.Module, any_device: bool = False) -> lis
     """Swap the Triton modules into a quantized CUDA model (whole or one stage); returns what was swapped.
     `any_device` swaps them into a CPU model too, for Triton's interpreter (tests/test_executors.py)."""
     swapped = set()
+    params = list(model.parameters())
+    if params and params[0].is_cuda:  # probe now: a probe synchronises, which a capturing stream must not
+        for fmt in {m.format for m in model.modules() if isinstance(m, (QuantLinear, QuantMoe))}:
+            quant_mm_works("cuda", params[0].dtype, fmt)
     for module in model.modules():
         if type(module) is QuantLinear and (module.qweight.is_cuda or any_device):
             module.__class__ = TritonQuantLinear
