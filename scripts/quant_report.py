@@ -113,21 +113,26 @@ def main() -> None:
         said_bf16 = replies(load_runtime(None, device="cpu", dtype="bfloat16", quant=quant))
         same_bf16 = sum(x == y for x, y in zip(said_bf16, base_replies, strict=True))
         results.append((spec.label, size, ref_loss, run_loss - base_run, same, same_bf16, said))
-        print(f"{spec.label}: {size:,} bytes, loss {ref_loss:.4f} (as run {run_loss:.4f}), "
-              f"same replies {same}/10, at bf16 {same_bf16}/10 ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"{spec.label}: {size:,} bytes, loss {ref_loss:.4f} (as run {run_loss:.4f}), "
+            f"same replies {same}/10, at bf16 {same_bf16}/10 ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     base = results[0][2]  # none, float32
     lines = [
         f"Held-out split of the dataset builder: {rows.shape[0]} rows, {rows[:, 1:].numel():,} target tokens. "
         "Written by `python scripts/quant_report.py --corpus DATA`.",
         "",
         "| format | weights in memory | held-out loss (reference, float32) | change | change as run on the CPU "
-        f"(kernels, bf16 activations; first {a.run_rows} rows) | same greedy reply as float32 full precision (10 prompts): float32 "
-        "activations | bf16 activations |",
+        f"(kernels, bf16 activations; first {a.run_rows} rows) | same greedy reply as float32 full precision "
+        "(10 prompts): float32 activations | bf16 activations |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, size, ref_loss, run_loss, same, same_bf16, _ in results:
-        lines.append(f"| {label} | {size / 2**20:.1f} MiB | {ref_loss:.4f} | {ref_loss - base:+.4f} | "
-                     f"{run_loss:+.4f} | {same}/10 | {same_bf16}/10 |")
+        lines.append(
+            f"| {label} | {size / 2**20:.1f} MiB | {ref_loss:.4f} | {ref_loss - base:+.4f} | "
+            f"{run_loss:+.4f} | {same}/10 | {same_bf16}/10 |"
+        )
     lines += ["", "Replies (float32 activations) that differ from full precision's:", ""]
     for label, _, _, _, _, _, said in results[1:]:
         for i, (x, y) in enumerate(zip(said, base_replies, strict=True)):
