@@ -50,8 +50,9 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def _mixchat(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mixchat", *args], capture_output=True, text=True, cwd=REPO,
-                          env=ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mixchat", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout
+    )
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -107,8 +108,9 @@ def test_group_size_falls_back_where_a_dimension_needs_it_and_fails_where_none_f
 
 
 def test_quantize_modules_swaps_every_matrix_but_embeddings_norms_and_gate() -> None:
-    args = ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2, vocab_size=128,
-                     moe=MoeArgs(4, 2))
+    args = ModelArgs(
+        dim=64, n_layers=2, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2, vocab_size=128, moe=MoeArgs(4, 2)
+    )
     from mixchat.model.transformer import Transformer
 
     with torch.device("meta"):
@@ -120,8 +122,10 @@ def test_quantize_modules_swaps_every_matrix_but_embeddings_norms_and_gate() -> 
     assert type(model.layers[0].feed_forward.gate) is torch.nn.Linear  # the router stays full precision
     floats = {n for n, p in model.named_parameters()}
     assert floats == {"tok_embeddings.weight", "norm.weight"} | {
-        f"layers.{i}.{n}" for i in range(2) for n in ("attention_norm.weight", "ffn_norm.weight",
-                                                      "feed_forward.gate.weight")}
+        f"layers.{i}.{n}"
+        for i in range(2)
+        for n in ("attention_norm.weight", "ffn_norm.weight", "feed_forward.gate.weight")
+    }
 
 
 # ---- CPU kernels ---------------------------------------------------------------------------------------
@@ -253,8 +257,14 @@ print("ok")
 
 def test_triton_quant_kernels_in_the_interpreter() -> None:
     pytest.importorskip("triton")
-    proc = subprocess.run([sys.executable, "-c", _TRITON], capture_output=True, text=True, cwd=REPO, timeout=900,
-                          env={**ENV, "TRITON_INTERPRET": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRITON],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+        env={**ENV, "TRITON_INTERPRET": "1"},
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
@@ -298,15 +308,17 @@ def test_quantize_on_load_allocates_no_full_precision_matrix(ckpt: Path) -> None
 
 def test_bad_quantization_input_is_one_line(ckpt: Path, tmp_path: Path) -> None:
     _one_line_error(_mixchat("generate", "--model", str(ckpt), "--quant", "int3", "--prompt", "x"), "int3")
-    _one_line_error(_mixchat("generate", "--model", str(ckpt), "--quant", "int4", "--group-size", "96",
-                             "--prompt", "x"), "96")
+    _one_line_error(
+        _mixchat("generate", "--model", str(ckpt), "--quant", "int4", "--group-size", "96", "--prompt", "x"), "96"
+    )
     _one_line_error(_mixchat("info", "--model", str(ckpt), "--group-size", "64"), "--quant int4")
     odd = tmp_path / "odd"  # dim 48: no int4 group of 32..128 divides it
     args = ModelArgs(dim=48, n_layers=1, head_dim=12, hidden_dim=64, n_heads=4, n_kv_heads=2, vocab_size=32000)
     save_native(random_model(args), odd)
     (odd / "tokenizer.model.v1").write_bytes((ckpt / "tokenizer.model.v1").read_bytes())
-    _one_line_error(_mixchat("generate", "--model", str(odd), "--quant", "int4", "--prompt", "x"),
-                    "divide no dimension")
+    _one_line_error(
+        _mixchat("generate", "--model", str(odd), "--quant", "int4", "--prompt", "x"), "divide no dimension"
+    )
     q = tmp_path / "q4"
     assert _mixchat("quantize", "--model", str(ckpt), "--out", str(q), "--quant", "int4").returncode == 0
     _one_line_error(_mixchat("generate", "--model", str(q), "--quant", "int8", "--prompt", "x"), "int4", "int8")
@@ -349,13 +361,34 @@ def test_int4_conversation_resumes_under_int4_and_is_rebuilt_under_full_precisio
 
 def test_two_gloo_ranks_generate_int8_like_one_process(ckpt: Path) -> None:
     pytest.importorskip("torch.distributed")
-    opts = ["generate", "--model", str(ckpt), "--device", "cpu", "--quant", "int8", "--temperature", "0",
-            "--max-tokens", "8", "--json", "--prompt", "Hello there", "--prompt", "Rivers and"]
+    opts = [
+        "generate",
+        "--model",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--quant",
+        "int8",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "--json",
+        "--prompt",
+        "Hello there",
+        "--prompt",
+        "Rivers and",
+    ]
     one = _mixchat(*opts)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mixchat",
-                          *opts], capture_output=True, text=True, cwd=REPO, timeout=600,
-                         env={**ENV, "OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"})
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mixchat", *opts],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env={**ENV, "OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"},
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     ids = [[json.loads(line)["ids"] for line in p.stdout.splitlines() if line.startswith("{")] for p in (one, two)]
     assert len(ids[0]) == 2 and ids[0] == ids[1]

@@ -22,6 +22,7 @@ from a model that was never swapped.
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +105,7 @@ class CpuQuantLinear(QuantLinear):
 
     group: int
     scale_table: _ByDtype
+    packed: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.device.type != "cpu":
@@ -125,6 +127,10 @@ class CpuQuantMoe(QuantMoe):
     w2_in: int
     tables13: list[_ByDtype]  # per expert
     tables2: list[_ByDtype]
+    w13_q: torch.Tensor
+    w2_q: torch.Tensor
+    w13_packed: torch.Tensor
+    w2_packed: torch.Tensor
 
     def forward(self, x: torch.Tensor, router_out: list[Routing] | None = None) -> torch.Tensor:
         if x.shape[0] * self.k <= PAIR_LIMIT and not torch.is_grad_enabled():
@@ -152,7 +158,8 @@ def _swap_linear(m: QuantLinear) -> bool:
     if m.format == "int8":
         if not kernel_works("int8", N, K, 0):
             return False
-        m.scale_table = _ByDtype(m.scales)
+        table = _ByDtype(m.scales)
+        m.__class__ = CpuQuantLinear
     else:
         G = _group(m.scales, K)
         if not kernel_works("int4", N, K, G):
@@ -161,9 +168,10 @@ def _swap_linear(m: QuantLinear) -> bool:
         for part in ("qweight", "scales", "zeros"):
             delattr(m, part)
         m.register_buffer("packed", packed)
-        m.scale_table = _ByDtype(sz)
-        m.group = G
-    m.__class__ = CpuQuantLinear
+        table = _ByDtype(sz)
+        m.__class__ = CpuQuantLinear
+        cast(CpuQuantLinear, m).group = G
+    cast(CpuQuantLinear, m).scale_table = table
     return True
 
 
@@ -172,36 +180,37 @@ def _swap_moe(m: QuantMoe) -> bool:
     s1, s2, s3 = m.stored("w1"), m.stored("w2"), m.stored("w3")
     E, hidden = s1["qweight"].shape[:2]
     D = s2["qweight"].shape[1]
+    groups = (0, 0)
     if m.format == "int8":
         if not (kernel_works("int8", 2 * hidden, D, 0) and kernel_works("int8", D, hidden, 0)):
             return False
         m.register_buffer("w13_q", torch.cat([s1["qweight"], s3["qweight"]], 1))  # [E, 2F, D]
         m.register_buffer("w2_q", s2["qweight"])
         s13 = torch.cat([s1["scales"], s3["scales"]], 1)
-        m.tables13 = [_ByDtype(s13[e]) for e in range(E)]
-        m.tables2 = [_ByDtype(s2["scales"][e]) for e in range(E)]
+        tables13 = [_ByDtype(s13[e]) for e in range(E)]
+        tables2 = [_ByDtype(s2["scales"][e]) for e in range(E)]
     else:
-        g13, g2 = _group(s1["scales"], D), _group(s2["scales"], hidden)
-        if not (kernel_works("int4", 2 * hidden, D, g13) and kernel_works("int4", D, hidden, g2)):
+        groups = (_group(s1["scales"], D), _group(s2["scales"], hidden))
+        if not (kernel_works("int4", 2 * hidden, D, groups[0]) and kernel_works("int4", D, hidden, groups[1])):
             return False
-        p13, sz13, p2, sz2 = [], [], [], []
+        p13, p2, tables13, tables2 = [], [], [], []
         for e in range(E):
             p, sz = pack_int4(*(torch.cat([s1[k][e], s3[k][e]], 0) for k in ("qweight", "scales", "zeros")))
             p13.append(p)
-            sz13.append(sz)
+            tables13.append(_ByDtype(sz))
             p, sz = pack_int4(s2["qweight"][e], s2["scales"][e], s2["zeros"][e])
             p2.append(p)
-            sz2.append(sz)
+            tables2.append(_ByDtype(sz))
         m.register_buffer("w13_packed", torch.stack(p13))
         m.register_buffer("w2_packed", torch.stack(p2))
-        m.tables13 = [_ByDtype(t) for t in sz13]
-        m.tables2 = [_ByDtype(t) for t in sz2]
-        m.group13, m.group2 = g13, g2
     for w in ("w1", "w2", "w3"):
         for part in list(m.stored(w)):
             delattr(m, f"{w}_{part}")
-    m.w2_in = hidden
     m.__class__ = CpuQuantMoe
+    c = cast(CpuQuantMoe, m)
+    c.tables13, c.tables2 = tables13, tables2
+    c.group13, c.group2 = groups
+    c.w2_in = hidden
     return True
 
 
@@ -214,4 +223,3 @@ def install_cpu_quant_modules(model: nn.Module) -> list[str]:
         elif type(module) is QuantMoe and module.w1_qweight.device.type == "cpu" and _swap_moe(module):
             swapped.add(f"CpuQuantMoe[{module.format}]")
     return sorted(swapped)
-

@@ -135,10 +135,12 @@ def quant_mm_works(device_type: str, dtype: torch.dtype, fmt: str) -> bool:
             q, s, z = quantize_int4(w, 64)
             parts = {"qweight": q, "scales": s, "zeros": z}
         offs = torch.tensor(counts).cumsum(0).to(torch.int32)
-        got = quant_grouped_mm(
-            x.to(dev, dtype), *(parts[p].to(dev) if p in parts else None for p in ("qweight", "scales", "zeros")),
-            offs.to(dev),
-        ).float().cpu()  # fmt: skip
+        zeros = parts["zeros"].to(dev) if "zeros" in parts else None
+        got = (
+            quant_grouped_mm(x.to(dev, dtype), parts["qweight"].to(dev), parts["scales"].to(dev), zeros, offs.to(dev))
+            .float()
+            .cpu()
+        )
         wf = dequantize(parts)
         experts = [e for e, n in enumerate(counts) for _ in range(n)]
         want = torch.stack([wf[e] @ x[i].to(dtype).float() for i, e in enumerate(experts)])

@@ -23,6 +23,10 @@ from mixchat.quant.format import PARTS, QuantSpec, dequantize, stored_shapes
 class QuantLinear(nn.Module):
     """y = x W^T with W held as int8 or int4 codes (no bias: the model has none)."""
 
+    qweight: torch.Tensor  # buffers (declared for the type checker; registered in __init__)
+    scales: torch.Tensor
+    zeros: torch.Tensor  # int4 only
+
     def __init__(self, in_features: int, out_features: int, spec: QuantSpec, name: str = "a matrix") -> None:
         super().__init__()
         self.in_features = in_features
@@ -51,6 +55,7 @@ class QuantMoe(MoeLayer):
     `w1_scales`, (int4) `w1_zeros`, and the same for w2 and w3. Routing (the gate) stays full precision."""
 
     format: str
+    w1_qweight: torch.Tensor  # one of the buffers (declared for the type checker)
 
     def stored(self, which: str) -> dict[str, torch.Tensor]:
         """One stacked matrix's stored tensors ("w1", "w2" or "w3"), each with a leading expert dim."""
@@ -74,7 +79,7 @@ def _make_quant_moe(layer: MoeLayer, spec: QuantSpec, name: str) -> None:
         for part, (shape, dtype) in stored_shapes(spec, out, inp, f"{name}.{w}").items():
             layer.register_buffer(f"{w}_{part}", torch.empty((E, *shape), dtype=dtype, device=device))
     layer.__class__ = QuantMoe
-    layer.format = spec.format
+    layer.__dict__["format"] = spec.format
 
 
 def quantize_modules(model: nn.Module, spec: QuantSpec) -> None:
