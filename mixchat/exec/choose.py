@@ -21,25 +21,30 @@ from mixchat.flags import Flags, flags
 from mixchat.quant.modules import is_quantized
 
 
-def prepare_modules(model: nn.Module, settings: Flags | None = None) -> list[str]:
+def prepare_modules(model: nn.Module, settings: Flags | None = None, cpu_modules: bool = True) -> list[str]:
     """Swap the device's modules into a model or pipeline stage: the GPU modules into a CUDA one, the
-    quantized kernels (CPU or GPU) into a quantized one. Returns the names of what was swapped."""
+    quantized kernels (CPU or GPU) into a quantized one, and (`cpu_modules`) the CPU decode modules into
+    a CPU one. Returns the names of what was swapped."""
     settings = settings or flags()
-    gpu = install_gpu_modules(model, settings) + install_gpu_quant_modules(model)
-    return gpu + install_cpu_quant_modules(model) + install_cpu_modules(model)
+    swapped = install_gpu_modules(model, settings) + install_gpu_quant_modules(model) + install_cpu_quant_modules(model)
+    return swapped + (install_cpu_modules(model) if cpu_modules else [])
+
+
+def lean_cpu_model(model: ModelLike) -> bool:
+    """A small full-precision float32 CPU model: the lean runner's (cpu.py)."""
+    return CpuRunner.suits(model) and not (isinstance(model, nn.Module) and is_quantized(model))  # type: ignore[arg-type]
 
 
 def choose_executor(model: ModelLike, settings: Flags | None = None) -> Executor:
     """The executor for a whole model (or rank 0's pipeline wrapper, which only the module path serves)."""
     settings = settings or flags()
+    lean = settings.cpu_runner and model.device.type == "cpu" and lean_cpu_model(model)
     if isinstance(model, nn.Module):
-        prepare_modules(model, settings)
+        prepare_modules(model, settings, cpu_modules=not lean)  # the lean runner's model stays the reference
     if decoder_wanted(model, settings):  # type: ignore[arg-type]
         return GraphExecutor(model, GraphDecoder(model, fused=None, settings=settings))  # type: ignore[arg-type]
-    on_cpu = model.device.type == "cpu"
-    if settings.cpu_runner and on_cpu:
+    if settings.cpu_runner and model.device.type == "cpu":
         # Small float32 models run the lean runner; every other CPU model (any size, bf16, int8, int4) the
         # module forward with the CPU kernels swapped in above.
-        lean = CpuRunner.suits(model) and not (isinstance(model, nn.Module) and is_quantized(model))  # type: ignore[arg-type]
         return CpuExecutor(model, lean=lean)
     return ModuleExecutor(model)
