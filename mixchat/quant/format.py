@@ -150,15 +150,28 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
     return (g * scale.float()[..., None] + zero.float()[..., None]).reshape(*lead, n_in)
 
 
+ROW_BLOCK = 1024  # rows quantized at a time: a float32 temporary of a 32000 x 4096 head would be 0.5 GB each
+
+
 def quantize(w: torch.Tensor, spec: QuantSpec, name: str = "a matrix") -> dict[str, torch.Tensor]:
-    """One matrix ([out, in]) in the stored format: {"qweight", "scales"[, "zeros"]}."""
-    if spec.format == "int8":
-        q, s = quantize_int8(w)
-        return {"qweight": q, "scales": s}
-    if spec.format == "int4":
-        q, s, z = quantize_int4(w, group_for(w.shape[-1], spec.group_size, name))
-        return {"qweight": q, "scales": s, "zeros": z}
-    raise ValueError(f"not a quantized format: {spec.format}")
+    """One matrix ([out, in]) in the stored format: {"qweight", "scales"[, "zeros"]}.
+
+    Rows are independent in both formats, so a large matrix is quantized ROW_BLOCK rows at a time: the same
+    bytes, with float32 temporaries of one block instead of several copies of the whole matrix (the peak
+    memory of quantizing while loading is the quantized model plus about one tensor)."""
+    if spec.format not in ("int8", "int4"):
+        raise ValueError(f"not a quantized format: {spec.format}")
+    group = group_for(w.shape[-1], spec.group_size, name) if spec.format == "int4" else 0
+    blocks = [w[r : r + ROW_BLOCK] for r in range(0, w.shape[0], ROW_BLOCK)] if w.dim() == 2 else [w]
+    parts: dict[str, list[torch.Tensor]] = {}
+    for block in blocks:
+        if spec.format == "int8":
+            got = dict(zip(("qweight", "scales"), quantize_int8(block), strict=True))
+        else:
+            got = dict(zip(("qweight", "scales", "zeros"), quantize_int4(block, group), strict=True))
+        for k, t in got.items():
+            parts.setdefault(k, []).append(t)
+    return {k: ts[0] if len(ts) == 1 else torch.cat(ts, 0) for k, ts in parts.items()}
 
 
 def dequantize(parts: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mixchat.errors import LoadError
-from mixchat.quant.format import PARTS, QuantSpec, quantize
+from mixchat.quant.format import PARTS, ROW_BLOCK, QuantSpec, quantize
 from mixchat.quant.modules import QuantLinear, QuantMoe
 
 PART_SUFFIXES = tuple(f".{p}" for p in PARTS)
@@ -114,13 +114,19 @@ def fill_random_quantized(model: nn.Module, spec: QuantSpec, gen: torch.Generato
     """Random N(0, std) matrices for every quantized module, drawn and quantized one matrix at a time, so a
     random 7B shape at int4 never holds more than one full-precision matrix."""
     device = gen.device
-    filler = QuantFiller(model, spec, 0)
-    for pname, lin in filler.linears.items():
-        w = torch.empty(lin.out_features, lin.in_features, device=device).normal_(0.0, std, generator=gen)
-        filler.fill(pname, None, w, pname)
-    for pname, (moe, which) in filler.moes.items():
-        E, out = moe.stored(which)["qweight"].shape[:2]
-        n_in = moe.stored(which)["qweight"].shape[2] * (2 if spec.format == "int4" else 1)
+
+    def draw(dests: dict[str, torch.Tensor], out: int, n_in: int, name: str) -> None:
+        for r in range(0, out, ROW_BLOCK):  # one block of float32 rows at a time
+            rows = min(ROW_BLOCK, out - r)
+            w = torch.empty(rows, n_in, device=device).normal_(0.0, std, generator=gen)
+            for part, t in quantize(w, spec, name).items():
+                dests[part][r : r + rows].copy_(t)
+
+    for pname, lin in QuantFiller(model, spec, 0).linears.items():
+        draw(lin.stored(), lin.out_features, lin.in_features, pname)
+    for pname, (moe, which) in QuantFiller(model, spec, 0).moes.items():
+        stacked = moe.stored(which)
+        E, out = stacked["qweight"].shape[:2]
+        n_in = stacked["qweight"].shape[2] * (2 if spec.format == "int4" else 1)
         for e in range(E):
-            w = torch.empty(out, n_in, device=device).normal_(0.0, std, generator=gen)
-            filler.fill(pname, e, w, f"{pname}[{e}]")
+            draw({p: t[e] for p, t in stacked.items()}, out, n_in, f"{pname}[{e}]")
