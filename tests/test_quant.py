@@ -405,3 +405,26 @@ def test_dequantized_twin_helper_is_the_reference(ckpt: Path) -> None:
     with torch.inference_mode():
         torch.testing.assert_close(reference_logits(q, ids), reference_logits(twin, ids), rtol=1e-5, atol=1e-5)
     assert F.cosine_similarity(twin.output.weight.flatten(), q.output.dequantized().flatten(), dim=0) > 0.9999
+
+
+# ---- bench and help texts (the other items of issue 18) -------------------------------------------------------
+def test_bench_rates_come_from_timed_steps_and_untimed_rounds_are_counted() -> None:
+    from mixchat.cli.bench import _rate, _timing
+
+    assert _rate(10, 0.0) is None and _rate(10, -1e-3) is None and _rate(0, 1.0) is None
+    assert _rate(10, 2.0) == 5.0
+    t = _timing([(0.1, 0.01, 5.0), (0.1, 0.01, None), (0.2, 0.02, 7.0)])
+    assert t.decode_tps == [5.0, 7.0] and t.dropped == 1 and t.ttft == [0.1, 0.2]
+
+
+def test_help_texts_take_their_defaults_from_the_constants() -> None:
+    from mixchat.cli.main import build_parser
+    from mixchat.engine import DEFAULT_CHUNK_SIZE
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    for name in ("chat", "generate", "bench"):
+        text = " ".join(sub[name].format_help().split())
+        assert f"(default {DEFAULT_CHUNK_SIZE})" in text, name
+        assert "--quant" in text and "--group-size" in text, name
+    assert "--quant" in sub["info"].format_help()
