@@ -40,9 +40,12 @@ class _ByDtype:
     """A scale table, converted to the activations' dtype on first use. The float32 source is dropped then
     (it would cost a 7B int4 model 0.45 GB); a later call in another dtype converts from the first copy."""
 
-    def __init__(self, table: torch.Tensor) -> None:
+    def __init__(self, table: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+        """`dtype`: the model's activations, converted to at once (no float32 table is held at all)."""
         self.source: torch.Tensor | None = table.float().contiguous()
         self.copies: dict[torch.dtype, torch.Tensor] = {}
+        if dtype is not None:
+            self.get(dtype)
 
     def get(self, dtype: torch.dtype) -> torch.Tensor:
         t = self.copies.get(dtype)
@@ -166,12 +169,12 @@ def _group(scales: torch.Tensor, n_in: int) -> int:
 
 
 @torch.no_grad()
-def _swap_linear(m: QuantLinear) -> bool:
+def _swap_linear(m: QuantLinear, act: torch.dtype | None) -> bool:
     N, K = m.out_features, m.in_features
     if m.format == "int8":
         if not kernel_works("int8", N, K, 0):
             return False
-        table = _ByDtype(m.scales)
+        table = _ByDtype(m.scales, act)
         m.__class__ = CpuQuantLinear
     else:
         G = _group(m.scales, K)
@@ -181,7 +184,7 @@ def _swap_linear(m: QuantLinear) -> bool:
         for part in ("qweight", "scales", "zeros"):
             delattr(m, part)
         m.register_buffer("packed", packed)
-        table = _ByDtype(sz)
+        table = _ByDtype(sz, act)
         m.__class__ = CpuQuantLinear
         cast(CpuQuantLinear, m).group = G
     cast(CpuQuantLinear, m).scale_table = table
@@ -189,7 +192,7 @@ def _swap_linear(m: QuantLinear) -> bool:
 
 
 @torch.no_grad()
-def _swap_moe(m: QuantMoe) -> bool:
+def _swap_moe(m: QuantMoe, act: torch.dtype | None) -> bool:
     s1, s2, s3 = m.stored("w1"), m.stored("w2"), m.stored("w3")
     E, hidden = s1["qweight"].shape[:2]
     D = s2["qweight"].shape[1]
@@ -200,8 +203,8 @@ def _swap_moe(m: QuantMoe) -> bool:
         m.register_buffer("w13_q", torch.cat([s1["qweight"], s3["qweight"]], 1))  # [E, 2F, D]
         m.register_buffer("w2_q", s2["qweight"])
         s13 = torch.cat([s1["scales"], s3["scales"]], 1)
-        tables13 = [_ByDtype(s13[e]) for e in range(E)]
-        tables2 = [_ByDtype(s2["scales"][e]) for e in range(E)]
+        tables13 = [_ByDtype(s13[e], act) for e in range(E)]
+        tables2 = [_ByDtype(s2["scales"][e], act) for e in range(E)]
     else:
         groups = (_group(s1["scales"], D), _group(s2["scales"], hidden))
         if not (kernel_works("int4", 2 * hidden, D, groups[0]) and kernel_works("int4", D, hidden, groups[1])):
@@ -210,10 +213,10 @@ def _swap_moe(m: QuantMoe) -> bool:
         for e in range(E):
             p, sz = pack_int4(*(torch.cat([s1[k][e], s3[k][e]], 0) for k in ("qweight", "scales", "zeros")))
             p13.append(p)
-            tables13.append(_ByDtype(sz))
+            tables13.append(_ByDtype(sz, act))
             p, sz = pack_int4(s2["qweight"][e], s2["scales"][e], s2["zeros"][e])
             p2.append(p)
-            tables2.append(_ByDtype(sz))
+            tables2.append(_ByDtype(sz, act))
         m.register_buffer("w13_packed", torch.stack(p13))
         m.register_buffer("w2_packed", torch.stack(p2))
     for w in ("w1", "w2", "w3"):
@@ -230,9 +233,11 @@ def _swap_moe(m: QuantMoe) -> bool:
 def install_cpu_quant_modules(model: nn.Module) -> list[str]:
     """Swap the CPU kernels into a quantized CPU model (whole or one stage); returns what was swapped."""
     swapped = set()
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    act = floats[0] if floats else None  # the model's dtype: its activations' (norm weights, embeddings)
     for module in list(model.modules()):
-        if type(module) is QuantLinear and module.qweight.device.type == "cpu" and _swap_linear(module):
+        if type(module) is QuantLinear and module.qweight.device.type == "cpu" and _swap_linear(module, act):
             swapped.add(f"CpuQuantLinear[{module.format}]")
-        elif type(module) is QuantMoe and module.w1_qweight.device.type == "cpu" and _swap_moe(module):
+        elif type(module) is QuantMoe and module.w1_qweight.device.type == "cpu" and _swap_moe(module, act):
             swapped.add(f"CpuQuantMoe[{module.format}]")
     return sorted(swapped)
