@@ -31,6 +31,9 @@ from mixchat.errors import LoadError as LoadError  # re-exported
 from mixchat.model.args import ConfigError, ModelArgs, read_json
 from mixchat.model.stage import StageModel, StagePart
 from mixchat.model.transformer import Transformer
+from mixchat.quant.format import QuantSpec
+from mixchat.quant.load import QuantFiller, split_part
+from mixchat.quant.modules import quantize_modules
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # safetensors dtype names -> torch (the ones a checkpoint of this model may hold)
@@ -54,6 +57,7 @@ class Checkpoint:
     args: ModelArgs
     weight_files: list[Path]
     tokenizer_file: Path | None
+    quant: QuantSpec | None = None  # the stored format of a quantized checkpoint (params.json "quantization")
 
 
 def inspect_folder(folder: str | Path, max_context: int | None = None) -> Checkpoint:
@@ -69,12 +73,15 @@ def inspect_folder(folder: str | Path, max_context: int | None = None) -> Checkp
     try:
         if (folder / "params.json").is_file():
             layout = "mistral"
-            args = ModelArgs.from_params(read_json(folder / "params.json"))
+            params = read_json(folder / "params.json")
+            args = ModelArgs.from_params(params)
+            stored = QuantSpec.from_json(params["quantization"]) if "quantization" in params else None
             files = sorted(folder.glob("consolidated*.safetensors"))
         elif (folder / "config.json").is_file():
             layout = "hf"
             config = read_json(folder / "config.json")
             args = ModelArgs.from_hf_config(config)
+            stored = None
             files = _hf_weight_files(folder)
         else:
             raise LoadError(f"{folder} has no params.json (Mistral layout) or config.json (Hugging Face layout)")
@@ -90,7 +97,19 @@ def inspect_folder(folder: str | Path, max_context: int | None = None) -> Checkp
                 "(pickle can run code) - convert the checkpoint to safetensors first"
             )
         raise LoadError(f"{folder} has no .safetensors weights")
-    return Checkpoint(folder, layout, args, files, find_tokenizer(folder))
+    return Checkpoint(folder, layout, args, files, find_tokenizer(folder), stored)
+
+
+def quant_spec(ckpt: Checkpoint, requested: QuantSpec | None) -> QuantSpec:
+    """The format a model is loaded in: `requested` (None: as stored), which a quantized checkpoint must match."""
+    if ckpt.quant is None:
+        return requested or QuantSpec()
+    if requested is not None and requested != ckpt.quant:
+        raise LoadError(
+            f"{ckpt.folder.name} is stored as {ckpt.quant.label}; it cannot be loaded as {requested.label} "
+            f"(leave --quant out, or quantize the full-precision checkpoint again)"
+        )
+    return ckpt.quant
 
 
 def _hf_weight_files(folder: Path) -> list[Path]:
@@ -310,15 +329,22 @@ class _SkipInit(TorchFunctionMode):
 
 
 def build_model(
-    ckpt: Checkpoint, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ckpt: Checkpoint,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quant: QuantSpec | None = None,
 ) -> Transformer:
-    """Materialise the whole model of `ckpt` on `device`."""
+    """Materialise the whole model of `ckpt` on `device`; with a quantized `quant` (or a quantized checkpoint)
+    the quantized matrices are allocated as codes only and filled tensor by tensor (`mixchat.quant.load`)."""
+    spec = quant_spec(ckpt, quant)
     with torch.device("meta"), _SkipInit():
         model = Transformer(ckpt.args)
     known = set(dict(model.named_parameters()))
     check_headers(model, ckpt, known)  # before allocating: a config's sizes are checked against the file's
-    model = model.to(dtype).to_empty(device=device)
-    _load_weights(model, ckpt, known)
+    model = model.to(dtype)
+    quantize_modules(model, spec)
+    model = model.to_empty(device=device)
+    _load_weights(model, ckpt, known, spec)
     return model.eval().requires_grad_(False)
 
 
@@ -331,16 +357,23 @@ def check_files(ckpt: Checkpoint) -> None:
 
 
 def build_stage(
-    ckpt: Checkpoint, part: StagePart, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ckpt: Checkpoint,
+    part: StagePart,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quant: QuantSpec | None = None,
 ) -> StageModel:
     """Materialise one pipeline stage: only its layers (and embeddings / head where it owns them) are
     allocated, and only their tensors are read from the files, so a rank needs about 1/N of the memory."""
+    spec = quant_spec(ckpt, quant)
     with torch.device("meta"), _SkipInit():
         model = StageModel(ckpt.args, part)
         known = {name for name, _ in Transformer(ckpt.args).named_parameters()}
     check_headers(model, ckpt, known)
-    model = model.to(dtype).to_empty(device=device)
-    _load_weights(model, ckpt, known)
+    model = model.to(dtype)
+    quantize_modules(model, spec)
+    model = model.to_empty(device=device)
+    _load_weights(model, ckpt, known, spec)
     return model.eval().requires_grad_(False)
 
 
@@ -355,7 +388,10 @@ def check_headers(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
     for path in ckpt.weight_files:
         with _open_weights(path) as f:
             for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, ckpt.args)
+                base, part = split_part(name) if ckpt.quant is not None else (name, None)
+                if part is not None:  # a quantized matrix's codes or scales: checked as they are read
+                    continue
+                targets = _native_target(base) if ckpt.layout == "mistral" else _hf_target(name, ckpt.args)
                 if targets is None:
                     continue
                 fused = isinstance(targets, list)
@@ -387,7 +423,15 @@ def _sizes(args: ModelArgs) -> str:
             f"n_heads {args.n_heads}, n_kv_heads {args.n_kv_heads}, head_dim {args.head_dim}")
 
 
-def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> None:
+def _finite(t: torch.Tensor, entry: TensorEntry) -> torch.Tensor:
+    """`t`, after a check that a floating-point tensor just read holds no NaN or infinity (one pass over it,
+    cheap next to the read; integer tensors, a quantized checkpoint's codes, have none to hold)."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise LoadError(f"tensor {entry.name!r} in {entry.path} holds NaN or infinite values")
+    return t
+
+
+def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str], spec: QuantSpec | None = None) -> None:
     """Copy every checkpoint tensor that `model` holds into place, one tensor at a time.
 
     `known` holds the parameter names of the whole model: a tensor that maps outside it is an error (for the
@@ -398,6 +442,8 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
     filled: set[str] = set()
     expert_fill: dict[str, set[int]] = {}
     embed_source: TensorEntry | None = None
+    n_exp = args.moe.num_experts if args.moe else 0
+    filler = QuantFiller(model, spec, n_exp) if spec is not None and spec.quantized else None
 
     for entry in _iter_tensors(ckpt.weight_files):
         name = entry.name
@@ -405,7 +451,8 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
             between_tensors()
         if name == "model.embed_tokens.weight":
             embed_source = entry
-        targets = _native_target(name) if ckpt.layout == "mistral" else _hf_target(name, args)
+        base, part = split_part(name) if ckpt.quant is not None else (name, None)
+        targets = _native_target(base) if ckpt.layout == "mistral" else _hf_target(name, args)
         if targets is None:
             continue
         for pname, expert, transform in targets if isinstance(targets, list) else [targets]:
@@ -413,6 +460,15 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                 if ckpt.layout == "mistral" and name.startswith(("layers.", "tok_", "norm", "output")):
                     raise LoadError(f"unexpected tensor {name!r} in {ckpt.folder.name} (does params.json match?)")
                 continue
+            if filler is not None and filler.claims(pname):
+                if part is not None:
+                    filler.fill_part(pname, expert, part, _finite(entry.read(), entry), name)
+                else:
+                    tensor = _finite(entry.read(), entry)
+                    filler.fill(pname, expert, tensor if transform is None else transform(tensor), name)
+                continue
+            if part is not None:
+                raise LoadError(f"tensor {name!r} is quantized, but {pname!r} is kept in full precision")
             if pname not in params:
                 continue
             dest = params[pname].data if expert is None else params[pname].data[expert]
@@ -434,13 +490,11 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                 with torch.no_grad():
                     dest.copy_(tensor)
             del tensor
-            if not bool(torch.isfinite(dest).all()):  # one pass over a tensor just read: cheap next to the read
-                raise LoadError(f"tensor {name!r} in {entry.path} holds NaN or infinite values")
+            _finite(dest, entry)
             if expert is None:
                 filled.add(pname)
             else:
                 expert_fill.setdefault(pname, set()).add(expert)
-    n_exp = args.moe.num_experts if args.moe else 0
     for pname, got in expert_fill.items():
         if len(got) == n_exp:
             filled.add(pname)
@@ -453,7 +507,14 @@ def _load_weights(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                     params["output.weight"].data.copy_(embed_source.read())
                 embed_source.handle = None
             filled.add("output.weight")
-    missing = [p for p in params if p not in filled]
+    tied = filler is not None and filler.claims("output.weight") and filler.missing_head()
+    if tied and embed_source is not None and read_json(ckpt.folder / "config.json").get("tie_word_embeddings"):
+        assert filler is not None
+        with open(embed_source.path, "rb", buffering=0) as handle:
+            embed_source.handle = handle
+            filler.fill("output.weight", None, embed_source.read(), "model.embed_tokens.weight")
+        embed_source.handle = None
+    missing = [p for p in params if p not in filled] + (filler.missing() if filler is not None else [])
     if missing:
         raise LoadError(f"checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing in all)")
 

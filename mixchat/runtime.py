@@ -7,7 +7,7 @@ location are decided in one place.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,11 +24,14 @@ from mixchat.loader import (
     build_model,
     check_files,
     inspect_folder,
+    quant_spec,
     stored_dtype,
     weights_nbytes,
 )
 from mixchat.model.transformer import Transformer
 from mixchat.paths import BUILTIN_DIR
+from mixchat.quant.format import QuantSpec
+from mixchat.quant.modules import meta_weight_bytes
 from mixchat.tokenizer import Tokenizer, TokenizerError
 from mixchat.tokenizer import load_tokenizer as open_tokenizer
 
@@ -66,11 +69,14 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"unknown device {name!r}: use cpu, cuda or auto")
 
 
-def resolve_dtype(name: str, device: torch.device, checkpoint: Checkpoint | None = None) -> torch.dtype:
-    """The dtype to run in. "auto": bfloat16 on CUDA; on the CPU the checkpoint's own dtype where the CPU
-    computes it natively (see `cpu_auto_dtype`), else float32."""
+def resolve_dtype(
+    name: str, device: torch.device, checkpoint: Checkpoint | None = None, quantized: bool = False
+) -> torch.dtype:
+    """The activations' (and full-precision weights') dtype. "auto": bfloat16 on CUDA; on the CPU bfloat16
+    for quantized weights (torch's int8/int4 CPU kernels take bf16, see exec/quant_cpu.py), else the
+    checkpoint's own dtype where the CPU computes it natively (see `cpu_auto_dtype`), else float32."""
     if name == "auto":
-        if device.type == "cuda":
+        if device.type == "cuda" or quantized:
             return torch.bfloat16
         return cpu_auto_dtype(checkpoint) if checkpoint is not None else torch.float32
     if name not in DTYPES:
@@ -131,12 +137,15 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_memory(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+def check_memory(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, quant: QuantSpec | None = None) -> None:
     """Refuse, in one line and before any weight is read, a model whose weights do not fit the free memory.
 
     Better than being killed by the OOM killer halfway through loading; the line says what would help.
     """
-    need = weights_nbytes(ckpt, dtype)
+    if quant is not None and quant.quantized:
+        need = meta_weight_bytes(ckpt.args, quant, dtype.itemsize)
+    else:
+        need = weights_nbytes(ckpt, dtype)
     free = free_memory(device)
     if free is None or need <= free:
         return
@@ -157,6 +166,7 @@ class Runtime:
     tokenizer: Tokenizer
     engine: Engine
     load_seconds: float
+    quant: QuantSpec = field(default_factory=QuantSpec)  # how the weights are held (in the fingerprint)
 
     @property
     def name(self) -> str:
@@ -192,27 +202,30 @@ def load_runtime(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_context: int | None = None,
     template: str | None = None,
+    quant: QuantSpec | None = None,
 ) -> Runtime:
+    """`quant` None loads the weights as stored; int8/int4 quantizes a full-precision checkpoint while loading."""
     start = time.perf_counter()
     dev = resolve_device(device)
     if chunk_size < 1:
         raise UserError("--chunk-size must be at least 1")
     ckpt = inspect_folder(resolve_model_path(model), max_context=max_context)
+    spec = quant_spec(ckpt, quant)
     tok = load_tokenizer(ckpt, template)
     pipeline = current_pipeline()
     if pipeline is not None:  # rank 0 of a torchrun job: its own stage here, the other layers elsewhere
         from mixchat.distributed.driver import PipelineEngine
 
-        stage_dtype = resolve_dtype(dtype, pipeline.device, ckpt)
-        stage_model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, stage_dtype))
+        stage_dtype = resolve_dtype(dtype, pipeline.device, ckpt, spec.quantized)
+        stage_model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, stage_dtype, spec))
         engine: Engine = PipelineEngine(stage_model, tok, chunk_size=chunk_size)
-        return Runtime(ckpt, stage_model, tok, engine, time.perf_counter() - start)
-    dt = resolve_dtype(dtype, dev, ckpt)
+        return Runtime(ckpt, stage_model, tok, engine, time.perf_counter() - start, spec)
+    dt = resolve_dtype(dtype, dev, ckpt, spec.quantized)
     check_files(ckpt)
-    check_memory(ckpt, dev, dt)
-    net = build_model(ckpt, dev, dt)
+    check_memory(ckpt, dev, dt, spec)
+    net = build_model(ckpt, dev, dt, spec)
     engine = Engine(net, tok, chunk_size=chunk_size)
-    return Runtime(ckpt, net, tok, engine, time.perf_counter() - start)
+    return Runtime(ckpt, net, tok, engine, time.perf_counter() - start, spec)
 
 
 def current_pipeline() -> Pipeline | None:

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mixchat.cli.common import add_model_options, positive_int
+from mixchat.cli.common import add_model_options, positive_int, quant_from_args
 from mixchat.exec.memory import peak_memory_bytes
+from mixchat.quant.format import bytes_per_weight
+from mixchat.quant.modules import weight_bytes
 from mixchat.runtime import UserError, current_pipeline, resolve_device, resolve_dtype
+from mixchat.shapes import SHAPES
 
 H200_COPY_BANDWIDTH = 4.26e12  # bytes/s, measured device-to-device copy on the project's H200
 
@@ -27,13 +30,15 @@ examples:
   mixchat bench                                         # the built-in model, on this machine
   mixchat bench --compare transformers --json           # ratios against transformers, same weights
   mixchat bench --shape mixtral-8x7b --device cuda --dtype bfloat16 --batch 8
+  mixchat bench --shape mistral-7b --device cpu --quant int4 --prompt-tokens 32 --new-tokens 16
   torchrun --nproc-per-node 2 -m mixchat bench --shape mixtral-8x7b --device cuda --batch 8 --micro-batches 2"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure time to first token, pre-fill and decode speed",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", metavar="NAME", help="random weights of a named shape: builtin, mixtral-8x7b, mistral-7b")
+    p.add_argument("--shape", metavar="NAME", help=f"random weights of a named shape: {', '.join(SHAPES)} "
+                   "(with --quant, drawn layer by layer already quantized)")
     p.add_argument("--batch", type=positive_int, default=1, help="sequences packed per pass (default 1)")
     p.add_argument("--prompt-tokens", type=positive_int, default=1000, help="prompt length (default 1000)")
     p.add_argument("--new-tokens", type=positive_int, default=64, help="decode steps (default 64)")
@@ -57,6 +62,19 @@ class Timing:
     ttft: list[float]
     decode_tps: list[float]
     first_step: list[float] | None = None  # first decode step on a new cache (includes graph capture)
+    dropped: int = 0  # rounds whose decode could not be timed (no step measured): left out of the rates
+
+
+def _timing(rounds: list[tuple[float, float, float | None]], steps: bool = True) -> Timing:
+    """Rounds of (ttft, first step or 0, decode tokens/s or None) -> a Timing of the timed rounds only."""
+    kept = [r for r in rounds if r[2] is not None]
+    return Timing([r[0] for r in kept], [r[2] for r in kept], [r[1] for r in kept] if steps else None,  # type: ignore[misc]
+                  len(rounds) - len(kept))
+
+
+def _rate(tokens: int, seconds: float) -> float | None:
+    """tokens/s over a timed span; None when the span timed nothing (a clock that did not move)."""
+    return tokens / seconds if tokens > 0 and seconds > 0 else None
 
 
 def _sync(device: torch.device) -> None:
@@ -68,11 +86,10 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def time_mixchat(engine, prompts: list[list[int]], new_tokens: int, repeats: int) -> Timing:  # type: ignore[no-untyped-def]
     _mixchat_round(engine, prompts, new_tokens)  # warms up
-    rounds = [_mixchat_round(engine, prompts, new_tokens) for _ in range(repeats)]
-    return Timing([r[0] for r in rounds], [r[2] for r in rounds], [r[1] for r in rounds])
+    return _timing([_mixchat_round(engine, prompts, new_tokens) for _ in range(repeats)])
 
 
-def _mixchat_round(engine, prompts: list[list[int]], new_tokens: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+def _mixchat_round(engine, prompts: list[list[int]], new_tokens: int) -> tuple[float, float, float | None]:  # type: ignore[no-untyped-def]
     """One timed generation: (time to first token, first decode step, decode tokens/s after it)."""
     dev = engine.device
     rows = list(range(len(prompts)))
@@ -98,7 +115,7 @@ def _mixchat_round(engine, prompts: list[list[int]], new_tokens: int) -> tuple[f
             nxt = logits.argmax(-1).tolist()
     _sync(dev)
     t2 = time.perf_counter()
-    return t1 - t0, t1b - t1, len(prompts) * (new_tokens - 1) / (t2 - t1b)
+    return t1 - t0, t1b - t1, _rate(len(prompts) * (new_tokens - 1), t2 - t1b)
 
 
 @torch.inference_mode()
@@ -121,8 +138,7 @@ def time_against_transformers(  # type: ignore[no-untyped-def]
         ours.append(_mixchat_round(engine, prompts, new_tokens))
         theirs.append(_transformers_round(hf, ids, new_tokens))
     del hf
-    mine = Timing([r[0] for r in ours], [r[2] for r in ours], [r[1] for r in ours])
-    return mine, Timing([r[0] for r in theirs], [r[1] for r in theirs]), peak
+    return _timing(ours), _timing([(t, 0.0, tps) for t, tps in theirs], steps=False), peak
 
 
 def _interleaved_decode(engine, cache, first: list[int], new_tokens: int) -> None:  # type: ignore[no-untyped-def]
@@ -162,9 +178,10 @@ def _interleaved_decode(engine, cache, first: list[int], new_tokens: int) -> Non
             submit(g)
 
 
-def _transformers_round(hf, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def _transformers_round(hf, ids: torch.Tensor, new_tokens: int) -> tuple[float, float | None]:  # type: ignore[no-untyped-def]
     """transformers' generate with its KV cache (prompts of equal length, so no padding): (time to first
-    token, decode tokens/s). The decode time is a long generation's time less a one-token generation's."""
+    token, decode tokens/s). The decode time is a long generation's time less a one-token generation's; when
+    that difference is not positive (a stall in the short one) the round has no decode rate (None)."""
     kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
     _sync(ids.device)
     t0 = time.perf_counter()
@@ -174,7 +191,7 @@ def _transformers_round(hf, ids: torch.Tensor, new_tokens: int) -> tuple[float, 
     hf.generate(ids, max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1, **kw)
     _sync(ids.device)
     t2 = time.perf_counter()
-    return t1 - t0, ids.shape[0] * new_tokens / max(1e-9, (t2 - t1) - (t1 - t0))
+    return t1 - t0, _rate(ids.shape[0] * new_tokens, (t2 - t1) - (t1 - t0))
 
 
 def transformers_twin(model):  # type: ignore[no-untyped-def]
@@ -231,17 +248,20 @@ def _import_transformers():  # type: ignore[no-untyped-def]
 
 
 def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        raise UserError("no round could be timed (raise --new-tokens or --repeats)")
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def run(args: argparse.Namespace) -> int:
     from mixchat.engine import Engine
-    from mixchat.loader import build_model, inspect_folder
+    from mixchat.loader import build_model, inspect_folder, quant_spec
+    from mixchat.quant.format import QuantSpec
     from mixchat.runtime import resolve_model_path
     from mixchat.shapes import named_shape, random_model_on
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    requested = quant_from_args(args)
     if args.shape and args.model:
         raise UserError("give --model or --shape, not both")
     if args.new_tokens < 2:
@@ -252,23 +272,25 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--micro-batches needs a pipeline: torchrun --nproc-per-node N -m mixchat bench ...")
     if pipeline is not None:
         device = pipeline.device
-        dtype = resolve_dtype(args.dtype, device)
     if args.shape:
         margs = named_shape(args.shape)
         if args.max_context:
             margs.max_context = args.max_context
+        spec = requested or QuantSpec()
+        dtype = resolve_dtype(args.dtype, device, spec.quantized)
         if pipeline is not None:
-            model = pipeline.lead(pipeline.stage_from_shape(margs, dtype, args.seed))
+            model = pipeline.lead(pipeline.stage_from_shape(margs, dtype, args.seed, spec))
         else:
-            model = random_model_on(margs, device, dtype, args.seed)
+            model = random_model_on(margs, device, dtype, args.seed, spec)
         label = f"{args.shape} (random weights)"
     else:
         ckpt = inspect_folder(resolve_model_path(args.model), max_context=args.max_context)
-        dtype = resolve_dtype(args.dtype, device, ckpt)
+        spec = quant_spec(ckpt, requested)
+        dtype = resolve_dtype(args.dtype, device, ckpt, spec.quantized)
         if pipeline is not None:
-            model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, dtype))
+            model = pipeline.lead(pipeline.stage_from_checkpoint(ckpt, dtype, spec))
         else:
-            model = build_model(ckpt, device, dtype)
+            model = build_model(ckpt, device, dtype, spec)
         label = str(ckpt.folder)
     margs = model.args
     if None in margs.layer_windows and args.prompt_tokens + args.new_tokens > margs.cache_capacity:
@@ -300,10 +322,13 @@ def run(args: argparse.Namespace) -> int:
         # Small CPU models choose their decode threads by timing steps (mixchat/thread_choice.py): the pick.
         "decode_threads": chooser.best(args.batch) if (chooser := getattr(engine, "step_threads", None)) else None,
         "dtype": str(dtype).removeprefix("torch."),
+        "quant": spec.label,
+        "weight_bytes": weight_bytes(model),
         "batch": args.batch,
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
+        "dropped_rounds": {"mixchat": ours.dropped, **({"transformers": theirs.dropped} if theirs else {})},
         "params_total": total,
         "params_active": active,
         "ttft_s": _summary(ours.ttft),
@@ -325,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
             "stage_graphs": model.graphs is not None,
         }
     if device.type == "cuda" and args.batch == 1:
-        step_bytes = active * elem
+        step_bytes = active * bytes_per_weight(spec, elem)  # this format's own bound
         result["decode_bandwidth_bound_tokens_per_s"] = H200_COPY_BANDWIDTH / step_bytes
         result["decode_fraction_of_bound"] = result["decode_tokens_per_s"]["median"] * step_bytes / H200_COPY_BANDWIDTH
     if args.window_check and isinstance(margs.sliding_window, int):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mixchat.engine import DEFAULT_CHUNK_SIZE
+from mixchat.quant.format import DEFAULT_GROUP_SIZE, FORMATS, GROUP_SIZES, QuantSpec, spec_from_options
 from mixchat.runtime import Runtime, UserError, load_runtime
 from mixchat.tokenizer import TEMPLATES
 
@@ -31,6 +32,7 @@ def add_model_options(p: argparse.ArgumentParser, chunk: bool = True) -> None:
     add_template_option(g)
     g.add_argument("--max-context", type=positive_int, metavar="N",
                    help="context limit for models without a sliding window (default 32768)")
+    add_quant_options(g)
     if chunk:
         g.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE, metavar="N",
                        help=f"pre-fill at most N tokens per sequence per forward pass (default {DEFAULT_CHUNK_SIZE})")
@@ -40,6 +42,21 @@ def add_template_option(g: argparse._ArgumentGroup | argparse.ArgumentParser) ->
     g.add_argument("--template", choices=list(TEMPLATES), metavar="VERSION",
                    help="chat template to use instead of the one the tokenizer files imply "
                    f"({', '.join(TEMPLATES)})")
+
+
+def add_quant_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """--quant and --group-size: how the weights are held (docs/QUANTIZATION.md)."""
+    g.add_argument("--quant", choices=FORMATS, metavar="{" + ",".join(FORMATS) + "}",
+                   help="weight-only quantization: int8 (per channel) or int4 (groups); default: as stored "
+                   "(a full-precision checkpoint is quantized while loading)")
+    g.add_argument("--group-size", type=int, metavar="G",
+                   help=f"int4 group size, one of {', '.join(map(str, GROUP_SIZES))} (default {DEFAULT_GROUP_SIZE}; "
+                   "smaller where a dimension needs it)")
+
+
+def quant_from_args(args: argparse.Namespace) -> QuantSpec | None:
+    """The requested quantization (None: load as stored); a bad combination is one line."""
+    return spec_from_options(getattr(args, "quant", None), getattr(args, "group_size", None))
 
 
 def add_sampling_options(p: argparse.ArgumentParser, temperature: float = 0.7, max_tokens: int = 256) -> None:
@@ -55,12 +72,16 @@ def add_sampling_options(p: argparse.ArgumentParser, temperature: float = 0.7, m
 def add_conversation_options(g: argparse._ArgumentGroup) -> None:
     """Generation flags of a conversation (REPL and app). Their defaults are None so that a resumed
     conversation keeps its saved settings unless a flag overrides them; the help shows the fallbacks."""
-    g.add_argument("--temperature", type=non_negative_float, metavar="T", help="0 = greedy (default 0.7)")
-    g.add_argument("--top-p", type=unit_float, metavar="P", help="nucleus sampling mass (default 0.95)")
-    g.add_argument("--max-tokens", type=positive_int, metavar="N", help="stop a reply after N tokens (default 512)")
+    from mixchat.session.settings import ChatSettings
+
+    d = ChatSettings()  # the fallbacks the help names are the settings' own defaults
+    g.add_argument("--temperature", type=non_negative_float, metavar="T", help=f"0 = greedy (default {d.temperature})")
+    g.add_argument("--top-p", type=unit_float, metavar="P", help=f"nucleus sampling mass (default {d.top_p})")
+    g.add_argument("--max-tokens", type=positive_int, metavar="N",
+                   help=f"stop a reply after N tokens (default {d.max_tokens})")
     g.add_argument("--seed", type=seed_int, metavar="S", help="random seed (turn n samples with S + n)")
     g.add_argument("--chunk-size", type=positive_int, metavar="N",
-                   help="pre-fill at most N tokens per forward pass (default 512)")
+                   help=f"pre-fill at most N tokens per forward pass (default {d.chunk_size})")
     g.add_argument("--experts-per-token", type=positive_int, metavar="K",
                    help="MoE models: route each token to K experts (default: the model's own, 2 for Mixtral)")
 
@@ -131,6 +152,7 @@ def load_from_args(args: argparse.Namespace, quiet: bool = False) -> Runtime:
                 chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK_SIZE),
                 max_context=args.max_context,
                 template=getattr(args, "template", None),
+                quant=quant_from_args(args),
             )
     finally:
         loader.between_tensors = None

@@ -8,8 +8,9 @@ import json
 import torch
 from safetensors import safe_open
 
-from mixchat.cli.common import add_template_option
-from mixchat.loader import inspect_folder, weights_nbytes
+from mixchat.cli.common import add_quant_options, add_template_option, quant_from_args
+from mixchat.loader import inspect_folder, quant_spec, weights_nbytes
+from mixchat.quant.modules import meta_weight_bytes
 from mixchat.runtime import free_memory, load_tokenizer, resolve_dtype, resolve_model_path
 from mixchat.units import human_bytes
 
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="DIR", help="model folder (default: the built-in model)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_template_option(p)
+    add_quant_options(p)
     p.set_defaults(func=run)
 
 
@@ -36,11 +38,12 @@ def _human(n: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     ckpt = inspect_folder(resolve_model_path(args.model))
+    spec = quant_spec(ckpt, quant_from_args(args))
     a = ckpt.args
     tok = load_tokenizer(ckpt, args.template)
     with safe_open(str(ckpt.weight_files[0]), framework="pt") as f:
-        first = next(iter(f.keys()))
-        stored = f.get_slice(first).get_dtype()
+        kinds = [f.get_slice(name).get_dtype() for name in f.keys()]  # noqa: SIM118 - safe_open has no __iter__
+    stored = next((k for k in kinds if k in ("F32", "BF16", "F16")), kinds[0])
     elem = DTYPE_BYTES.get(stored, 2)
     total, active = a.param_counts()
     per_tok = a.kv_bytes_per_token(elem)
@@ -77,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         "cpu_dtype_auto": str(cpu_dtype).removeprefix("torch."),
         "cpu_weights_bytes": cpu_bytes,
         "cpu_free_bytes": free,
+        "quantization": ckpt.quant.label if ckpt.quant else "none",
+        "weight_file_bytes": sum(p.stat().st_size for p in ckpt.weight_files),
+        "loaded_as": spec.label,
+        "loaded_weight_bytes": meta_weight_bytes(a, spec, DTYPE_BYTES.get(stored, 2)),
         "kv_cache_bytes_per_token": per_tok,
         "kv_cache_bytes_full_window": full_bytes,
         "cache_slots": a.cache_capacity,
@@ -101,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
                       f"RoPE θ={a.rope_theta:g}"),
         ("experts", f"{a.moe.num_experts}, top-{a.moe.num_experts_per_tok} per token" if a.moe else "dense"),
         ("parameters", f"{_human(total)} total, {_human(active)} active per token"),
+        ("weights", f"{summary['quantization']}, {human_bytes(summary['weight_file_bytes'])} on disk; "
+                    f"as {spec.label}: {human_bytes(summary['loaded_weight_bytes'])} in memory"),
         ("sliding window", window_text),
         ("KV cache", f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(full_bytes)} for "
                      f"{'full windows' if window else 'the full context'}"),

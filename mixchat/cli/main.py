@@ -25,7 +25,7 @@ def build_parser():  # type: ignore[no-untyped-def]  # -> Parser (imported here:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     generate.register(sub)
     info.register(sub)
-    for name in ("chat", "conversations", "bench", "train"):
+    for name in ("chat", "conversations", "bench", "train", "quantize"):
         try:
             module = __import__(f"mixchat.cli.{name}", fromlist=["register"])
         except ImportError:

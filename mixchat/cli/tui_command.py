@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mixchat.cli.common import add_conversation_options, add_template_option, positive_int
+from mixchat.cli.common import (
+    add_conversation_options,
+    add_quant_options,
+    add_template_option,
+    positive_int,
+    quant_from_args,
+)
 from mixchat.runtime import UserError
 
 _OVERRIDES = ("temperature", "top_p", "max_tokens", "seed", "chunk_size", "experts_per_token")
@@ -26,6 +32,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add_template_option(g)
     g.add_argument("--max-context", type=positive_int, metavar="N",
                    help="context limit for models without a sliding window (default 32768)")
+    add_quant_options(g)
     which = g.add_mutually_exclusive_group()
     which.add_argument("--resume", nargs="?", const="", metavar="NAME",
                        help="open NAME with its saved cache, or without NAME the most recent conversation")
@@ -44,13 +51,15 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Start the app. Problems found before the screen opens (no terminal, no model, unknown theme, nothing
     to resume) and a model that fails to load end with one line on stderr and exit status 2."""
-    from mixchat.loader import inspect_folder
+    from mixchat.loader import inspect_folder, quant_spec
     from mixchat.runtime import resolve_model_path
     from mixchat.session import ConversationStore
     from mixchat.session.files import clean_name
 
     model = getattr(args, "model", None)
-    inspect_folder(resolve_model_path(model), max_context=getattr(args, "max_context", None))  # fail fast
+    quant = quant_from_args(args)
+    ckpt = inspect_folder(resolve_model_path(model), max_context=getattr(args, "max_context", None))  # fail fast
+    quant_spec(ckpt, quant)  # a --quant the checkpoint cannot be loaded in fails here too
 
     store = ConversationStore(getattr(args, "data_dir", None))
     resume = getattr(args, "resume", None)
@@ -73,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         config=getattr(args, "config_dir", None), resume=resume, conversation=conversation,
         system=getattr(args, "system", None), overrides=overrides, theme=getattr(args, "theme", None),
         panel=False if getattr(args, "no_panel", False) else None, template=getattr(args, "template", None),
+        quant=quant,
     )
     theme = getattr(args, "theme", None)
     if theme is not None and theme not in app.available_themes:

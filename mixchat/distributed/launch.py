@@ -24,6 +24,7 @@ from mixchat.errors import UserError
 from mixchat.loader import Checkpoint, build_stage
 from mixchat.model.args import ModelArgs
 from mixchat.model.stage import StageModel, StagePart
+from mixchat.quant.format import QuantSpec
 
 PIPELINED_COMMANDS = ("generate", "chat", "bench", None)  # None: the chat app
 
@@ -50,13 +51,16 @@ class Pipeline:
             raise UserError(str(e)) from None
         return self.parts[self.group.rank]
 
-    def stage_from_checkpoint(self, ckpt: Checkpoint, dtype: torch.dtype) -> StageModel:
-        return build_stage(ckpt, self.part_for(ckpt.args), self.device, dtype)
+    def stage_from_checkpoint(self, ckpt: Checkpoint, dtype: torch.dtype, quant: QuantSpec | None = None) -> StageModel:
+        return build_stage(ckpt, self.part_for(ckpt.args), self.device, dtype, quant)
 
-    def stage_from_shape(self, args: ModelArgs, dtype: torch.dtype, seed: int) -> StageModel:
+    def stage_from_shape(
+        self, args: ModelArgs, dtype: torch.dtype, seed: int, quant: QuantSpec | None = None
+    ) -> StageModel:
         from mixchat.shapes import random_stage_on
 
-        return random_stage_on(args, self.part_for(args), self.device, dtype, seed + 7919 * self.group.rank)
+        seed = seed + 7919 * self.group.rank
+        return random_stage_on(args, self.part_for(args), self.device, dtype, seed, quant)
 
     def lead(self, stage: StageModel):  # type: ignore[no-untyped-def]
         """Rank 0: wrap its stage as the model the engine drives."""
@@ -145,9 +149,11 @@ def _follow(pipeline: Pipeline, args: argparse.Namespace) -> int:
 
 
 def _build_follower_stage(pipeline: Pipeline, args: argparse.Namespace) -> StageModel:
-    from mixchat.loader import inspect_folder
+    from mixchat.loader import inspect_folder, quant_spec
+    from mixchat.quant.format import spec_from_options
     from mixchat.runtime import resolve_dtype, resolve_model_path
 
+    requested = spec_from_options(getattr(args, "quant", None), getattr(args, "group_size", None))
     shape = getattr(args, "shape", None) if args.command == "bench" else None
     if shape:
         from mixchat.shapes import named_shape
@@ -155,6 +161,11 @@ def _build_follower_stage(pipeline: Pipeline, args: argparse.Namespace) -> Stage
         margs = named_shape(shape)
         if args.max_context:
             margs.max_context = args.max_context
-        return pipeline.stage_from_shape(margs, resolve_dtype(args.dtype, pipeline.device), args.seed)
+        quantized = requested is not None and requested.quantized
+        return pipeline.stage_from_shape(
+            margs, resolve_dtype(args.dtype, pipeline.device, None, quantized), args.seed, requested
+        )
     ckpt = inspect_folder(resolve_model_path(args.model), max_context=args.max_context)
-    return pipeline.stage_from_checkpoint(ckpt, resolve_dtype(args.dtype, pipeline.device, ckpt))
+    spec = quant_spec(ckpt, requested)
+    dtype = resolve_dtype(args.dtype, pipeline.device, ckpt, spec.quantized)
+    return pipeline.stage_from_checkpoint(ckpt, dtype, spec)

@@ -6,7 +6,8 @@ executor) and never samples. Which executor serves a model is decided once, by `
 
 - `ModuleExecutor`: the model's own forward, the reference. It also serves anything with the model
   protocol below, such as rank 0's pipeline wrapper.
-- `CpuExecutor`: the lean CPU path of `cpu.py` for small float32 models.
+- `CpuExecutor`: every CPU model: the lean path of `cpu.py` for small float32 models, else the module
+  forward with the CPU kernels swapped in (`quant_cpu.py`).
 - `GraphExecutor`: decode steps replayed from CUDA graphs (`graphs.py`), pre-fill through the module
   forward with the GPU modules swapped in (`gpu_modules.py`).
 """
@@ -91,11 +92,15 @@ class ModuleExecutor:
 
 
 class CpuExecutor(ModuleExecutor):
+    """The CPU's executor for every model: the lean runner for small float32 models (`lean`), otherwise the
+    module forward with the CPU kernels swapped in at load (bf16 matmuls, `quant_cpu`'s int8/int4 ones),
+    where a big matmul's time dwarfs the module overhead the lean runner saves."""
+
     name = "cpu"
 
-    def __init__(self, model: ModelLike) -> None:
+    def __init__(self, model: ModelLike, lean: bool = True) -> None:
         super().__init__(model)
-        self.runner = CpuRunner(model)  # type: ignore[arg-type]
+        self.runner = CpuRunner(model) if lean else None  # type: ignore[arg-type]
 
     def forward(
         self,
@@ -105,7 +110,7 @@ class CpuExecutor(ModuleExecutor):
         router_out: list[Routing] | None,
         routing_last_only: bool,
     ) -> torch.Tensor:
-        if not self.runner.usable():  # the model was moved off the CPU or to another dtype since
+        if self.runner is None or not self.runner.usable():  # or moved off the CPU / to another dtype since
             return super().forward(tokens, layout, cache, router_out, routing_last_only)
         ids = torch.tensor(list(tokens), dtype=torch.long)
         return self.runner.forward(ids, layout, cache, router_out, routing_last_only=routing_last_only)

@@ -45,6 +45,7 @@ from mixchat.model.layers import MoeLayer, Routing
 from mixchat.model.layout import BatchLayout, live_mask
 from mixchat.model.stage import StageModel
 from mixchat.model.transformer import Transformer, TransformerBlock
+from mixchat.quant.modules import is_quantized
 
 MAX_GRAPHS = 8  # captured graphs kept (each holds a small private memory pool)
 
@@ -229,6 +230,7 @@ class GraphDecoder:
         self._pinned: dict[int, torch.Tensor] = {}
         if fused is None:
             fused = model.device.type == "cuda" and settings.fused and ft.fused_decode_works("cuda", model.dtype)
+            fused = fused and not is_quantized(model)  # the fused step reads full-precision weights
         self.fused = fused
         self._qkv: list[torch.Tensor] = [_fuse_qkv(layer.attention) for layer in self.layers] if fused else []
 

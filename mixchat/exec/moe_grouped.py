@@ -12,6 +12,7 @@ of tokens, so the same code runs eagerly for pre-fill and inside a captured deco
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,14 @@ def _gmm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
     return torch._grouped_mm(x, w.transpose(1, 2), offs=offs)
 
 
-def grouped_moe_forward(layer: MoeLayer, x: torch.Tensor, router_out: list[Routing] | None = None) -> torch.Tensor:
-    """The same function as `MoeLayer.forward` (semantics 5), with no host synchronisation."""
+def grouped_moe_forward(
+    layer: MoeLayer,
+    x: torch.Tensor,
+    router_out: list[Routing] | None = None,
+    quant_mm: Callable[[torch.Tensor, str, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The same function as `MoeLayer.forward` (semantics 5), with no host synchronisation. `quant_mm`
+    (rows, "w1" / "w2" / "w3", offs) multiplies by quantized expert weights instead (`quant_gpu.py`)."""
     # x: [T, D]
     E, k = layer.num_experts, layer.k
     experts, weights = layer.route(x, router_out)  # [T, k] each
@@ -56,9 +63,13 @@ def grouped_moe_forward(layer: MoeLayer, x: torch.Tensor, router_out: list[Routi
     xs = x.index_select(0, token_of)  # [T*k, D]
     # Decode-sized passes (an expert gets at most one row per token) stream weights with the GEMV kernel.
     small = x.is_cuda and x.shape[0] <= MAX_ROWS and expert_gemv_works(x.device.type, x.dtype)
-    mm = expert_gemv if small else _gmm
-    h = F.silu(mm(xs, layer.w1, offs)) * mm(xs, layer.w3, offs)  # [T*k, F]
-    ys = mm(h, layer.w2, offs)  # [T*k, D]
+    if quant_mm is not None:
+        h = F.silu(quant_mm(xs, "w1", offs)) * quant_mm(xs, "w3", offs)  # [T*k, F]
+        ys = quant_mm(h, "w2", offs)  # [T*k, D]
+    else:
+        mm = expert_gemv if small else _gmm
+        h = F.silu(mm(xs, layer.w1, offs)) * mm(xs, layer.w3, offs)  # [T*k, F]
+        ys = mm(h, layer.w2, offs)  # [T*k, D]
     ys = ys * weights.reshape(-1).index_select(0, order)[:, None].to(ys.dtype)
     out = torch.zeros_like(x)
     out.index_add_(0, token_of, ys)

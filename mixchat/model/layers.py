@@ -76,6 +76,10 @@ class MoeLayer(nn.Module):
             router_out.append(Routing(experts, weights, logits))
         return experts, weights
 
+    def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        """Expert e's SwiGLU on its rows ([n, D] -> [n, D]); a quantized layer overrides only this."""
+        return F.linear(F.silu(F.linear(x, self.w1[e])) * F.linear(x, self.w3[e]), self.w2[e])
+
     def forward(self, x: torch.Tensor, router_out: list[Routing] | None = None) -> torch.Tensor:
         # x: [T, D]
         k = self.k
@@ -90,9 +94,7 @@ class MoeLayer(nn.Module):
         for e, n in enumerate(counts):
             if n == 0:
                 continue
-            seg = xs[start : start + n]
-            h = F.silu(F.linear(seg, self.w1[e])) * F.linear(seg, self.w3[e])
-            ys[start : start + n] = F.linear(h, self.w2[e])
+            ys[start : start + n] = self.expert(xs[start : start + n], e)
             start += n
         ys = ys * weights.reshape(-1)[order, None].to(ys.dtype)
         out = torch.zeros_like(x)

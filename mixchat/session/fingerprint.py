@@ -38,6 +38,9 @@ class ModelFingerprint:
     architecture: dict[str, Any] = field(hash=False)  # params.json fields (no max_context: not a property of weights)
     tokenizer: str  # sha256 of the tokenizer file ("" when there is none)
     weights: str  # sha256 over headers and sampled bytes of the weight files
+    # How the weights are held ("none", "int8", "int4-g128"): a cache computed by int4 weights is not the
+    # cache of the same files at bf16. Left out of the JSON when "none", so older fingerprints still match.
+    quantization: str = "none"
 
     @property
     def digest(self) -> str:
@@ -46,7 +49,10 @@ class ModelFingerprint:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def to_json(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "tokenizer": self.tokenizer, "weights": self.weights}
+        out = {"architecture": self.architecture, "tokenizer": self.tokenizer, "weights": self.weights}
+        if self.quantization != "none":
+            out["quantization"] = self.quantization
+        return out
 
     @classmethod
     def from_json(cls, d: Any) -> ModelFingerprint | None:
@@ -54,9 +60,12 @@ class ModelFingerprint:
         if not isinstance(d, dict):
             return None
         arch, tok, weights = d.get("architecture"), d.get("tokenizer"), d.get("weights")
+        quant = d.get("quantization", "none")
         if not isinstance(arch, dict) or not isinstance(tok, str) or not isinstance(weights, str):
             return None
-        return cls(arch, tok, weights)
+        if not isinstance(quant, str):
+            return None
+        return cls(arch, tok, weights, quant)
 
     def difference(self, other: ModelFingerprint | None) -> str | None:
         """A short phrase naming what differs (None when the two match)."""
@@ -66,6 +75,8 @@ class ModelFingerprint:
             return "a different architecture"
         if self.tokenizer != other.tokenizer:
             return "a different tokenizer"
+        if self.quantization != other.quantization:
+            return f"weights quantized as {other.quantization}, now {self.quantization}"
         if self.weights != other.weights:
             return "different weights"
         return None
@@ -115,19 +126,22 @@ def hash_weight_file(path: Path) -> str:
     return digest
 
 
-def fingerprint_files(args: ModelArgs, weight_files: Iterable[Path], tokenizer_file: Path | None) -> ModelFingerprint:
+def fingerprint_files(
+    args: ModelArgs, weight_files: Iterable[Path], tokenizer_file: Path | None, quantization: str = "none"
+) -> ModelFingerprint:
     """Fingerprint of a model folder on disk: fast, reads ~1 MiB per weight file."""
     h = hashlib.sha256()
     for path in sorted(Path(p) for p in weight_files):
         h.update(hash_weight_file(path).encode())
     tok = hash_file(tokenizer_file) if tokenizer_file is not None else ""
-    return ModelFingerprint(architecture_of(args), tok, h.hexdigest())
+    return ModelFingerprint(architecture_of(args), tok, h.hexdigest(), quantization)
 
 
 def fingerprint_runtime(runtime: Any) -> ModelFingerprint:
     """Fingerprint of a loaded `mixchat.runtime.Runtime` (from its checkpoint files, not its memory)."""
     ckpt = runtime.checkpoint
-    return fingerprint_files(ckpt.args, ckpt.weight_files, ckpt.tokenizer_file)
+    quant = getattr(runtime, "quant", None)
+    return fingerprint_files(ckpt.args, ckpt.weight_files, ckpt.tokenizer_file, quant.label if quant else "none")
 
 
 def fingerprint_model(model: torch.nn.Module, args: ModelArgs, tokenizer_file: Path | None = None) -> ModelFingerprint:

@@ -51,6 +51,7 @@ class MixchatApp(App[int]):
         deterministic: bool = False,
         stream_interval: float | None = None,
         template: str | None = None,
+        quant: Any | None = None,
     ) -> None:
         """`resume`: a conversation name, or "" for the most recent one. `conversation`: open NAME if it
         exists, else start a new one under NAME. `overrides`: ChatSettings fields to set.
@@ -66,6 +67,7 @@ class MixchatApp(App[int]):
         self.runtime = runtime
         self.device_name = device
         self.dtype_name = dtype
+        self.quant = quant  # a QuantSpec, or None: the weights as stored
         self.max_context = max_context
         self.template = template  # --template: the chat-template version, instead of the tokenizer's own
         self.store = ConversationStore(data_dir)
@@ -134,7 +136,7 @@ class MixchatApp(App[int]):
     def load(self) -> None:
         """Load the model (unless given) and open the first conversation, reporting each stage."""
         from mixchat.engine import Engine
-        from mixchat.loader import LoadError, build_model, inspect_folder
+        from mixchat.loader import LoadError, build_model, inspect_folder, quant_spec
         from mixchat.model.args import ConfigError
         from mixchat.runtime import (
             Runtime,
@@ -156,15 +158,16 @@ class MixchatApp(App[int]):
                 self.post_message(ModelLoadProgressed("reading the model folder", 0, steps))
                 device = resolve_device(self.device_name)
                 ckpt = inspect_folder(resolve_model_path(self.model_path), max_context=self.max_context)
-                dtype = resolve_dtype(self.dtype_name, device, ckpt)
+                spec = quant_spec(ckpt, self.quant)
+                dtype = resolve_dtype(self.dtype_name, device, ckpt, spec.quantized)
                 self.post_message(ModelLoadProgressed("loading the tokenizer", 1, steps))
                 tok = load_tokenizer(ckpt, self.template)
                 check_memory(ckpt, device, dtype)
                 size = sum(f.stat().st_size for f in ckpt.weight_files) / 2**20
                 self.post_message(ModelLoadProgressed(f"loading the weights ({size:,.1f} MiB) on {device.type}", 2,
                                                       steps))
-                net = build_model(ckpt, device, dtype)
-                rt = Runtime(ckpt, net, tok, Engine(net, tok), time.perf_counter() - start)
+                net = build_model(ckpt, device, dtype, spec)
+                rt = Runtime(ckpt, net, tok, Engine(net, tok), time.perf_counter() - start, spec)
             rt.engine.leave_a_core_for_the_ui()  # configuration only; the engine's work runs in workers
             self.post_message(ModelLoadProgressed("opening the conversation", 3, steps))
             conv, problem, resumed = self.first_conversation(rt)

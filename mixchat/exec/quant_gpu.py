@@ -1,0 +1,65 @@
+"""GPU modules for quantized weights: every quantized matmul through `quant_triton`'s kernel.
+
+Swapped into a quantized CUDA model at load (`install_gpu_quant_modules`), like `gpu_modules.py`'s swaps:
+the class changes, the stored buffers stay as they are (the kernel reads the stored format), and each
+forward falls back to the dequantizing reference when its kernel cannot serve the call (autograd on, a
+failed probe). The MoE keeps its routing and group bookkeeping on the device (no host synchronisation), so
+the same forward runs for pre-fill and inside a captured decode graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mixchat.exec.moe_grouped import grouped_moe_forward
+from mixchat.exec.quant_triton import quant_grouped_mm, quant_mm_works
+from mixchat.model.layers import Routing
+from mixchat.quant.modules import QuantLinear, QuantMoe
+
+
+def _usable(x: torch.Tensor, fmt: str) -> bool:
+    return not torch.is_grad_enabled() and quant_mm_works(x.device.type, x.dtype, fmt)
+
+
+class TritonQuantLinear(QuantLinear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _usable(x, self.format):
+            return super().forward(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        offs = torch.full((1,), x2.shape[0], dtype=torch.int32, device=x.device)
+        zeros = self.zeros[None] if self.format == "int4" else None
+        y = quant_grouped_mm(x2, self.qweight[None], self.scales[None], zeros, offs)
+        return y.reshape(*lead, self.out_features)
+
+
+class TritonQuantMoe(QuantMoe):
+    def forward(self, x: torch.Tensor, router_out: list[Routing] | None = None) -> torch.Tensor:
+        if not _usable(x, self.format):
+            return super().forward(x, router_out)
+        rows = x.shape[0]  # no expert gets more rows than the pass has tokens
+
+        def mm(xs: torch.Tensor, which: str, offs: torch.Tensor) -> torch.Tensor:
+            s = self.stored(which)
+            return quant_grouped_mm(xs, s["qweight"], s["scales"], s.get("zeros"), offs, max_rows=rows)
+
+        return grouped_moe_forward(self, x, router_out, quant_mm=mm)
+
+
+def install_gpu_quant_modules(model: nn.Module, any_device: bool = False) -> list[str]:
+    """Swap the Triton modules into a quantized CUDA model (whole or one stage); returns what was swapped.
+    `any_device` swaps them into a CPU model too, for Triton's interpreter (tests/test_executors.py)."""
+    swapped = set()
+    params = list(model.parameters())
+    if params and params[0].is_cuda:  # probe now: a probe synchronises, which a capturing stream must not
+        for fmt in {m.format for m in model.modules() if isinstance(m, (QuantLinear, QuantMoe))}:
+            quant_mm_works("cuda", params[0].dtype, fmt)
+    for module in model.modules():
+        if type(module) is QuantLinear and (module.qweight.is_cuda or any_device):
+            module.__class__ = TritonQuantLinear
+            swapped.add("TritonQuantLinear")
+        elif type(module) is QuantMoe and (module.w1_qweight.is_cuda or any_device):
+            module.__class__ = TritonQuantMoe
+            swapped.add("TritonQuantMoe")
+    return sorted(swapped)
