@@ -25,8 +25,6 @@ from mixchat.model.layout import BatchLayout
 _INITIAL_GROWABLE_SLOTS = 256
 
 
-
-
 @dataclass
 class RowSnapshot:
     """The live part of one row, in time order: enough to restore it exactly."""

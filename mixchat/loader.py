@@ -249,7 +249,8 @@ class TensorEntry:
         if self.nbytes:
             assert self.handle is not None
             self.handle.seek(self.offset)
-            got = self.handle.readinto(memoryview(target.reshape(-1).view(torch.uint8).numpy()))
+            buffer = memoryview(target.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+            got = self.handle.readinto(buffer)
             if got != self.nbytes:
                 raise LoadError(f"{self.path.name} is truncated (tensor {self.name!r})")
         return target
@@ -402,11 +403,15 @@ def check_headers(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
                     piece = f.get_slice(name)
                     stored = piece.get_dtype()
                     if stored not in FLOAT_HEADER_DTYPES:
-                        raise LoadError(f"tensor {name!r} in {path.name} holds {stored} values; "
-                                        "mixchat loads floating-point weights only (F32, BF16, F16)")
+                        raise LoadError(
+                            f"tensor {name!r} in {path.name} holds {stored} values; "
+                            "mixchat loads floating-point weights only (F32, BF16, F16)"
+                        )
                     if expert is not None and expert >= params[pname].shape[0]:
-                        raise LoadError(f"tensor {name!r} in {path.name} is expert {expert}, but {config} "
-                                        f"has {params[pname].shape[0]} experts")
+                        raise LoadError(
+                            f"tensor {name!r} in {path.name} is expert {expert}, but {config} "
+                            f"has {params[pname].shape[0]} experts"
+                        )
                     expected = tuple(params[pname].shape)[0 if expert is None else 1 :]
                     shape = tuple(piece.get_shape())
                     if fused:
@@ -419,8 +424,10 @@ def check_headers(model: torch.nn.Module, ckpt: Checkpoint, known: set[str]) -> 
 
 
 def _sizes(args: ModelArgs) -> str:
-    return (f"vocab_size {args.vocab_size}, dim {args.dim}, hidden_dim {args.hidden_dim}, "
-            f"n_heads {args.n_heads}, n_kv_heads {args.n_kv_heads}, head_dim {args.head_dim}")
+    return (
+        f"vocab_size {args.vocab_size}, dim {args.dim}, hidden_dim {args.hidden_dim}, "
+        f"n_heads {args.n_heads}, n_kv_heads {args.n_kv_heads}, head_dim {args.head_dim}"
+    )
 
 
 def _finite(t: torch.Tensor, entry: TensorEntry) -> torch.Tensor:

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from mixchat.distributed.launch import Pipeline
 
 
-
 def builtin_model_path() -> Path | None:
     """The model shipped inside the package, if this install has it."""
     if (BUILTIN_DIR / "params.json").is_file():

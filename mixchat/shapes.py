@@ -18,14 +18,43 @@ from mixchat.quant.modules import quantize_modules
 
 def named_shape(name: str) -> ModelArgs:
     if name == "mixtral-8x7b":
-        return ModelArgs(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
-                         vocab_size=32000, rope_theta=1e6, sliding_window=None, moe=MoeArgs(8, 2))
+        return ModelArgs(
+            dim=4096,
+            n_layers=32,
+            head_dim=128,
+            hidden_dim=14336,
+            n_heads=32,
+            n_kv_heads=8,
+            vocab_size=32000,
+            rope_theta=1e6,
+            sliding_window=None,
+            moe=MoeArgs(8, 2),
+        )
     if name == "mistral-7b":
-        return ModelArgs(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
-                         vocab_size=32000, rope_theta=10000.0, sliding_window=4096)
+        return ModelArgs(
+            dim=4096,
+            n_layers=32,
+            head_dim=128,
+            hidden_dim=14336,
+            n_heads=32,
+            n_kv_heads=8,
+            vocab_size=32000,
+            rope_theta=10000.0,
+            sliding_window=4096,
+        )
     if name == "mixtral-0.8b":  # the CPU comparison shape of issue 18 (llama.cpp's 0.8B random Mixtral)
-        return ModelArgs(dim=1024, n_layers=8, head_dim=128, hidden_dim=3584, n_heads=8, n_kv_heads=2,
-                         vocab_size=32000, rope_theta=1e6, sliding_window=None, moe=MoeArgs(8, 2))
+        return ModelArgs(
+            dim=1024,
+            n_layers=8,
+            head_dim=128,
+            hidden_dim=3584,
+            n_heads=8,
+            n_kv_heads=2,
+            vocab_size=32000,
+            rope_theta=1e6,
+            sliding_window=None,
+            moe=MoeArgs(8, 2),
+        )
     if name == "builtin":
         return ModelArgs.from_params(json.loads((BUILTIN_DIR / "params.json").read_text()))
     raise UserError(f"unknown shape {name!r}: use {', '.join(SHAPES)}")

@@ -52,8 +52,6 @@ _VERSION_SUFFIX = re.compile(r"\.v(\d+)(m\d+)?$")
 _SUFFIX_LAYOUT = {1: "v1", 2: "v3", 3: "v3", 7: "v7", 11: "v11", 13: "v13"}
 
 
-
-
 class TextStream(Protocol):
     """An incremental decoder for one generated sequence (see ``StreamDecoder`` for the invariant)."""
 

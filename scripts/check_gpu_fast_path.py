@@ -39,12 +39,24 @@ DEVICE = "cuda"  # --device cpu runs the script's own code paths without a GPU (
 
 def run_case(name: str, window: int | None, n_seqs: int, seed: int, steps: int = 24) -> bool:
     """Teacher-forced on the float32 reference's tokens: the fast path and a plain bf16 run see the same input."""
-    args = ModelArgs(dim=512, n_layers=4, head_dim=128, hidden_dim=1024, n_heads=8, n_kv_heads=2,
-                     vocab_size=1000, sliding_window=window, max_context=4096, moe=MoeArgs(8, 2))
+    args = ModelArgs(
+        dim=512,
+        n_layers=4,
+        head_dim=128,
+        hidden_dim=1024,
+        n_heads=8,
+        n_kv_heads=2,
+        vocab_size=1000,
+        sliding_window=window,
+        max_context=4096,
+        moe=MoeArgs(8, 2),
+    )
     ref = random_model(args, seed=seed, std=0.03)
     gen = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(0, 1000, (int(n),), generator=gen).tolist()
-               for n in torch.randint(60, 200, (n_seqs,), generator=gen)]
+    prompts = [
+        torch.randint(0, 1000, (int(n),), generator=gen).tolist()
+        for n in torch.randint(60, 200, (n_seqs,), generator=gen)
+    ]
     rows = list(range(n_seqs))
 
     def bf16_run(fast: bool) -> tuple[list[torch.Tensor], int]:
@@ -118,8 +130,10 @@ def run_case(name: str, window: int | None, n_seqs: int, seed: int, steps: int =
         ("fast vs plain bf16", fp),
     ):
         verdict = f"  {'ok' if ok else 'FAIL'}" if label.startswith("fast vs") else ""
-        print(f"    {label}: rel. error median {med:.2e} mean {mean:.2e} max {mx:.2e}, greedy agreement "
-              f"{agree}/{total} ({agree_clear}/{n_clear} where float32 is clear){verdict}")
+        print(
+            f"    {label}: rel. error median {med:.2e} mean {mean:.2e} max {mx:.2e}, greedy agreement "
+            f"{agree}/{total} ({agree_clear}/{n_clear} where float32 is clear){verdict}"
+        )
     return ok
 
 
@@ -148,10 +162,12 @@ def main() -> int:
         return 2
     seed = a.seed if a.seed is not None else int(time.time()) % 100_000
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, seed {seed}")
-    print(f"  grouped GEMM available in bf16: {grouped_mm_works('cuda', torch.bfloat16)}; "
-          f"decode GEMV kernel: {expert_gemv_works('cuda', torch.bfloat16)}; "
-          f"fused decode kernels: {fused_triton.fused_decode_works('cuda', torch.bfloat16)} "
-          f"(MIXCHAT_FUSED={'1' if flags().fused else '0'})")
+    print(
+        f"  grouped GEMM available in bf16: {grouped_mm_works('cuda', torch.bfloat16)}; "
+        f"decode GEMV kernel: {expert_gemv_works('cuda', torch.bfloat16)}; "
+        f"fused decode kernels: {fused_triton.fused_decode_works('cuda', torch.bfloat16)} "
+        f"(MIXCHAT_FUSED={'1' if flags().fused else '0'})"
+    )
     results = [
         run_case("full attention, 3 packed sequences", None, 3, seed),
         run_case("full attention, 1 sequence", None, 1, seed + 1),

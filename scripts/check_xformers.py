@@ -51,8 +51,17 @@ def model_case(moe: bool, tol: float) -> bool:
     difference can flip a near-tied expert choice, so there the check is the bf16 paths' agreement with
     float32 to the same degree, not bit equality.
     """
-    args = ModelArgs(dim=512, n_layers=4, head_dim=128, hidden_dim=1024, n_heads=8, n_kv_heads=2,
-                     vocab_size=1000, sliding_window=64, moe=MoeArgs(8, 2) if moe else None)
+    args = ModelArgs(
+        dim=512,
+        n_layers=4,
+        head_dim=128,
+        hidden_dim=1024,
+        n_heads=8,
+        n_kv_heads=2,
+        vocab_size=1000,
+        sliding_window=64,
+        moe=MoeArgs(8, 2) if moe else None,
+    )
     base = random_model(args, seed=1, std=0.03)
     prompts = [[int(t) for t in torch.randint(0, 1000, (n,))] for n in (45, 150, 90)]
     steps = 12
@@ -84,13 +93,17 @@ def model_case(moe: bool, tol: float) -> bool:
     for mode in ("xformers", "sdpa"):
         rel = [((a - r).abs().max() / r.abs().max()).item() for a, r in zip(runs[mode], runs["fp32"], strict=True)]
         worst = max(rel)
-        print(f"  {kind} logits, {mode:8} bf16 vs fp32: worst relative error over 2 pre-fill chunks + "
-              f"{steps} decode steps = {worst:.2e}")
+        print(
+            f"  {kind} logits, {mode:8} bf16 vs fp32: worst relative error over 2 pre-fill chunks + "
+            f"{steps} decode steps = {worst:.2e}"
+        )
     agree = sum(int((a.argmax(-1) == b.argmax(-1)).all()) for a, b in zip(runs["xformers"], runs["sdpa"], strict=True))
     xs = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(runs["xformers"], runs["sdpa"], strict=True))
     ok = xs <= tol
-    print(f"  {kind} logits, xformers vs sdpa (both bf16): worst relative difference {xs:.2e}; "
-          f"same argmax in {agree}/{len(runs['sdpa'])} passes  {'ok' if ok else 'FAIL'}")
+    print(
+        f"  {kind} logits, xformers vs sdpa (both bf16): worst relative difference {xs:.2e}; "
+        f"same argmax in {agree}/{len(runs['sdpa'])} passes  {'ok' if ok else 'FAIL'}"
+    )
     return ok
 
 
@@ -106,8 +119,17 @@ def main() -> int:
 
     print(f"xformers {xformers.__version__}: kernels run")
     H, D, W = 32, 128, 64
-    args = ModelArgs(dim=H * D, n_layers=1, head_dim=D, hidden_dim=64, n_heads=H, n_kv_heads=8, vocab_size=10,
-                     sliding_window=W, moe=MoeArgs(8, 2))
+    args = ModelArgs(
+        dim=H * D,
+        n_layers=1,
+        head_dim=D,
+        hidden_dim=64,
+        n_heads=H,
+        n_kv_heads=8,
+        vocab_size=10,
+        sliding_window=W,
+        moe=MoeArgs(8, 2),
+    )
     cache = RollingCache(args, 3, "cuda", torch.bfloat16)
     tol = 2e-2
     ok = True

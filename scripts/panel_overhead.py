@@ -27,8 +27,14 @@ async def one_run(rt: Any, panel: bool, args: argparse.Namespace, data: Path) ->
     from mixchat.tui.headless import open_chat, send_and_wait
 
     overrides = {"temperature": args.temperature, "max_tokens": args.tokens, "seed": 1234}
-    app = MixchatApp(runtime=rt, data_dir=data, config=data / "config", panel=panel, overrides=overrides,
-                     stream_interval=args.interval)
+    app = MixchatApp(
+        runtime=rt,
+        data_dir=data,
+        config=data / "config",
+        panel=panel,
+        overrides=overrides,
+        stream_interval=args.interval,
+    )
     async with app.run_test(size=(args.width, args.height)) as pilot:
         chat = await open_chat(pilot)
         await send_and_wait(pilot, chat, args.prompt)
@@ -46,8 +52,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5, help="runs per mode (default 5)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--prompt", default=PROMPT)
-    p.add_argument("--stop-at-eos", action="store_true",
-                   help="let replies end at the end-of-sequence token (default: decode exactly --tokens tokens)")
+    p.add_argument(
+        "--stop-at-eos",
+        action="store_true",
+        help="let replies end at the end-of-sequence token (default: decode exactly --tokens tokens)",
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--interval", type=float, help="seconds between UI updates while streaming (default: the app's)")
     p.add_argument("--width", type=int, default=160)
@@ -63,13 +72,15 @@ def main() -> int:
     rt = load_runtime(args.model, device=args.device)
     if not args.stop_at_eos:
         rt.engine.eos_id = -1  # a small model's replies are short; same length every run measures better
-    print(f"model {rt.name}: {rt.model.args.n_layers} layers, dim {rt.model.args.dim}, "
-          f"{rt.model.args.moe.num_experts if rt.model.args.moe else 0} experts, on {rt.model.device}")
+    print(
+        f"model {rt.name}: {rt.model.args.n_layers} layers, dim {rt.model.args.dim}, "
+        f"{rt.model.args.moe.num_experts if rt.model.args.moe else 0} experts, on {rt.model.device}"
+    )
     results: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(one_run(rt, True, argparse.Namespace(**{**vars(args), "tokens": 8}), Path(tmp) / "warm"))
         for r in range(args.repeats):
-            for panel in ((True, False) if r % 2 == 0 else (False, True)):
+            for panel in (True, False) if r % 2 == 0 else (False, True):
                 tps, n = asyncio.run(one_run(rt, panel, args, Path(tmp) / f"{r}-{panel}"))
                 results[panel].append(tps)
                 print(f"run {r + 1} panel {'on ' if panel else 'off'}: {tps:7.1f} tok/s ({n} tokens)", flush=True)

@@ -82,8 +82,14 @@ class Result:
         return len(errors) != 1
 
 
-def run(args: list[str], stdin: bytes | None = b"", timeout: float = 240, fault: str | None = None,
-        shell_suffix: str = "", stdout: int | None = subprocess.PIPE) -> tuple[int, bytes, str]:
+def run(
+    args: list[str],
+    stdin: bytes | None = b"",
+    timeout: float = 240,
+    fault: str | None = None,
+    shell_suffix: str = "",
+    stdout: int | None = subprocess.PIPE,
+) -> tuple[int, bytes, str]:
     cmd = [PY, "-c", FAULT_WRAPPER, *args] if fault else [PY, "-m", "mixchat", *args]
     env = {**ENV, "MIXCHAT_FAULT": fault} if fault else ENV
     if shell_suffix:
@@ -135,8 +141,17 @@ class Probe:
         from mixchat.loader import random_model, save_native
         from mixchat.model.args import ModelArgs, MoeArgs
 
-        args = ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=64, n_heads=4, n_kv_heads=2, vocab_size=32000,
-                         sliding_window=window, moe=MoeArgs(8, 2))
+        args = ModelArgs(
+            dim=64,
+            n_layers=2,
+            head_dim=16,
+            hidden_dim=64,
+            n_heads=4,
+            n_kv_heads=2,
+            vocab_size=32000,
+            sliding_window=window,
+            moe=MoeArgs(8, 2),
+        )
         save_native(random_model(args, seed=0, std=0.2), folder)
         shutil.copy(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1", folder / "tokenizer.model.v1")
         return folder
@@ -156,9 +171,14 @@ class Probe:
             def case() -> Result:
                 data = self.data()
                 self.seed_conversation(data, "c")
-                a = subprocess.Popen([PY, "-m", "mixchat", *self.chat(data, "--resume", "c", "--max-tokens", "4")],
-                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     cwd=REPO, env=ENV)
+                a = subprocess.Popen(
+                    [PY, "-m", "mixchat", *self.chat(data, "--resume", "c", "--max-tokens", "4")],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    cwd=REPO,
+                    env=ENV,
+                )
                 assert a.stdin is not None
                 a.stdin.write(b"from a\n")
                 a.stdin.flush()
@@ -177,6 +197,7 @@ class Probe:
                     r.lost = r.lost or "from b" not in " ".join(users(data, "c2"))  # accepted, and lost?
                     r.notes.append("second writer was not refused")
                 return r
+
             return case
 
         chat2 = ["chat", "--plain", "--model", str(self.tiny), "--data-dir", "DATA", "--max-tokens", "4"]
@@ -194,9 +215,14 @@ class Probe:
         def stale() -> Result:
             data = self.data()
             self.seed_conversation(data, "c")
-            a = subprocess.Popen([PY, "-m", "mixchat", *self.chat(data, "--resume", "c", "--max-tokens", "4")],
-                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 cwd=REPO, env=ENV)
+            a = subprocess.Popen(
+                [PY, "-m", "mixchat", *self.chat(data, "--resume", "c", "--max-tokens", "4")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=REPO,
+                env=ENV,
+            )
             time.sleep(4)
             a.kill()
             a.wait()
@@ -208,14 +234,23 @@ class Probe:
         def racing() -> Result:
             data = self.data()
             self.seed_conversation(data, "c")
-            procs = [subprocess.Popen([PY, "-m", "mixchat", *self.chat(data, "--resume", "c", "--max-tokens", "4")],
-                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      cwd=REPO, env=ENV) for _ in range(2)]
+            procs = [
+                subprocess.Popen(
+                    [PY, "-m", "mixchat", *self.chat(data, "--resume", "c", "--max-tokens", "4")],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    cwd=REPO,
+                    env=ENV,
+                )
+                for _ in range(2)
+            ]
             outs = [p.communicate(f"p{i} one\np{i} two\n".encode(), timeout=240) for i, p in enumerate(procs)]
             kept = users(data, "c")
             ok = [i for i, p in enumerate(procs) if p.returncode == 0]
-            r = Result("locking", "two writers at once", max(p.returncode for p in procs),
-                       "".join(o[1].decode() for o in outs))
+            r = Result(
+                "locking", "two writers at once", max(p.returncode for p in procs), "".join(o[1].decode() for o in outs)
+            )
             r.lost = any(f"p{i} two" not in kept for i in ok)  # every accepted writer keeps all its turns
             return r
 
@@ -229,11 +264,16 @@ class Probe:
                 if resume:
                     self.seed_conversation(data, "o")
                 extra = ["--resume", "o"] if resume else ["--conversation", "o"]
-                rc, _, err = run(self.chat(data, *extra, "--max-tokens", "300"), stdin=b"hello\nsecond\n",
-                                 shell_suffix=suffix, stdout=None)
+                rc, _, err = run(
+                    self.chat(data, *extra, "--max-tokens", "300"),
+                    stdin=b"hello\nsecond\n",
+                    shell_suffix=suffix,
+                    stdout=None,
+                )
                 r = Result("output", what + (" (resumed)" if resume else " (new)"), rc, err)
                 r.lost = "hello" not in users(data, "o")
                 return r
+
             return case
 
         cases = [chat_case(f"chat | head -c {n}", f"| head -c {n} >/dev/null", r) for n in (1, 3, 64) for r in (0, 1)]
@@ -248,20 +288,46 @@ class Probe:
                 r = Result("output", what, rc, err)
                 r.lost = len(users(data, "o")) != 3
                 return r
+
             return case
 
-        for suffix, label in (("| head -c 3 >/dev/null", "| head -c 3"), ("> /dev/full", "> /dev/full"),
-                              (">&-", ">&-")):
+        for suffix, label in (
+            ("| head -c 3 >/dev/null", "| head -c 3"),
+            ("> /dev/full", "> /dev/full"),
+            (">&-", ">&-"),
+        ):
             cases += [
-                other(f"generate {label}", lambda d: ["generate", "--model", str(self.tiny), "--prompt", "hi",
-                                                       "--max-tokens", "300"], suffix),
-                other(f"generate --json {label}", lambda d: ["generate", "--model", str(self.tiny), "--prompt",
-                                                              "hi", "--prompt", "yo", "--json", "--max-tokens", "50"],
-                      suffix),
-                other(f"conversations show {label}", lambda d: ["conversations", "show", "o", "--data-dir", str(d)],
-                      suffix),
-                other(f"conversations export {label}", lambda d: ["conversations", "export", "o", "--data-dir",
-                                                                  str(d)], suffix),
+                other(
+                    f"generate {label}",
+                    lambda d: ["generate", "--model", str(self.tiny), "--prompt", "hi", "--max-tokens", "300"],
+                    suffix,
+                ),
+                other(
+                    f"generate --json {label}",
+                    lambda d: [
+                        "generate",
+                        "--model",
+                        str(self.tiny),
+                        "--prompt",
+                        "hi",
+                        "--prompt",
+                        "yo",
+                        "--json",
+                        "--max-tokens",
+                        "50",
+                    ],
+                    suffix,
+                ),
+                other(
+                    f"conversations show {label}",
+                    lambda d: ["conversations", "show", "o", "--data-dir", str(d)],
+                    suffix,
+                ),
+                other(
+                    f"conversations export {label}",
+                    lambda d: ["conversations", "export", "o", "--data-dir", str(d)],
+                    suffix,
+                ),
                 other(f"conversations list {label}", lambda d: ["conversations", "list", "--data-dir", str(d)], suffix),
             ]
         return cases
@@ -284,15 +350,17 @@ class Probe:
                         r.notes.append("an empty folder was left")
                         r.stderr += "\n(empty folder left)"
                 return r
+
             return case
 
         cases = []
         for resume in (False, True):
-            cases += [save_fault("ENOSPC in the cache write", "mixchat.session.cachefile:save_file:28", resume),
-                      save_fault("ENOSPC in the transcript write", "mixchat.session.store:atomic_write_bytes:28",
-                                 resume),
-                      save_fault("EROFS on mkdir", "Path:mkdir:30", resume),
-                      save_fault("EACCES on replace", "os:replace:13", resume)]
+            cases += [
+                save_fault("ENOSPC in the cache write", "mixchat.session.cachefile:save_file:28", resume),
+                save_fault("ENOSPC in the transcript write", "mixchat.session.store:atomic_write_bytes:28", resume),
+                save_fault("EROFS on mkdir", "Path:mkdir:30", resume),
+                save_fault("EACCES on replace", "os:replace:13", resume),
+            ]
 
         def manage(what: str, args: Callable[[Path], list[str]], fault: str | None, check: str) -> Callable[[], Result]:
             def case() -> Result:
@@ -304,18 +372,24 @@ class Probe:
                 if check == "kept":
                     r.lost = transcript(data, "m") != before
                 return r
+
             return case
 
         d = lambda data: ["--data-dir", str(data)]  # noqa: E731
         cases += [
-            manage("rename, ENOSPC on the transcript", lambda x: ["conversations", "rename", "m", "n", *d(x)],
-                   "mixchat.session.store:atomic_write_bytes:28", "kept"),
+            manage(
+                "rename, ENOSPC on the transcript",
+                lambda x: ["conversations", "rename", "m", "n", *d(x)],
+                "mixchat.session.store:atomic_write_bytes:28",
+                "kept",
+            ),
             manage("rename, EROFS", lambda x: ["conversations", "rename", "m", "n", *d(x)], "os:rename:30", "kept"),
             manage("delete, EROFS", lambda x: ["conversations", "delete", "m", *d(x)], "os:rename:30", "kept"),
             manage("delete, EACCES", lambda x: ["conversations", "delete", "m", *d(x)], "os:rename:13", "kept"),
             manage("list, EACCES", lambda x: ["conversations", "list", *d(x)], "Path:iterdir:13", "kept"),
-            manage("show, EACCES on read", lambda x: ["conversations", "show", "m", *d(x)], "Path:read_bytes:13",
-                   "kept"),
+            manage(
+                "show, EACCES on read", lambda x: ["conversations", "show", "m", *d(x)], "Path:read_bytes:13", "kept"
+            ),
             manage("resume, EACCES on read", lambda x: [*self.chat(x, "--resume", "m")], "Path:read_bytes:13", "kept"),
         ]
 
@@ -325,12 +399,18 @@ class Probe:
                 f.write_text("not a folder")
                 rc, _, err = run(args(f), stdin=b"hello\n")
                 return Result("storage", what, rc, err, lost=rc == 0)
+
             return case
 
-        cases += [data_is_file(f"data dir is a file: {w}", a) for w, a in (
-            ("chat", lambda f: self.chat(f)), ("list", lambda f: ["conversations", "list", "--data-dir", str(f)]),
-            ("show", lambda f: ["conversations", "show", "x", "--data-dir", str(f)]),
-            ("rename", lambda f: ["conversations", "rename", "x", "y", "--data-dir", str(f)]))]
+        cases += [
+            data_is_file(f"data dir is a file: {w}", a)
+            for w, a in (
+                ("chat", lambda f: self.chat(f)),
+                ("list", lambda f: ["conversations", "list", "--data-dir", str(f)]),
+                ("show", lambda f: ["conversations", "show", "x", "--data-dir", str(f)]),
+                ("rename", lambda f: ["conversations", "rename", "x", "y", "--data-dir", str(f)]),
+            )
+        ]
 
         def weights_fault() -> Result:
             rc, _, err = run(["generate", "--model", str(self.tiny), "--prompt", "hi"], fault="mixchat.loader:open:13")
@@ -352,15 +432,27 @@ class Probe:
                 full = [a.replace("DATA", str(data)) for a in args]
                 rc, _, err = run(full, stdin=stdin)
                 return Result("numbers", what, rc, err, lost=False)
+
             return case
 
         for seed in (str(2**63), str(2**64), "-1", "1e30", "abc", str(10**40)):
-            cases.append(cli(f"generate --seed {seed[:12]}", ["generate", "--model", str(self.tiny), "--prompt", "hi",
-                                                              "--seed", seed]))
+            cases.append(
+                cli(
+                    f"generate --seed {seed[:12]}",
+                    ["generate", "--model", str(self.tiny), "--prompt", "hi", "--seed", seed],
+                )
+            )
             cases.append(cli(f"chat --seed {seed[:12]}", [*self.chat(Path("DATA")), "--seed", seed]))
-        for flag, value in (("--max-tokens", str(10**30)), ("--temperature", "nan"), ("--temperature", "inf"),
-                            ("--top-p", "2"), ("--chunk-size", str(10**20)), ("--experts-per-token", "999"),
-                            ("--experts-per-token", "0"), ("--max-context", "0")):
+        for flag, value in (
+            ("--max-tokens", str(10**30)),
+            ("--temperature", "nan"),
+            ("--temperature", "inf"),
+            ("--top-p", "2"),
+            ("--chunk-size", str(10**20)),
+            ("--experts-per-token", "999"),
+            ("--experts-per-token", "0"),
+            ("--max-context", "0"),
+        ):
             cases.append(cli(f"chat {flag} {value[:12]}", [*self.chat(Path("DATA")), flag, value]))
 
         def transcript_value(what: str, edit: Callable[[dict], None]) -> Callable[[], Result]:
@@ -375,6 +467,7 @@ class Probe:
                 r = Result("numbers", what, rc, err)
                 r.lost = rc == 0 and "more" not in users(data, "n")  # a turn dropped while exiting 0
                 return r
+
             return case
 
         for what, edit in (
@@ -404,7 +497,8 @@ class Probe:
                     w["layers.0.attention.wk.weight"] = {
                         "nan": lambda: t.index_fill(0, torch.tensor([3]), float("nan")),
                         "inf": lambda: t.index_fill(0, torch.tensor([3]), float("inf")),
-                        "int32": lambda: t.to(torch.int32), "int8": lambda: t.to(torch.int8),
+                        "int32": lambda: t.to(torch.int32),
+                        "int8": lambda: t.to(torch.int8),
                         "bool": lambda: t > 0,
                     }[tensor]()
                     save_file(w, folder / "consolidated.safetensors")
@@ -416,30 +510,53 @@ class Probe:
                     r.stderr += "\n(accepted a broken checkpoint)"
                     r.lost = True
                 return r
+
             return case
 
-        for what, params in (("vocab_size 10^12", {"vocab_size": 10**12}), ("dim 10^9", {"dim": 10**9}),
-                             ("hidden_dim 7", {"hidden_dim": 7}), ("n_heads 0", {"n_heads": 0}),
-                             ("norm_eps NaN", {"norm_eps": float("nan")}), ("norm_eps -1", {"norm_eps": -1}),
-                             ("rope_theta inf", {"rope_theta": float("inf")}), ("num_experts 1000",
-                              {"moe": {"num_experts": 1000, "num_experts_per_tok": 2}})):
+        for what, params in (
+            ("vocab_size 10^12", {"vocab_size": 10**12}),
+            ("dim 10^9", {"dim": 10**9}),
+            ("hidden_dim 7", {"hidden_dim": 7}),
+            ("n_heads 0", {"n_heads": 0}),
+            ("norm_eps NaN", {"norm_eps": float("nan")}),
+            ("norm_eps -1", {"norm_eps": -1}),
+            ("rope_theta inf", {"rope_theta": float("inf")}),
+            ("num_experts 1000", {"moe": {"num_experts": 1000, "num_experts_per_tok": 2}}),
+        ):
             cases.append(checkpoint(f"params {what}", params=params))
         for t in ("nan", "inf", "int32", "int8", "bool"):
             cases.append(checkpoint(f"weights {t}", tensor=t))
 
         def full_context() -> Result:
             data = self.data()
-            rc, _, err = run(self.chat(data, "--conversation", "f", "--max-context", "24", "--max-tokens", "8",
-                                       "--temperature", "0", model=self.full),
-                             stdin=b"one\ntwo\nthree\nfour\n")
+            rc, _, err = run(
+                self.chat(
+                    data,
+                    "--conversation",
+                    "f",
+                    "--max-context",
+                    "24",
+                    "--max-tokens",
+                    "8",
+                    "--temperature",
+                    "0",
+                    model=self.full,
+                ),
+                stdin=b"one\ntwo\nthree\nfour\n",
+            )
             return Result("numbers", "full context, full attention", rc, err, lost=rc == 0)
 
         return [*cases, full_context]
 
     # ---- input ------------------------------------------------------------------------------------------------
     def input(self) -> list[Callable[[], Result]]:
-        def case_of(what: str, args: Callable[[Path], list[str]], stdin: bytes | None, suffix: str = "",
-                    expect_saved: str | None = None) -> Callable[[], Result]:
+        def case_of(
+            what: str,
+            args: Callable[[Path], list[str]],
+            stdin: bytes | None,
+            suffix: str = "",
+            expect_saved: str | None = None,
+        ) -> Callable[[], Result]:
             def case() -> Result:
                 data = self.data()
                 rc, _, err = run(args(data), stdin=stdin, shell_suffix=suffix)
@@ -447,6 +564,7 @@ class Probe:
                 if expect_saved is not None:
                     r.lost = expect_saved not in " ".join(users(data, "i"))
                 return r
+
             return case
 
         garbage = bytes(random.Random(1).randrange(256) for _ in range(4000))
@@ -463,10 +581,16 @@ class Probe:
             case_of("chat invalid UTF-8 line", chat, b"caf\xe9\nnext\n", expect_saved="next"),
             case_of("chat 100k-character line", chat, b"w " * 50000 + b"\n", expect_saved="w w"),
             case_of("chat empty stdin", chat, b""),
-            case_of("generate --prompts-file DIR", lambda d: ["generate", "--model", str(self.tiny),
-                                                              "--prompts-file", str(REPO)], b""),
-            case_of("generate --prompts-file missing", lambda d: ["generate", "--model", str(self.tiny),
-                                                                  "--prompts-file", "/nonexistent"], b""),
+            case_of(
+                "generate --prompts-file DIR",
+                lambda d: ["generate", "--model", str(self.tiny), "--prompts-file", str(REPO)],
+                b"",
+            ),
+            case_of(
+                "generate --prompts-file missing",
+                lambda d: ["generate", "--model", str(self.tiny), "--prompts-file", "/nonexistent"],
+                b"",
+            ),
         ]
 
     # ---- signals ----------------------------------------------------------------------------------------------
@@ -476,16 +600,27 @@ class Probe:
         def early(what: str, args: Callable[[Path], list[str]], delay: float, signum: int) -> Callable[[], Result]:
             def case() -> Result:
                 data = self.data()
-                p = subprocess.Popen([PY, "-m", "mixchat", *args(data)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO, env=ENV)
+                p = subprocess.Popen(
+                    [PY, "-m", "mixchat", *args(data)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    cwd=REPO,
+                    env=ENV,
+                )
                 time.sleep(delay)
                 p.send_signal(signum)
                 _, err = p.communicate(timeout=120)
-                r = Result("signals", f"{what}, {signal.Signals(signum).name} at {delay:.2f} s", p.returncode,
-                           err.decode("utf-8", "replace"))
+                r = Result(
+                    "signals",
+                    f"{what}, {signal.Signals(signum).name} at {delay:.2f} s",
+                    p.returncode,
+                    err.decode("utf-8", "replace"),
+                )
                 if p.returncode not in (128 + signum, -signum):
                     r.notes.append(f"status {p.returncode}")
                 return r
+
             return case
 
         def mid_reply(signum: int, extra_delay: float, resume: bool) -> Callable[[], Result]:
@@ -494,10 +629,14 @@ class Probe:
                 if resume:
                     self.seed_conversation(data, "g")
                 which = ["--resume", "g"] if resume else ["--conversation", "g"]
-                p = subprocess.Popen([PY, "-m", "mixchat", *self.chat(data, *which, "--max-tokens", "100000",
-                                                                       "--temperature", "1")],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     cwd=REPO, env=ENV)
+                p = subprocess.Popen(
+                    [PY, "-m", "mixchat", *self.chat(data, *which, "--max-tokens", "100000", "--temperature", "1")],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=REPO,
+                    env=ENV,
+                )
                 assert p.stdin is not None and p.stdout is not None
                 p.stdin.write(b"talk\n")
                 p.stdin.flush()
@@ -506,23 +645,38 @@ class Probe:
                 p.send_signal(signum)
                 out, err = p.communicate(timeout=120)
                 name = signal.Signals(signum).name
-                r = Result("signals", f"{name} mid-reply +{extra_delay:.2f} s" + (" (resumed)" if resume else ""),
-                           p.returncode, err.decode("utf-8", "replace"))
+                r = Result(
+                    "signals",
+                    f"{name} mid-reply +{extra_delay:.2f} s" + (" (resumed)" if resume else ""),
+                    p.returncode,
+                    err.decode("utf-8", "replace"),
+                )
                 shown = (first + out).decode("utf-8", "replace")
                 d = transcript(data, "g")
                 reply = d["messages"][-1] if d else None
-                r.lost = not (reply and reply.get("role") == "assistant" and shown.rstrip("\n")
-                              and reply["content"].startswith(shown.rstrip("\n")[:1]))
+                r.lost = not (
+                    reply
+                    and reply.get("role") == "assistant"
+                    and shown.rstrip("\n")
+                    and reply["content"].startswith(shown.rstrip("\n")[:1])
+                )
                 if signum == signal.SIGINT:
                     r.lost = r.lost or p.returncode != 0  # first Ctrl-C stops the reply; EOF then ends it
                 return r
+
             return case
 
         cases = []
         for delay in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0, 3.0):
             cases.append(early("chat start-up", lambda d: self.chat(d), delay, signal.SIGINT))
-            cases.append(early("generate start-up", lambda d: ["generate", "--model", str(self.tiny), "--prompt", "hi",
-                                                               "--max-tokens", "2000"], delay, signal.SIGINT))
+            cases.append(
+                early(
+                    "generate start-up",
+                    lambda d: ["generate", "--model", str(self.tiny), "--prompt", "hi", "--max-tokens", "2000"],
+                    delay,
+                    signal.SIGINT,
+                )
+            )
         for signum in (signal.SIGTERM, signal.SIGHUP):
             for delay in (0.1, 0.5, 1.5):
                 cases.append(early("chat start-up", lambda d: self.chat(d), delay, signum))
@@ -551,6 +705,7 @@ class Probe:
                     r.lost = True
                     r.notes.append("transcript gone")
                 return r
+
             return case
 
         def bump(d: dict) -> None:
@@ -588,15 +743,18 @@ class Probe:
                     r.stderr += "\n(alias accepted)"
                     r.lost = True
                 return r
+
             return case
 
         cases = []
         for name in ("rb/../rb2", "rb2/.", "./rb2", "../conversations/rb2", "/rb2", "rb2/", "..", ".", "a/b"):
-            cases.append(alias(f"delete {name!r}", lambda d, n=name: ["conversations", "delete", n, "--data-dir",
-                                                                      str(d)]))
+            cases.append(
+                alias(f"delete {name!r}", lambda d, n=name: ["conversations", "delete", n, "--data-dir", str(d)])
+            )
             cases.append(alias(f"chat --resume {name!r}", lambda d, n=name: self.chat(d, "--resume", n)))
-        cases.append(alias("rename rb2 to '..'", lambda d: ["conversations", "rename", "rb2", "..", "--data-dir",
-                                                            str(d)]))
+        cases.append(
+            alias("rename rb2 to '..'", lambda d: ["conversations", "rename", "rb2", "..", "--data-dir", str(d)])
+        )
         cases.append(alias("export 'rb2/.'", lambda d: ["conversations", "export", "rb2/.", "--data-dir", str(d)]))
 
         def empty_data_dir() -> Result:
@@ -635,8 +793,17 @@ def main() -> int:
     rows = []
     for c in opts.only or CATEGORIES:
         rs = [r for r in results if r.category == c]
-        rows.append((c, len(rs), sum(r.traceback for r in rs), sum(r.abort for r in rs), sum(r.lost for r in rs),
-                     sum(r.silent for r in rs), sum(r.multi_line for r in rs)))
+        rows.append(
+            (
+                c,
+                len(rs),
+                sum(r.traceback for r in rs),
+                sum(r.abort for r in rs),
+                sum(r.lost for r in rs),
+                sum(r.silent for r in rs),
+                sum(r.multi_line for r in rs),
+            )
+        )
     head = ("category", "cases", "tracebacks", "aborts", "losses", "silent losses", "multi-line errors")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
@@ -647,8 +814,10 @@ def main() -> int:
     bad = [r for r in results if r.traceback or r.abort or r.lost or r.multi_line]
     for r in bad if opts.verbose else bad[:40]:
         tail = r.stderr.strip().splitlines()[-3:]
-        print(f"- [{r.category}] {r.case}: status {r.rc}, lost={r.lost} {r.notes} :: {' | '.join(tail)[:300]}",
-              file=sys.stderr)
+        print(
+            f"- [{r.category}] {r.case}: status {r.rc}, lost={r.lost} {r.notes} :: {' | '.join(tail)[:300]}",
+            file=sys.stderr,
+        )
     return 1 if any(r.traceback or r.abort or r.silent for r in results) else 0
 
 

@@ -30,8 +30,10 @@ from mixchat.runtime import load_runtime
 from mixchat.session import ChatSettings, Conversation, ConversationStore
 from mixchat.session import fingerprint as fingerprint_module
 
-TEXT = ("the river carries old stones past the quiet mill while children count boats and the miller writes "
-        "letters about weather markets bridges lanterns and a long winter that nobody expected")
+TEXT = (
+    "the river carries old stones past the quiet mill while children count boats and the miller writes "
+    "letters about weather markets bridges lanterns and a long winter that nobody expected"
+)
 WORDS = TEXT.split(" ")
 
 
@@ -44,8 +46,17 @@ def tokenizer_file() -> Path:
 def build(folder: Path, a: argparse.Namespace) -> None:
     if (folder / "params.json").is_file():
         return
-    args = ModelArgs(dim=a.dim, n_layers=a.layers, head_dim=a.dim // 8, hidden_dim=a.hidden, n_heads=8, n_kv_heads=2,
-                     vocab_size=32000, sliding_window=a.window, moe=MoeArgs(8, 2))
+    args = ModelArgs(
+        dim=a.dim,
+        n_layers=a.layers,
+        head_dim=a.dim // 8,
+        hidden_dim=a.hidden,
+        n_heads=8,
+        n_kv_heads=2,
+        vocab_size=32000,
+        sliding_window=a.window,
+        moe=MoeArgs(8, 2),
+    )
     save_native(random_model(args, seed=0, std=0.02), folder)
     shutil.copy(tokenizer_file(), folder / "tokenizer.model.v1")
 
@@ -99,12 +110,18 @@ def main() -> None:
         diff = (rebuilt.next_token_logits() - logits_resumed).abs().max().item()
 
         params = sum(p.numel() for p in rt.model.parameters())
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-              f"{torch.__version__}, {torch.get_num_threads()} threads")
-        print(f"model: random Mixtral, {params / 1e6:.0f}M parameters, dim {a.dim}, {a.layers} layers, 8 experts "
-              f"(top-2), window {a.window}, float32")
-        print(f"conversation: {conv.turns} turns, {len(conv.ids)} tokens; cache file {cache_bytes / 2**20:.1f} MiB "
-              f"(saved in {t_save:.3f} s)")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads"
+        )
+        print(
+            f"model: random Mixtral, {params / 1e6:.0f}M parameters, dim {a.dim}, {a.layers} layers, 8 experts "
+            f"(top-2), window {a.window}, float32"
+        )
+        print(
+            f"conversation: {conv.turns} turns, {len(conv.ids)} tokens; cache file {cache_bytes / 2**20:.1f} MiB "
+            f"(saved in {t_save:.3f} s)"
+        )
         print(f"resume (fingerprint + transcript + checks + restore): {t_resume:.3f} s")
         print(f"rebuild by pre-fill ({len(rebuilt.ids) - 1} tokens, chunks of {a.chunk_size}): {t_rebuild:.3f} s")
         print(f"resume is {t_rebuild / t_resume:.0f}x faster; next-token logits differ by {diff:.2e}")

@@ -35,8 +35,9 @@ import save_loop  # noqa: E402
 
 
 def save_trial(data: Path, rng: random.Random) -> tuple[bool, str]:
-    proc = subprocess.Popen([sys.executable, str(HELPERS / "save_loop.py"), str(data)], stdout=subprocess.PIPE,
-                            text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPERS / "save_loop.py"), str(data)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
     done: list[int] = []
     reader = threading.Thread(target=lambda: [done.append(int(x)) for x in proc.stdout], daemon=True)  # type: ignore[union-attr]
     reader.start()
@@ -65,9 +66,29 @@ def save_trial(data: Path, rng: random.Random) -> tuple[bool, str]:
 
 def chat_trial(data: Path, model: Path, rng: random.Random) -> tuple[bool, str]:
     """Kill `chat --plain` at a random moment while it answers and saves turn after turn."""
-    proc = subprocess.Popen([sys.executable, "-m", "mixchat", "chat", "--plain", "--model", str(model), "--data-dir",
-                             str(data), "--conversation", "k", "--max-tokens", "3", "--temperature", "0"],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mixchat",
+            "chat",
+            "--plain",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(data),
+            "--conversation",
+            "k",
+            "--max-tokens",
+            "3",
+            "--temperature",
+            "0",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
     assert proc.stdin is not None and proc.stderr is not None
     proc.stdin.write(b"".join(f"turn {i}\n".encode() for i in range(200)))
     proc.stdin.flush()
@@ -88,9 +109,27 @@ def chat_trial(data: Path, model: Path, rng: random.Random) -> tuple[bool, str]:
     if turns != [f"turn {i}" for i in range(len(turns))] or not turns:
         return False, f"turns on disk: {turns[:5]}..."
     # It must open again without any problem (cache and transcript belong together).
-    check = subprocess.run([sys.executable, "-m", "mixchat", "chat", "--plain", "--model", str(model), "--data-dir",
-                            str(data), "--resume", "k", "--max-tokens", "2"], input=b"", capture_output=True,
-                           cwd=REPO, timeout=120)
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixchat",
+            "chat",
+            "--plain",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(data),
+            "--resume",
+            "k",
+            "--max-tokens",
+            "2",
+        ],
+        input=b"",
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
+    )
     if check.returncode != 0 or b"rebuilding" in check.stderr or b"Traceback" in check.stderr:
         return False, f"resume after the kill: {check.stderr.decode()[-200:]}"
     return True, f"killed with {len(turns)} turns saved"
@@ -122,8 +161,10 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = opts.trials + opts.chat_trials
-    print(f"{total} SIGKILLs ({opts.trials} during the save loop, {opts.chat_trials} during chat --plain): "
-          f"{failures} lost")
+    print(
+        f"{total} SIGKILLs ({opts.trials} during the save loop, {opts.chat_trials} during chat --plain): "
+        f"{failures} lost"
+    )
     return 1 if failures else 0
 
 

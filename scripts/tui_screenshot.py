@@ -24,9 +24,14 @@ async def shoot(args: argparse.Namespace) -> None:
     rt = load_runtime(args.model, device="cpu")
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        app = MixchatApp(runtime=rt, data_dir=Path(tmp) / "data", config=Path(tmp) / "config", theme=args.theme,
-                         conversation="weekend chat",
-                         overrides={"temperature": args.temperature, "seed": args.seed, "max_tokens": 80})
+        app = MixchatApp(
+            runtime=rt,
+            data_dir=Path(tmp) / "data",
+            config=Path(tmp) / "config",
+            theme=args.theme,
+            conversation="weekend chat",
+            overrides={"temperature": args.temperature, "seed": args.seed, "max_tokens": 80},
+        )
         async with app.run_test(size=(width, height)) as pilot:
             chat = await open_chat(pilot)
             for text in args.message or MESSAGES:

@@ -31,8 +31,15 @@ def tokenizer_v1() -> Path:
 
 def tiny_args(window: int | None = W, n_layers: int = 2) -> ModelArgs:
     return ModelArgs(
-        dim=64, n_layers=n_layers, head_dim=16, hidden_dim=64, n_heads=4, n_kv_heads=2, vocab_size=32000,
-        sliding_window=window, moe=MoeArgs(num_experts=8, num_experts_per_tok=2),
+        dim=64,
+        n_layers=n_layers,
+        head_dim=16,
+        hidden_dim=64,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=32000,
+        sliding_window=window,
+        moe=MoeArgs(num_experts=8, num_experts_per_tok=2),
     )
 
 

@@ -24,8 +24,9 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mixchat(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     """Run `python -m mixchat ARGS` as a real process; bytes, so model output is compared exactly."""
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([sys.executable, "-m", "mixchat", *args], input=stdin, capture_output=True, cwd=REPO,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mixchat", *args], input=stdin, capture_output=True, cwd=REPO, env=env, timeout=120
+    )
 
 
 def run_main(argv: list[str], stdin: str, capsys: pytest.CaptureFixture[str], monkeypatch) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
@@ -37,8 +38,17 @@ def run_main(argv: list[str], stdin: str, capsys: pytest.CaptureFixture[str], mo
 
 def test_pipe_prints_two_replies_and_saves(ckpt: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "data"
-    proc = mixchat("chat", "--plain", "--model", str(ckpt), "--data-dir", str(data), "--max-tokens", "24",
-                   stdin=b"Hello\nTell me more\n")
+    proc = mixchat(
+        "chat",
+        "--plain",
+        "--model",
+        str(ckpt),
+        "--data-dir",
+        str(data),
+        "--max-tokens",
+        "24",
+        stdin=b"Hello\nTell me more\n",
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"\x1b[" not in proc.stdout + proc.stderr and b"> " not in proc.stderr  # no prompts, no colours
     store = ConversationStore(data)
@@ -78,8 +88,9 @@ def test_resume_in_a_new_process_matches_an_uninterrupted_run(ckpt: Path, tmp_pa
     ConversationStore(tmp_path).save(part, "resumable")
 
     stdin = ("\n".join(turns[3:]) + "\n/stats\n").encode()
-    proc = mixchat("chat", "--plain", "--model", str(ckpt), "--data-dir", str(tmp_path), "--resume", "resumable",
-                   stdin=stdin)
+    proc = mixchat(
+        "chat", "--plain", "--model", str(ckpt), "--data-dir", str(tmp_path), "--resume", "resumable", stdin=stdin
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
     assert "rebuilding" not in err
@@ -94,12 +105,44 @@ def test_resume_in_a_new_process_matches_an_uninterrupted_run(ckpt: Path, tmp_pa
 
 def test_commands(ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     data = str(tmp_path / "data")
-    script = "\n".join([
-        "/help", "/system", "/system Be brief.", "first", "/stats", "/system Be verbose.", "//slash", "/save named",
-        "/new", "/bogus", "/quit", "never sent",
-    ]) + "\n"
-    rc, out, err = run_main(["chat", "--plain", "--model", str(ckpt), "--data-dir", data, "--temperature", "0",
-                             "--max-tokens", "4", "--conversation", "one"], script, capsys, monkeypatch)
+    script = (
+        "\n".join(
+            [
+                "/help",
+                "/system",
+                "/system Be brief.",
+                "first",
+                "/stats",
+                "/system Be verbose.",
+                "//slash",
+                "/save named",
+                "/new",
+                "/bogus",
+                "/quit",
+                "never sent",
+            ]
+        )
+        + "\n"
+    )
+    rc, out, err = run_main(
+        [
+            "chat",
+            "--plain",
+            "--model",
+            str(ckpt),
+            "--data-dir",
+            data,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "4",
+            "--conversation",
+            "one",
+        ],
+        script,
+        capsys,
+        monkeypatch,
+    )
     assert rc == 0
     assert out.count("\n") == 2  # two replies: "first" and "/slash"
     assert "/save [NAME]" in err and "no system prompt" in err and "system prompt set" in err

@@ -25,8 +25,17 @@ def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     transformers = pytest.importorskip("transformers")
     from mixchat.model.args import ModelArgs, MoeArgs
 
-    args = ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=64, n_heads=4, n_kv_heads=2, vocab_size=32000,
-                     sliding_window=16, moe=MoeArgs(8, 2))
+    args = ModelArgs(
+        dim=64,
+        n_layers=2,
+        head_dim=16,
+        hidden_dim=64,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=32000,
+        sliding_window=16,
+        moe=MoeArgs(8, 2),
+    )
     torch.manual_seed(0)
     model = transformers.MixtralForCausalLM(hf_config(args)).eval()
     folder = tmp_path_factory.mktemp("hf")
@@ -43,9 +52,23 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 def test_generate_json_packed_matches_transformers_greedy(hf_folder, capsys) -> None:  # type: ignore[no-untyped-def]
     folder, hf = hf_folder
-    rc, out, err = run_cli(capsys, "generate", "--model", str(folder), "--prompt", "Hello there, how are you?",
-                           "--prompt", "Grüße aus Tokyo", "--temperature", "0", "--max-tokens", "12", "--json",
-                           "--device", "cpu")
+    rc, out, err = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        str(folder),
+        "--prompt",
+        "Hello there, how are you?",
+        "--prompt",
+        "Grüße aus Tokyo",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == 2
@@ -58,8 +81,9 @@ def test_generate_json_packed_matches_transformers_greedy(hf_folder, capsys) -> 
             for layer in per_token:
                 assert len(layer["experts"]) == 2 and abs(sum(layer["weights"]) - 1) < 1e-5
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([rec["prompt_ids"]]), do_sample=False, max_new_tokens=12,
-                              eos_token_id=None, pad_token_id=0)[0, len(rec["prompt_ids"]):].tolist()
+            ref = hf.generate(
+                torch.tensor([rec["prompt_ids"]]), do_sample=False, max_new_tokens=12, eos_token_id=None, pad_token_id=0
+            )[0, len(rec["prompt_ids"]) :].tolist()
         n = len(rec["ids"])
         assert rec["ids"] == ref[:n]
         assert rec["finish_reason"] == ("eos" if rec["ids"][-1] == 2 else "length")
@@ -71,12 +95,30 @@ def test_generate_chat_uses_the_template(hf_folder, capsys) -> None:  # type: ig
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     folder, _ = hf_folder
-    rc, out, _ = run_cli(capsys, "generate", "--model", str(folder), "--chat", "--system", "Be brief.",
-                         "--prompt", "Hi!", "--max-tokens", "2", "--json", "--temperature", "0")
+    rc, out, _ = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        str(folder),
+        "--chat",
+        "--system",
+        "Be brief.",
+        "--prompt",
+        "Hi!",
+        "--max-tokens",
+        "2",
+        "--json",
+        "--temperature",
+        "0",
+    )
     assert rc == 0
-    ref = MistralTokenizer.from_file(str(tokenizer_v1())).encode_chat_completion(
-        ChatCompletionRequest(messages=[SystemMessage(content="Be brief."), UserMessage(content="Hi!")])
-    ).tokens
+    ref = (
+        MistralTokenizer.from_file(str(tokenizer_v1()))
+        .encode_chat_completion(
+            ChatCompletionRequest(messages=[SystemMessage(content="Be brief."), UserMessage(content="Hi!")])
+        )
+        .tokens
+    )
     assert json.loads(out)["prompt_ids"] == ref
 
 
@@ -142,8 +184,12 @@ def test_bad_input_gives_one_line_and_nonzero_exit(hf_folder, tmp_path, capsys) 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_in_a_real_process(hf_folder) -> None:  # type: ignore[no-untyped-def]
     folder, _ = hf_folder
-    proc = subprocess.run([sys.executable, "-m", "mixchat", "generate", "--model", str(folder), "--prompt", "x",
-                           "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mixchat", "generate", "--model", str(folder), "--prompt", "x", "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "CUDA" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""

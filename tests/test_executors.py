@@ -49,8 +49,14 @@ def in_worker(which: str, launcher: list[str], env: dict[str, str], quant: str =
     def run(ckpt: Path) -> Results:
         out = ckpt.parent / f"{which}{quant}.safetensors"
         extra = [quant] if quant else []
-        proc = subprocess.run([*launcher, str(WORKER), which, str(ckpt), str(out), *extra], capture_output=True,
-                              text=True, cwd=REPO, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+        proc = subprocess.run(
+            [*launcher, str(WORKER), which, str(ckpt), str(out), *extra],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=900,
+            env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return load_file(str(out))
 
@@ -74,10 +80,16 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "
 EXECUTORS = [
     pytest.param(in_process(CpuExecutor), id="cpu"),
     pytest.param(in_process(_eager_graph_step), id="graph-step-eager"),
-    pytest.param(in_worker("fused", [sys.executable], {"TRITON_INTERPRET": "1"}), id="fused-triton-interpreter",
-                 marks=_needs("triton")),
-    pytest.param(in_worker("pipeline", TORCHRUN, {"OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"}),
-                 id="pipeline-gloo", marks=_needs("torch.distributed")),
+    pytest.param(
+        in_worker("fused", [sys.executable], {"TRITON_INTERPRET": "1"}),
+        id="fused-triton-interpreter",
+        marks=_needs("triton"),
+    ),
+    pytest.param(
+        in_worker("pipeline", TORCHRUN, {"OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"}),
+        id="pipeline-gloo",
+        marks=_needs("torch.distributed"),
+    ),
 ]
 
 
@@ -98,17 +110,27 @@ def _cpu_kernels(model: Transformer) -> Executor:
 
 
 # Quantized executors, each against the module forward of a float32 model holding the dequantized weights.
-QUANT_EXECUTORS = [
-    pytest.param(quantized(f, _cpu_kernels), f, id=f"cpu-kernels-{f}") for f in ("int8", "int4")
-] + [
-    pytest.param(quantized(f, _eager_graph_step), f, id=f"graph-step-eager-{f}") for f in ("int8", "int4")
-] + [
-    pytest.param(in_worker("quant-triton", [sys.executable], {"TRITON_INTERPRET": "1"}, f), f,
-                 id=f"quant-triton-interpreter-{f}", marks=_needs("triton")) for f in ("int8", "int4")
-] + [
-    pytest.param(in_worker("pipeline", TORCHRUN, {"OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"}, "int8"),
-                 "int8", id="pipeline-gloo-int8", marks=_needs("torch.distributed")),
-]
+QUANT_EXECUTORS = (
+    [pytest.param(quantized(f, _cpu_kernels), f, id=f"cpu-kernels-{f}") for f in ("int8", "int4")]
+    + [pytest.param(quantized(f, _eager_graph_step), f, id=f"graph-step-eager-{f}") for f in ("int8", "int4")]
+    + [
+        pytest.param(
+            in_worker("quant-triton", [sys.executable], {"TRITON_INTERPRET": "1"}, f),
+            f,
+            id=f"quant-triton-interpreter-{f}",
+            marks=_needs("triton"),
+        )
+        for f in ("int8", "int4")
+    ]
+    + [
+        pytest.param(
+            in_worker("pipeline", TORCHRUN, {"OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"}, "int8"),
+            "int8",
+            id="pipeline-gloo-int8",
+            marks=_needs("torch.distributed"),
+        ),
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +158,9 @@ def test_quantized_executor_matches_the_dequantized_reference(
     if fmt not in _dequantized_references:
         q = build_model(inspect_folder(ckpt), torch.device("cpu"), torch.float32, make_spec(fmt))
         twin = dequantized_twin(q)
-        _dequantized_references[fmt] = run_schedule(Engine(twin, None, chunk_size=CHUNK, eos_id=-1,
-                                                           executor=ModuleExecutor(twin)))
+        _dequantized_references[fmt] = run_schedule(
+            Engine(twin, None, chunk_size=CHUNK, eos_id=-1, executor=ModuleExecutor(twin))
+        )
     _compare(run(ckpt), _dequantized_references[fmt])
 
 

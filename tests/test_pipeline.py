@@ -29,8 +29,13 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1",
-            "MIXCHAT_PEER_TIMEOUT": "20"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONIOENCODING": "utf-8",
+        "OMP_NUM_THREADS": "1",
+        "MIXCHAT_PEER_TIMEOUT": "20",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +58,11 @@ def assert_same(
 ) -> None:
     keys = sorted(k for k in ours if k.startswith(prefix))
     assert keys
-    mapped = {into + k[len(prefix):] for k in keys}
+    mapped = {into + k[len(prefix) :] for k in keys}
     parts = {k.split(".")[1] for k in mapped}  # "ids", "logits", ... or "turn2", "turn3"
     assert mapped == {k for k in theirs if k.startswith(into) and k.split(".")[1] in parts}, "other passes"
     for k in keys:
-        a, b = ours[k], theirs[into + k[len(prefix):]]
+        a, b = ours[k], theirs[into + k[len(prefix) :]]
         assert a.shape == b.shape, k
         if a.is_floating_point():
             torch.testing.assert_close(a, b, atol=atol, rtol=0, msg=f"{k}: max difference {(a - b).abs().max():.2e}")
@@ -70,8 +75,13 @@ def test_two_ranks_match_one_process(ckpt: Path, tmp_path: Path) -> None:
     ref = generate_packed(rt, "gen")
     ref |= conversation(rt, tmp_path, "single", "conv")  # saves 'single' after turn two
     out = tmp_path / "pipeline.safetensors"
-    proc = subprocess.run([*TORCHRUN, str(REPO / "tests" / "helpers" / "pipeline_worker.py"), str(ckpt), str(out),
-                           str(tmp_path)], capture_output=True, env=env(), cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [*TORCHRUN, str(REPO / "tests" / "helpers" / "pipeline_worker.py"), str(ckpt), str(out), str(tmp_path)],
+        capture_output=True,
+        env=env(),
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     pp = load_file(str(out))
     assert_same(pp, ref, "gen1.", "gen.")  # packed prompts, one pass per step
@@ -95,8 +105,13 @@ def test_stage_graph_steps_over_gloo(ckpt: Path, tmp_path: Path, monkeypatch: py
     ref = generate_packed(rt, "gen")
     ref |= conversation(rt, tmp_path, "single", "conv")
     out = tmp_path / "pipeline.safetensors"
-    proc = subprocess.run([*TORCHRUN, str(REPO / "tests" / "helpers" / "pipeline_worker.py"), str(ckpt), str(out),
-                           str(tmp_path)], capture_output=True, env=env(), cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [*TORCHRUN, str(REPO / "tests" / "helpers" / "pipeline_worker.py"), str(ckpt), str(out), str(tmp_path)],
+        capture_output=True,
+        env=env(),
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     pp = load_file(str(out))
     assert int(pp["stage_graphs"]) > 0  # rank 0 decoded through its stage's graph step
@@ -109,10 +124,22 @@ def test_stage_graph_steps_over_gloo(ckpt: Path, tmp_path: Path, monkeypatch: py
 def test_chat_plain_from_a_pipe_shows_every_layer(ckpt: Path, tmp_path: Path) -> None:
     stdin = b"Hello\nTell me more\n/stats\n"
     opts = ["chat", "--plain", "--model", str(ckpt), "--device", "cpu", "--temperature", "0", "--max-tokens", "8"]
-    one = subprocess.run([sys.executable, "-m", "mixchat", *opts, "--data-dir", str(tmp_path / "one")], input=stdin,
-                         capture_output=True, env=env(), cwd=REPO, timeout=120)
-    two = subprocess.run([*TORCHRUN, "-m", "mixchat", *opts, "--data-dir", str(tmp_path / "two")], input=stdin,
-                         capture_output=True, env=env(), cwd=REPO, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "mixchat", *opts, "--data-dir", str(tmp_path / "one")],
+        input=stdin,
+        capture_output=True,
+        env=env(),
+        cwd=REPO,
+        timeout=120,
+    )
+    two = subprocess.run(
+        [*TORCHRUN, "-m", "mixchat", *opts, "--data-dir", str(tmp_path / "two")],
+        input=stdin,
+        capture_output=True,
+        env=env(),
+        cwd=REPO,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr.decode()[-3000:]
     assert two.stdout == one.stdout and two.stdout.count(b"\n") == 2
     err = two.stderr.decode()
@@ -136,9 +163,28 @@ def _rank_pid(launcher: int, rank: int) -> int:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks through /proc")
 def test_a_killed_rank_ends_the_others(ckpt: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [*TORCHRUN, "-m", "mixchat", "chat", "--plain", "--model", str(ckpt), "--device", "cpu", "--data-dir",
-         str(tmp_path), "--temperature", "0", "--max-tokens", "4"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), cwd=REPO,
+        [
+            *TORCHRUN,
+            "-m",
+            "mixchat",
+            "chat",
+            "--plain",
+            "--model",
+            str(ckpt),
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(tmp_path),
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "4",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+        cwd=REPO,
         start_new_session=True,
     )
     try:

@@ -49,13 +49,26 @@ def env() -> dict[str, str]:
 
 def mixchat(*args: str, stdin: bytes = b"", **kw) -> subprocess.CompletedProcess[bytes]:  # type: ignore[no-untyped-def]
     capture = kw.pop("capture_output", True)
-    return subprocess.run([sys.executable, "-m", "mixchat", *args], input=stdin, capture_output=capture, cwd=REPO,
-                          env=env(), timeout=180, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mixchat", *args],
+        input=stdin,
+        capture_output=capture,
+        cwd=REPO,
+        env=env(),
+        timeout=180,
+        **kw,
+    )
 
 
 def start(*args: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "mixchat", *args], stdin=subprocess.PIPE, stdout=stdout,
-                            stderr=subprocess.PIPE, cwd=REPO, env=env())
+    return subprocess.Popen(
+        [sys.executable, "-m", "mixchat", *args],
+        stdin=subprocess.PIPE,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env(),
+    )
 
 
 def clean(err: bytes | str) -> str:
@@ -106,31 +119,79 @@ def saved(data: Path, name: str):  # type: ignore[no-untyped-def]
 
 def long_reply_args(ckpt: Path, data: Path, name: str) -> list[str]:
     """A random tiny model with a high token limit: the reply runs until a signal stops it."""
-    return ["chat", "--plain", "--model", str(ckpt), "--data-dir", str(data), "--conversation", name,
-            "--max-tokens", "100000", "--temperature", "1"]
+    return [
+        "chat",
+        "--plain",
+        "--model",
+        str(ckpt),
+        "--data-dir",
+        str(data),
+        "--conversation",
+        name,
+        "--max-tokens",
+        "100000",
+        "--temperature",
+        "1",
+    ]
 
 
 # ---- locking ------------------------------------------------------------------------------------------------------
 def test_second_process_is_refused_then_reads_forks_and_takes_over_a_stale_lock(ckpt: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    first = start("chat", "--plain", "--model", str(ckpt), "--data-dir", str(data), "--conversation", "c",
-                  "--max-tokens", "3", "--temperature", "0")
+    first = start(
+        "chat",
+        "--plain",
+        "--model",
+        str(ckpt),
+        "--data-dir",
+        str(data),
+        "--conversation",
+        "c",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+    )
     err = Collector(first.stderr)
     assert first.stdin is not None
     first.stdin.write(b"one\n")
     first.stdin.flush()
     try:
         assert err.wait_for(lambda d: b"saved conversation" in d), err.data
-        second = mixchat("chat", "--plain", "--model", str(ckpt), "--data-dir", str(data), "--resume", "c",
-                         "--max-tokens", "3", stdin=b"two\n")
+        second = mixchat(
+            "chat",
+            "--plain",
+            "--model",
+            str(ckpt),
+            "--data-dir",
+            str(data),
+            "--resume",
+            "c",
+            "--max-tokens",
+            "3",
+            stdin=b"two\n",
+        )
         assert second.returncode == 2
         one_line(second.stderr, "is open in another mixchat", f"pid {first.pid}", "--fork")
         assert [m.content for m in saved(data, "c").messages if m.role == "user"] == ["one"]
         # Reading needs no lock; a fork continues a copy while the original stays open.
         show = mixchat("conversations", "show", "c", "--data-dir", str(data))
         assert show.returncode == 0 and b"you> one" in show.stdout, show.stderr
-        fork = mixchat("chat", "--plain", "--model", str(ckpt), "--data-dir", str(data), "--resume", "c",
-                       "--fork", "c2", "--max-tokens", "3", stdin=b"two\n")
+        fork = mixchat(
+            "chat",
+            "--plain",
+            "--model",
+            str(ckpt),
+            "--data-dir",
+            str(data),
+            "--resume",
+            "c",
+            "--fork",
+            "c2",
+            "--max-tokens",
+            "3",
+            stdin=b"two\n",
+        )
         assert fork.returncode == 0, fork.stderr
         assert [m.content for m in saved(data, "c2").messages if m.role == "user"] == ["one", "two"]
         renamed = mixchat("conversations", "rename", "c", "c3", "--data-dir", str(data))
@@ -142,8 +203,19 @@ def test_second_process_is_refused_then_reads_forks_and_takes_over_a_stale_lock(
     finally:
         first.kill()
         first.wait(60)
-    after = mixchat("chat", "--plain", "--model", str(ckpt), "--data-dir", str(data), "--resume", "c",
-                    "--max-tokens", "3", stdin=b"four\n")
+    after = mixchat(
+        "chat",
+        "--plain",
+        "--model",
+        str(ckpt),
+        "--data-dir",
+        str(data),
+        "--resume",
+        "c",
+        "--max-tokens",
+        "3",
+        stdin=b"four\n",
+    )
     assert after.returncode == 0, after.stderr
     assert [m.content for m in saved(data, "c").messages if m.role == "user"] == ["one", "three", "four"]
 
@@ -171,8 +243,15 @@ def test_broken_pipe_ends_quietly_after_the_turn_is_saved(ckpt: Path, tmp_path: 
 def test_full_stdout_is_one_line_after_the_turn_is_saved(ckpt: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     with open("/dev/full", "wb") as full:
-        proc = mixchat(*long_reply_args(ckpt, data, "full")[:-4], "--max-tokens", "5", stdin=b"hello\n",
-                       stdout=full, stderr=subprocess.PIPE, capture_output=False)
+        proc = mixchat(
+            *long_reply_args(ckpt, data, "full")[:-4],
+            "--max-tokens",
+            "5",
+            stdin=b"hello\n",
+            stdout=full,
+            stderr=subprocess.PIPE,
+            capture_output=False,
+        )
     err = clean(proc.stderr)
     assert proc.returncode == 1
     assert "cannot write to stdout (No space left on device); the conversation was saved" in err, err
@@ -181,10 +260,24 @@ def test_full_stdout_is_one_line_after_the_turn_is_saved(ckpt: Path, tmp_path: P
 
 def test_closed_stdout_is_one_line_after_the_turn_is_saved(ckpt: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    cmd = [sys.executable, "-m", "mixchat", "chat", "--plain", "--model", str(ckpt), "--data-dir", str(data),
-           "--conversation", "closed", "--max-tokens", "5"]
-    proc = subprocess.run(["sh", "-c", '"$@" >&-', "sh", *cmd], input=b"hello\n", stderr=subprocess.PIPE,
-                          cwd=REPO, env=env(), timeout=180)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mixchat",
+        "chat",
+        "--plain",
+        "--model",
+        str(ckpt),
+        "--data-dir",
+        str(data),
+        "--conversation",
+        "closed",
+        "--max-tokens",
+        "5",
+    ]
+    proc = subprocess.run(
+        ["sh", "-c", '"$@" >&-', "sh", *cmd], input=b"hello\n", stderr=subprocess.PIPE, cwd=REPO, env=env(), timeout=180
+    )
     err = clean(proc.stderr)
     assert proc.returncode == 1 and "cannot write to stdout (stdout is closed)" in err, err
     assert [m.content for m in saved(data, "closed").messages if m.role == "user"] == ["hello"]
@@ -192,19 +285,33 @@ def test_closed_stdout_is_one_line_after_the_turn_is_saved(ckpt: Path, tmp_path:
 
 # ---- storage ------------------------------------------------------------------------------------------------------
 def _enospc(*args, **kwargs):  # type: ignore[no-untyped-def]
-    raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
-                          'message: "No space left on device" })')
+    raise SafetensorError(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    )
 
 
-def test_full_disk_save_is_one_line_non_zero_and_leaves_no_folder(ckpt: Path, tmp_path: Path, capsys,
-                                                                  monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_full_disk_save_is_one_line_non_zero_and_leaves_no_folder(
+    ckpt: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     import mixchat.session.cachefile as cachefile
 
     data = tmp_path / "data"
     monkeypatch.setattr(cachefile, "save_file", _enospc)
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
-    rc = main(["chat", "--plain", "--model", str(ckpt), "--data-dir", str(data), "--conversation", "disk",
-               "--max-tokens", "3"])
+    rc = main(
+        [
+            "chat",
+            "--plain",
+            "--model",
+            str(ckpt),
+            "--data-dir",
+            str(data),
+            "--conversation",
+            "disk",
+            "--max-tokens",
+            "3",
+        ]
+    )
     err = clean(capsys.readouterr().err)
     assert rc == 1, err
     assert "could not save conversation 'disk'" in err and "No space left on device" in err
@@ -260,8 +367,10 @@ def test_read_only_folder_is_one_line(ckpt: Path, tmp_path: Path, capsys, monkey
     monkeypatch.undo()
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    for argv in (["conversations", "list", "--data-dir", str(a_file)],
-                 ["chat", "--plain", "--model", str(ckpt), "--data-dir", str(a_file)]):
+    for argv in (
+        ["conversations", "list", "--data-dir", str(a_file)],
+        ["chat", "--plain", "--model", str(ckpt), "--data-dir", str(a_file)],
+    ):
         monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
         assert main(argv) == 2
         one_line(capsys.readouterr().err, "is a file, not a folder")
@@ -270,8 +379,10 @@ def test_read_only_folder_is_one_line(ckpt: Path, tmp_path: Path, capsys, monkey
 # ---- numbers ------------------------------------------------------------------------------------------------------
 def test_huge_seed_on_the_command_line_and_in_a_transcript(ckpt: Path, tmp_path: Path) -> None:
     huge = str(2**64)
-    for argv in (["generate", "--model", str(ckpt), "--prompt", "hi", "--seed", huge],
-                 ["chat", "--plain", "--model", str(ckpt), "--data-dir", str(tmp_path), "--seed", huge]):
+    for argv in (
+        ["generate", "--model", str(ckpt), "--prompt", "hi", "--seed", huge],
+        ["chat", "--plain", "--model", str(ckpt), "--data-dir", str(tmp_path), "--seed", huge],
+    ):
         proc = mixchat(*argv, stdin=b"hi\n")
         assert proc.returncode == 2
         one_line(proc.stderr, huge, "2^63")
@@ -283,21 +394,34 @@ def test_huge_seed_on_the_command_line_and_in_a_transcript(ckpt: Path, tmp_path:
     d = json.loads(path.read_text())
     d["settings"]["seed"] = 2**70
     path.write_text(json.dumps(d))
-    proc = mixchat("chat", "--plain", "--model", str(ckpt), "--data-dir", str(tmp_path), "--resume", "seeded",
-                   stdin=b"again\n")
+    proc = mixchat(
+        "chat", "--plain", "--model", str(ckpt), "--data-dir", str(tmp_path), "--resume", "seeded", stdin=b"again\n"
+    )
     assert proc.returncode == 2
     one_line(proc.stderr, str(2**70), str(path), "repair")
     fixed = mixchat("conversations", "repair", "seeded", "--data-dir", str(tmp_path))
     assert fixed.returncode == 0 and b"reset the setting seed" in fixed.stderr, fixed.stderr
-    again = mixchat("chat", "--plain", "--model", str(ckpt), "--data-dir", str(tmp_path), "--resume", "seeded",
-                    "--max-tokens", "3", stdin=b"again\n")
+    again = mixchat(
+        "chat",
+        "--plain",
+        "--model",
+        str(ckpt),
+        "--data-dir",
+        str(tmp_path),
+        "--resume",
+        "seeded",
+        "--max-tokens",
+        "3",
+        stdin=b"again\n",
+    )
     assert again.returncode == 0, again.stderr
     assert [m.content for m in saved(tmp_path, "seeded").messages if m.role == "user"] == ["hi", "again"]
     assert any(p.name.startswith("transcript.damaged-") for p in folder.iterdir())  # the original is kept
 
 
-def _edited_checkpoint(ckpt: Path, folder: Path, params: dict | None = None,
-                       tensor: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
+def _edited_checkpoint(
+    ckpt: Path, folder: Path, params: dict | None = None, tensor: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> Path:
     folder.mkdir()
     for f in ckpt.iterdir():
         if f.name != "consolidated.safetensors":
@@ -337,9 +461,23 @@ def test_checkpoint_numbers_are_checked(ckpt: Path, tmp_path: Path, case: str, p
 
 
 def test_full_context_on_a_full_attention_model_is_a_non_zero_exit(full_attention_ckpt: Path, tmp_path: Path) -> None:
-    proc = mixchat("chat", "--plain", "--model", str(full_attention_ckpt), "--max-context", "24", "--data-dir",
-                   str(tmp_path), "--conversation", "full", "--max-tokens", "8", "--temperature", "0",
-                   stdin=b"one\ntwo\nthree\nfour\nfive\n")
+    proc = mixchat(
+        "chat",
+        "--plain",
+        "--model",
+        str(full_attention_ckpt),
+        "--max-context",
+        "24",
+        "--data-dir",
+        str(tmp_path),
+        "--conversation",
+        "full",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        stdin=b"one\ntwo\nthree\nfour\nfive\n",
+    )
     err = clean(proc.stderr)
     assert proc.returncode == 2 and "context" in err, err
     assert err.count("mixchat: error:") == 1  # the next turns are not tried once the context is full
@@ -354,8 +492,9 @@ def test_experts_per_token_in_a_transcript_is_checked(ckpt: Path, tmp_path: Path
     d = json.loads(path.read_text())
     d["settings"]["experts_per_token"] = 999
     path.write_text(json.dumps(d))
-    proc = mixchat("chat", "--plain", "--model", str(ckpt), "--data-dir", str(tmp_path), "--resume", "k",
-                   stdin=b"again\n")
+    proc = mixchat(
+        "chat", "--plain", "--model", str(ckpt), "--data-dir", str(tmp_path), "--resume", "k", stdin=b"again\n"
+    )
     assert proc.returncode == 2
     one_line(proc.stderr, "experts_per_token 999", str(path))
 
@@ -363,10 +502,17 @@ def test_experts_per_token_in_a_transcript_is_checked(ckpt: Path, tmp_path: Path
 # ---- input --------------------------------------------------------------------------------------------------------
 def test_closed_and_binary_stdin(ckpt: Path, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "mixchat"]
-    for argv, expect in ((["chat", "--plain", "--data-dir", str(tmp_path)], "stdin is closed"),
-                         (["generate", "--prompts-file", "-"], "stdin is closed")):
-        proc = subprocess.run(["sh", "-c", '"$@" <&-', "sh", *base, *argv, "--model", str(ckpt)],
-                              capture_output=True, cwd=REPO, env=env(), timeout=180)
+    for argv, expect in (
+        (["chat", "--plain", "--data-dir", str(tmp_path)], "stdin is closed"),
+        (["generate", "--prompts-file", "-"], "stdin is closed"),
+    ):
+        proc = subprocess.run(
+            ["sh", "-c", '"$@" <&-', "sh", *base, *argv, "--model", str(ckpt)],
+            capture_output=True,
+            cwd=REPO,
+            env=env(),
+            timeout=180,
+        )
         assert proc.returncode == 2
         one_line(proc.stderr, expect)
     garbage = bytes(range(128, 256)) * 4 + b"\x00\xff\xfe\n"
@@ -404,8 +550,9 @@ def test_early_sigint_is_quiet(ckpt: Path, tmp_path: Path, delay: float) -> None
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_sigterm_and_sighup_mid_reply_save_the_partial_reply(ckpt: Path, tmp_path: Path, signum: int,
-                                                              status: int) -> None:
+def test_sigterm_and_sighup_mid_reply_save_the_partial_reply(
+    ckpt: Path, tmp_path: Path, signum: int, status: int
+) -> None:
     data = tmp_path / "data"
     proc = start(*long_reply_args(ckpt, data, "sig"))
     out = Collector(proc.stdout)
@@ -461,10 +608,17 @@ def _edit(ids: list[int], messages: list[dict]) -> tuple[list[int], list[dict]]:
     [
         ("edited ids", _edit),
         ("ids cut short", lambda ids, ms: (ids[: len(ids) - 3], ms)),
-        ("edited text", lambda ids, ms: (ids, [{**m, "content": m["content"] + " edited"} if i == 0 else m
-                                              for i, m in enumerate(ms)])),
-        ("changed role", lambda ids, ms: (ids, [{**m, "role": "assistant"} if i == 2 else m
-                                              for i, m in enumerate(ms)])),
+        (
+            "edited text",
+            lambda ids, ms: (
+                ids,
+                [{**m, "content": m["content"] + " edited"} if i == 0 else m for i, m in enumerate(ms)],
+            ),
+        ),
+        (
+            "changed role",
+            lambda ids, ms: (ids, [{**m, "role": "assistant"} if i == 2 else m for i, m in enumerate(ms)]),
+        ),
     ],
 )
 def test_transcript_ids_are_checked_against_the_messages(ckpt: Path, tmp_path: Path, case: str, edit) -> None:  # type: ignore[no-untyped-def]
@@ -504,9 +658,13 @@ def test_alias_names_are_refused(ckpt: Path, tmp_path: Path, capsys) -> None:  #
     drain(conv.send("hi"))
     ConversationStore(tmp_path).save(conv, "rb2")
     d = ["--data-dir", str(tmp_path)]
-    for argv in (["conversations", "delete", "rb/../rb2", *d], ["conversations", "show", "rb2/.", *d],
-                 ["conversations", "export", "./rb2", *d], ["conversations", "rename", "rb2", "..", *d],
-                 ["conversations", "rename", "rb/../rb2", "x", *d]):
+    for argv in (
+        ["conversations", "delete", "rb/../rb2", *d],
+        ["conversations", "show", "rb2/.", *d],
+        ["conversations", "export", "./rb2", *d],
+        ["conversations", "rename", "rb2", "..", *d],
+        ["conversations", "rename", "rb/../rb2", "x", *d],
+    ):
         assert main(argv) == 2, argv
         one_line(capsys.readouterr().err, "cannot be '.' or '..' or contain '/'")
     assert ConversationStore(tmp_path).read("rb2").messages[0].content == "hi"  # still there, untouched
@@ -563,9 +721,15 @@ def test_app_refuses_a_conversation_open_in_another_process(ckpt: Path, tmp_path
     store.save(conv, "busy")
     lock_path(store.root, conv.id).parent.mkdir(exist_ok=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
-         str(lock_path(store.root, conv.id))], stdout=subprocess.PIPE)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
+            str(lock_path(store.root, conv.id)),
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
 

@@ -86,8 +86,9 @@ def test_resume_continues_without_prefilling_old_turns(ckpt: Path, tmp_path: Pat
 
 
 def test_saved_files_are_json_and_safetensors(rt, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    conv = chat(rt, TURNS[:4], Conversation.from_runtime(rt, ChatSettings(system="Be kind.", temperature=0,
-                                                                          max_tokens=6)))
+    conv = chat(
+        rt, TURNS[:4], Conversation.from_runtime(rt, ChatSettings(system="Be kind.", temperature=0, max_tokens=6))
+    )
     folder = ConversationStore(tmp_path).save(conv, "files")
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["cache-1.safetensors", "transcript.json", "undo-1.safetensors"]
@@ -274,8 +275,20 @@ def test_names_that_are_not_one_folder_name_are_refused(rt, tmp_path: Path, name
 
 @pytest.mark.parametrize(
     "name",
-    ["~", "nul", "CON", "tab\there", "bell\x07\x1b[31m", "x" * MAX_NAME, "ünïcødé 名前", "a\x00b", "-rf", ".hidden",
-     "...", "a..b"],
+    [
+        "~",
+        "nul",
+        "CON",
+        "tab\there",
+        "bell\x07\x1b[31m",
+        "x" * MAX_NAME,
+        "ünïcødé 名前",
+        "a\x00b",
+        "-rf",
+        ".hidden",
+        "...",
+        "a..b",
+    ],
 )
 def test_names_cannot_escape_the_data_dir(rt, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     store = ConversationStore(tmp_path / "data")
@@ -338,8 +351,11 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 # ---- no pickle, no textual -----------------------------------------------------------------------------------------
 def test_no_pickle_and_no_textual_in_the_session_layer() -> None:
-    files = [*(REPO / "mixchat" / "session").glob("*.py"), REPO / "mixchat" / "cli" / "chat.py",
-             REPO / "mixchat" / "cli" / "conversations.py"]
+    files = [
+        *(REPO / "mixchat" / "session").glob("*.py"),
+        REPO / "mixchat" / "cli" / "chat.py",
+        REPO / "mixchat" / "cli" / "conversations.py",
+    ]
     assert len(files) >= 9
     unsafe_modules = {"pickle", "cPickle", "_pickle", "dill", "joblib", "shelve", "marshal", "cloudpickle"}
     for path in files:

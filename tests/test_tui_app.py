@@ -69,7 +69,7 @@ def test_reply_streams_and_grid_shows_the_engines_routing(tmp_path: Path) -> Non
                 row = lines[2 + layer]
                 assert row.startswith(f"L{layer}")
                 for col, index in enumerate(grid.view):
-                    cell = row[4 + col * cw: 4 + col * cw + cw - 1]
+                    cell = row[4 + col * cw : 4 + col * cw + cw - 1]
                     assert cell == "".join(expert_char(e) for e in ref_routing[index].experts[layer][: cw - 1])
             # load counts: every routed token counted k times per layer
             assert all(sum(row) == 2 * len(ref_tokens) for row in history.counts)
@@ -160,8 +160,14 @@ def test_resume_opens_the_saved_cache_without_prefilling_again(tmp_path: Path) -
 def reference_continuation(conv, text: str) -> str:  # type: ignore[no-untyped-def]
     """The reply to `text` after `conv`, computed from a fresh pre-fill of the whole conversation."""
     rt = tiny_runtime()
-    fresh = Conversation(rt.engine, rt.tokenizer, conv.fingerprint, ChatSettings(temperature=0.0, max_tokens=8),
-                         messages=conv.messages, ids=conv.ids)
+    fresh = Conversation(
+        rt.engine,
+        rt.tokenizer,
+        conv.fingerprint,
+        ChatSettings(temperature=0.0, max_tokens=8),
+        messages=conv.messages,
+        ids=conv.ids,
+    )
     for _ in fresh.send(text):
         pass
     return fresh.messages[-1].content
@@ -372,7 +378,14 @@ def test_settings_screen_changes_the_conversation(tmp_path: Path) -> None:
             await until(pilot, lambda: app.screen is chat, what="back to the chat")
             s = chat.conversation.settings
             assert (s.system, s.temperature, s.top_p, s.max_tokens, s.seed, s.chunk_size, s.experts_per_token) == (
-                "Answer briefly.", 0.5, 0.9, 7, 42, 64, 4)
+                "Answer briefly.",
+                0.5,
+                0.9,
+                7,
+                42,
+                64,
+                4,
+            )
             assert app.theme == "glacier"
             await chat.send("Hi")
             await idle(pilot, chat)
@@ -396,9 +409,20 @@ def test_help_palette_and_small_terminal(tmp_path: Path) -> None:
             await pilot.press("escape")
             await until(pilot, lambda: app.screen is chat, what="chat again")
             titles = {c.title for c in app.get_system_commands(chat)}
-            assert {"New conversation", "Conversations", "Settings", "Toggle routing panel", "Colour by expert",
-                    "More experts per token", "Fewer experts per token", "Stop the reply", "Theme",
-                    "Export this conversation", "Rename this conversation", "Help"} <= titles
+            assert {
+                "New conversation",
+                "Conversations",
+                "Settings",
+                "Toggle routing panel",
+                "Colour by expert",
+                "More experts per token",
+                "Fewer experts per token",
+                "Stop the reply",
+                "Theme",
+                "Export this conversation",
+                "Rename this conversation",
+                "Help",
+            } <= titles
             await pilot.press("ctrl+r")
             assert not chat.panel.display and chat.transcript.size.width > 70  # the chat takes the room
             prefs = json.loads((tmp_path / "config" / "tui.json").read_text())

@@ -18,8 +18,14 @@ from mixchat.tui.keys import CHAT_KEYS, CONVERSATION_KEYS, SETTINGS_KEYS
 
 
 def mixchat(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mixchat", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mixchat", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_a_missing_model_is_one_line_and_status_2(tmp_path: Path) -> None:
@@ -84,8 +90,9 @@ def test_the_app_loads_a_model_folder_with_progress(tmp_path: Path) -> None:
             super().on_model_load_progressed(message)
 
     async def scenario() -> None:
-        app = Recording(tiny_checkpoint(), device="cpu", data_dir=tmp_path / "d", config=tmp_path / "c",
-                        deterministic=True)
+        app = Recording(
+            tiny_checkpoint(), device="cpu", data_dir=tmp_path / "d", config=tmp_path / "c", deterministic=True
+        )
         async with app.run_test() as pilot:
             chat = await chat_screen(pilot)
             assert chat.runtime.model.args.n_layers == 2

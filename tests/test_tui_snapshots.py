@@ -93,6 +93,10 @@ def test_settings_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[
         await until(pilot, lambda: isinstance(pilot.app.screen, SettingsScreen), what="settings")
         await pilot.pause(0.1)
 
-    app = make_app(tmp_path, conversation="settings demo", system="You are a helpful assistant.",
-                   overrides={"seed": 7, "max_tokens": 256})
+    app = make_app(
+        tmp_path,
+        conversation="settings demo",
+        system="You are a helpful assistant.",
+        overrides={"seed": 7, "max_tokens": 256},
+    )
     assert snap_compare(app, terminal_size=SIZE, run_before=open_settings)

@@ -91,5 +91,3 @@ def strip_text(strip: Any) -> str:
 
 def panel_lines(panel: Any) -> list[str]:
     return [strip_text(s) for s in panel._strips_for(panel.scrollable_content_region.width)]
-
-

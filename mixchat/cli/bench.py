@@ -35,22 +35,43 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure time to first token, pre-fill and decode speed",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", metavar="NAME", help=f"random weights of a named shape: {', '.join(SHAPES)} "
-                   "(with --quant, drawn layer by layer already quantized)")
+    p = sub.add_parser(
+        "bench",
+        help="measure time to first token, pre-fill and decode speed",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--shape",
+        metavar="NAME",
+        help=f"random weights of a named shape: {', '.join(SHAPES)} "
+        "(with --quant, drawn layer by layer already quantized)",
+    )
     p.add_argument("--batch", type=positive_int, default=1, help="sequences packed per pass (default 1)")
     p.add_argument("--prompt-tokens", type=positive_int, default=1000, help="prompt length (default 1000)")
     p.add_argument("--new-tokens", type=positive_int, default=64, help="decode steps (default 64)")
-    p.add_argument("--repeats", type=positive_int, default=5,
-                   help="timed repeats after a warm-up; medians are reported (default 5)")
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=5,
+        help="timed repeats after a warm-up; medians are reported (default 5)",
+    )
     p.add_argument("--compare", choices=["transformers"], help="also run the same weights through transformers")
-    p.add_argument("--window-check", action="store_true",
-                   help="pre-fill 20 windows of tokens and print the cache size along the way")
-    p.add_argument("--micro-batches", type=positive_int, default=1, metavar="M",
-                   help="under torchrun: split the batch into M micro-batches that go through the pipeline "
-                   "stages at the same time; in decode each micro-batch then runs its own steps, so one stage "
-                   "works on a micro-batch while the next stage works on another (default 1)")
+    p.add_argument(
+        "--window-check",
+        action="store_true",
+        help="pre-fill 20 windows of tokens and print the cache size along the way",
+    )
+    p.add_argument(
+        "--micro-batches",
+        type=positive_int,
+        default=1,
+        metavar="M",
+        help="under torchrun: split the batch into M micro-batches that go through the pipeline "
+        "stages at the same time; in decode each micro-batch then runs its own steps, so one stage "
+        "works on a micro-batch while the next stage works on another (default 1)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     add_model_options(p)
@@ -68,8 +89,12 @@ class Timing:
 def _timing(rounds: list[tuple[float, float, float | None]], steps: bool = True) -> Timing:
     """Rounds of (ttft, first step or 0, decode tokens/s or None) -> a Timing of the timed rounds only."""
     kept = [r for r in rounds if r[2] is not None]
-    return Timing([r[0] for r in kept], [r[2] for r in kept], [r[1] for r in kept] if steps else None,  # type: ignore[misc]
-                  len(rounds) - len(kept))
+    return Timing(
+        [r[0] for r in kept],
+        [r[2] for r in kept if r[2] is not None],
+        [r[1] for r in kept] if steps else None,
+        len(rounds) - len(kept),
+    )
 
 
 def _rate(tokens: int, seconds: float) -> float | None:
@@ -80,7 +105,6 @@ def _rate(tokens: int, seconds: float) -> float | None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
 
 
 @torch.inference_mode()
@@ -277,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         if args.max_context:
             margs.max_context = args.max_context
         spec = requested or QuantSpec()
-        dtype = resolve_dtype(args.dtype, device, spec.quantized)
+        dtype = resolve_dtype(args.dtype, device, quantized=spec.quantized)
         if pipeline is not None:
             model = pipeline.lead(pipeline.stage_from_shape(margs, dtype, args.seed, spec))
         else:
@@ -303,8 +327,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         engine = Engine(model, None, chunk_size=args.chunk_size, eos_id=-1)
     gen = torch.Generator().manual_seed(args.seed)
-    prompts = [torch.randint(3, margs.vocab_size, (args.prompt_tokens,), generator=gen).tolist()
-               for _ in range(args.batch)]
+    prompts = [
+        torch.randint(3, margs.vocab_size, (args.prompt_tokens,), generator=gen).tolist() for _ in range(args.batch)
+    ]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     theirs: Timing | None = None
@@ -383,22 +408,30 @@ def _window_check(engine) -> list[dict[str, int]]:  # type: ignore[no-untyped-de
 def _print(r: dict) -> None:
     d = r["decode_tokens_per_s"]
     print(f"{r['model']} on {r['device']} ({r['dtype']}, {r['threads']} threads), batch {r['batch']}")
-    print(f"  time to first token ({r['prompt_tokens']} tokens): {r['ttft_s']['median'] * 1000:.1f} ms  "
-          f"(pre-fill {r['prefill_tokens_per_s']:,.0f} tokens/s)")
+    print(
+        f"  time to first token ({r['prompt_tokens']} tokens): {r['ttft_s']['median'] * 1000:.1f} ms  "
+        f"(pre-fill {r['prefill_tokens_per_s']:,.0f} tokens/s)"
+    )
     print(f"  decode: {d['median']:.1f} tokens/s (min {d['min']:.1f}, max {d['max']:.1f}) over {r['repeats']} repeats")
     print(f"  peak memory: {r['peak_memory_bytes'] / 2**20:,.0f} MiB")
     if "pipeline" in r:
         pp = r["pipeline"]
         each = ", ".join(f"rank {i}: {b / 2**20:,.0f} MiB" for i, b in enumerate(pp["peak_memory_bytes_per_rank"]))
-        print(f"  pipeline: {pp['ranks']} ranks, layers {pp['layers_per_rank']}, {pp['micro_batches']} micro-batches; "
-              f"peak memory {each}")
+        print(
+            f"  pipeline: {pp['ranks']} ranks, layers {pp['layers_per_rank']}, {pp['micro_batches']} micro-batches; "
+            f"peak memory {each}"
+        )
     if "decode_fraction_of_bound" in r:
-        print(f"  bandwidth bound {r['decode_bandwidth_bound_tokens_per_s']:.0f} tokens/s: "
-              f"{r['decode_fraction_of_bound'] * 100:.0f}% reached")
+        print(
+            f"  bandwidth bound {r['decode_bandwidth_bound_tokens_per_s']:.0f} tokens/s: "
+            f"{r['decode_fraction_of_bound'] * 100:.0f}% reached"
+        )
     for row in r.get("cache_bytes_over_conversation", []):
         print(f"  cache after {row['tokens']:,} tokens: {row['cache_bytes']:,} bytes")
     if "transformers" in r:
         t = r["transformers"]
-        print(f"  transformers: ttft {t['ttft_s']['median'] * 1000:.1f} ms, decode "
-              f"{t['decode_tokens_per_s']['median']:.1f} tokens/s")
+        print(
+            f"  transformers: ttft {t['ttft_s']['median'] * 1000:.1f} ms, decode "
+            f"{t['decode_tokens_per_s']['median']:.1f} tokens/s"
+        )
         print(f"  ratios: decode {r['decode_speed_ratio']:.2f}x, time to first token {r['ttft_speedup_ratio']:.2f}x")

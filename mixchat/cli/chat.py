@@ -64,17 +64,30 @@ HELP = EPILOG.split("\n\nexamples:")[0]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("chat", help="chat with a model (--plain: a line REPL for pipes and scripts)",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model (--plain: a line REPL for pipes and scripts)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--plain", action="store_true", help="line REPL on stdin/stdout instead of the TUI")
     g = p.add_argument_group("conversation")
     which = g.add_mutually_exclusive_group()
     which.add_argument("--conversation", metavar="NAME", help="open NAME if it exists, else start it under NAME")
-    which.add_argument("--resume", nargs="?", const="", metavar="NAME",
-                       help="continue NAME, or without NAME the most recently updated conversation")
-    g.add_argument("--fork", metavar="NEW_NAME",
-                   help="with --resume/--conversation: continue a copy named NEW_NAME (works while the original "
-                        "is open elsewhere)")
+    which.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="continue NAME, or without NAME the most recently updated conversation",
+    )
+    g.add_argument(
+        "--fork",
+        metavar="NEW_NAME",
+        help="with --resume/--conversation: continue a copy named NEW_NAME (works while the original "
+        "is open elsewhere)",
+    )
     g.add_argument("--system", metavar="TEXT", help="system prompt of a new conversation")
     add_data_dir_option(g)
     # Defaults are None so that a resumed conversation keeps its saved settings unless a flag overrides them.
@@ -257,8 +270,11 @@ class PlainRepl:
     def loop(self) -> int:
         if self.interactive:
             c = self.conv
-            what = f"resumed {c.name!r} ({c.turns} turns, {len(c.ids)} tokens)" if self.resumed else (
-                f"new conversation{f' {c.name!r}' if c.name else ''}")
+            what = (
+                f"resumed {c.name!r} ({c.turns} turns, {len(c.ids)} tokens)"
+                if self.resumed
+                else (f"new conversation{f' {c.name!r}' if c.name else ''}")
+            )
             self.status(f"mixchat · {self.rt.name} · {what} · /help for commands, Ctrl-D to quit")
         while True:
             STOP.check()  # a signal that arrived during a turn ends the session now that the turn is saved
@@ -444,8 +460,9 @@ class PlainRepl:
         old = self.conv
         settings = replace(old.settings, system=system)
         old.invalidate_cache()  # the buffer is reused (a second one would double the memory); `old` is saved
-        self.conv = Conversation(self.rt.engine, self.rt.tokenizer, old.fingerprint, settings,
-                                 model_name=old.model_name, cache=old.cache)
+        self.conv = Conversation(
+            self.rt.engine, self.rt.tokenizer, old.fingerprint, settings, model_name=old.model_name, cache=old.cache
+        )
         self.lock.release()
         self.lock = acquire(self.store.root, self.conv.id, "new conversation")
         self.resumed = False
@@ -480,22 +497,28 @@ STEER_COMMANDS = {name: _steer(name) for name in ("retry", "undo", "edit", "fork
 
 def format_stats(s: Any) -> list[str]:
     """Conversation.stats() as a few lines of text."""
-    lines = [f"conversation: {s.turns} turns, {s.tokens} tokens; cache has seen {s.cached} "
-             f"({s.tokens - s.cached} pending)"]
+    lines = [
+        f"conversation: {s.turns} turns, {s.tokens} tokens; cache has seen {s.cached} ({s.tokens - s.cached} pending)"
+    ]
     kind = "window" if s.window is not None else "context"
-    lines.append(f"{kind}: {s.live}/{s.capacity} slots ({100 * s.fill:.0f}% full), wrapped {s.wraps} times, "
-                 f"cache {human_bytes(s.cache_bytes)}")
+    lines.append(
+        f"{kind}: {s.live}/{s.capacity} slots ({100 * s.fill:.0f}% full), wrapped {s.wraps} times, "
+        f"cache {human_bytes(s.cache_bytes)}"
+    )
     if getattr(s, "smallest_capacity", None) is not None:
         lines.append(f"smallest layer window: {min(s.cached, s.smallest_capacity)}/{s.smallest_capacity} slots")
     if s.last is not None:
         last = s.last
-        lines.append(f"last reply: {last.reply_tokens} tokens ({last.finish_reason}), {last.decode_tps:.1f} tok/s; "
-                     f"pre-filled {last.prompt_tokens} tokens in {last.prefill_seconds:.2f} s")
+        lines.append(
+            f"last reply: {last.reply_tokens} tokens ({last.finish_reason}), {last.decode_tps:.1f} tok/s; "
+            f"pre-filled {last.prompt_tokens} tokens in {last.prefill_seconds:.2f} s"
+        )
     lines.append(f"this session: pre-filled {s.prefilled_tokens} tokens, decoded {s.decoded_tokens}")
     if s.expert_usage is not None and s.last is not None:
         n = len(s.last.routing)
-        lines.append(f"experts chosen for the last reply's {n} tokens (top-{s.experts_per_token}), "
-                     "expert:count per layer:")
+        lines.append(
+            f"experts chosen for the last reply's {n} tokens (top-{s.experts_per_token}), expert:count per layer:"
+        )
         for layer, counts in enumerate(s.expert_usage):
             lines.append(f"  L{layer:<3}" + " ".join(f"{e}:{c}" for e, c in enumerate(counts)))
     return lines

@@ -22,36 +22,67 @@ class Parser(argparse.ArgumentParser):
 
 def add_model_options(p: argparse.ArgumentParser, chunk: bool = True) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", metavar="DIR", help="model folder (Mistral-native or Hugging Face layout, "
-                   "safetensors); default: the built-in model")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where to run (default: cuda if available, else cpu)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weight dtype (default: bfloat16 on cuda; on cpu the checkpoint's bfloat16 where the "
-                   "CPU computes it, else float32)")
+    g.add_argument(
+        "--model",
+        metavar="DIR",
+        help="model folder (Mistral-native or Hugging Face layout, safetensors); default: the built-in model",
+    )
+    g.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where to run (default: cuda if available, else cpu)",
+    )
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weight dtype (default: bfloat16 on cuda; on cpu the checkpoint's bfloat16 where the "
+        "CPU computes it, else float32)",
+    )
     add_template_option(g)
-    g.add_argument("--max-context", type=positive_int, metavar="N",
-                   help="context limit for models without a sliding window (default 32768)")
+    g.add_argument(
+        "--max-context",
+        type=positive_int,
+        metavar="N",
+        help="context limit for models without a sliding window (default 32768)",
+    )
     add_quant_options(g)
     if chunk:
-        g.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE, metavar="N",
-                       help=f"pre-fill at most N tokens per sequence per forward pass (default {DEFAULT_CHUNK_SIZE})")
+        g.add_argument(
+            "--chunk-size",
+            type=positive_int,
+            default=DEFAULT_CHUNK_SIZE,
+            metavar="N",
+            help=f"pre-fill at most N tokens per sequence per forward pass (default {DEFAULT_CHUNK_SIZE})",
+        )
 
 
 def add_template_option(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
-    g.add_argument("--template", choices=list(TEMPLATES), metavar="VERSION",
-                   help="chat template to use instead of the one the tokenizer files imply "
-                   f"({', '.join(TEMPLATES)})")
+    g.add_argument(
+        "--template",
+        choices=list(TEMPLATES),
+        metavar="VERSION",
+        help=f"chat template to use instead of the one the tokenizer files imply ({', '.join(TEMPLATES)})",
+    )
 
 
 def add_quant_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     """--quant and --group-size: how the weights are held (docs/QUANTIZATION.md)."""
-    g.add_argument("--quant", choices=FORMATS, metavar="{" + ",".join(FORMATS) + "}",
-                   help="weight-only quantization: int8 (per channel) or int4 (groups); default: as stored "
-                   "(a full-precision checkpoint is quantized while loading)")
-    g.add_argument("--group-size", type=int, metavar="G",
-                   help=f"int4 group size, one of {', '.join(map(str, GROUP_SIZES))} (default {DEFAULT_GROUP_SIZE}; "
-                   "smaller where a dimension needs it)")
+    g.add_argument(
+        "--quant",
+        choices=FORMATS,
+        metavar="{" + ",".join(FORMATS) + "}",
+        help="weight-only quantization: int8 (per channel) or int4 (groups); default: as stored "
+        "(a full-precision checkpoint is quantized while loading)",
+    )
+    g.add_argument(
+        "--group-size",
+        type=int,
+        metavar="G",
+        help=f"int4 group size, one of {', '.join(map(str, GROUP_SIZES))} (default {DEFAULT_GROUP_SIZE}; "
+        "smaller where a dimension needs it)",
+    )
 
 
 def quant_from_args(args: argparse.Namespace) -> QuantSpec | None:
@@ -61,11 +92,21 @@ def quant_from_args(args: argparse.Namespace) -> QuantSpec | None:
 
 def add_sampling_options(p: argparse.ArgumentParser, temperature: float = 0.7, max_tokens: int = 256) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--temperature", type=non_negative_float, default=temperature, metavar="T",
-                   help=f"0 = greedy (default {temperature})")
+    g.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=temperature,
+        metavar="T",
+        help=f"0 = greedy (default {temperature})",
+    )
     g.add_argument("--top-p", type=unit_float, default=0.95, metavar="P", help="nucleus sampling mass (default 0.95)")
-    g.add_argument("--max-tokens", type=positive_int, default=max_tokens, metavar="N",
-                   help=f"stop a reply after N tokens (default {max_tokens})")
+    g.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=max_tokens,
+        metavar="N",
+        help=f"stop a reply after N tokens (default {max_tokens})",
+    )
     g.add_argument("--seed", type=seed_int, metavar="S", help="random seed for reproducible sampling")
 
 
@@ -77,13 +118,22 @@ def add_conversation_options(g: argparse._ArgumentGroup) -> None:
     d = ChatSettings()  # the fallbacks the help names are the settings' own defaults
     g.add_argument("--temperature", type=non_negative_float, metavar="T", help=f"0 = greedy (default {d.temperature})")
     g.add_argument("--top-p", type=unit_float, metavar="P", help=f"nucleus sampling mass (default {d.top_p})")
-    g.add_argument("--max-tokens", type=positive_int, metavar="N",
-                   help=f"stop a reply after N tokens (default {d.max_tokens})")
+    g.add_argument(
+        "--max-tokens", type=positive_int, metavar="N", help=f"stop a reply after N tokens (default {d.max_tokens})"
+    )
     g.add_argument("--seed", type=seed_int, metavar="S", help="random seed (turn n samples with S + n)")
-    g.add_argument("--chunk-size", type=positive_int, metavar="N",
-                   help=f"pre-fill at most N tokens per forward pass (default {d.chunk_size})")
-    g.add_argument("--experts-per-token", type=positive_int, metavar="K",
-                   help="MoE models: route each token to K experts (default: the model's own, 2 for Mixtral)")
+    g.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        metavar="N",
+        help=f"pre-fill at most N tokens per forward pass (default {d.chunk_size})",
+    )
+    g.add_argument(
+        "--experts-per-token",
+        type=positive_int,
+        metavar="K",
+        help="MoE models: route each token to K experts (default: the model's own, 2 for Mixtral)",
+    )
 
 
 def positive_int(text: str) -> int:

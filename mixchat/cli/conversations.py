@@ -26,13 +26,22 @@ examples:
 
 def add_data_dir_option(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     """--data-dir; on subcommands the default is suppressed so a value given before them is kept."""
-    p.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS if suppress else None,
-                   help="where conversations are kept (default: $MIXCHAT_DATA_DIR, else the user data folder)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS if suppress else None,
+        help="where conversations are kept (default: $MIXCHAT_DATA_DIR, else the user data folder)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("conversations", help="list, show, search, export, rename, delete or repair saved conversations",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "conversations",
+        help="list, show, search, export, rename, delete or repair saved conversations",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_data_dir_option(p)
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
     a = actions.add_parser("list", help="all conversations, most recent first (the default)")
@@ -54,8 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("delete", help="delete a conversation and its saved cache")
     a.add_argument("name", metavar="NAME")
     add_data_dir_option(a, suppress=True)
-    a = actions.add_parser("repair", help="rebuild what can be rebuilt of a damaged transcript (the original "
-                           "is kept beside it)")
+    a = actions.add_parser(
+        "repair", help="rebuild what can be rebuilt of a damaged transcript (the original is kept beside it)"
+    )
     a.add_argument("name", metavar="NAME")
     add_data_dir_option(a, suppress=True)
     p.set_defaults(func=run, action=None)

@@ -26,14 +26,22 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="complete prompts non-interactively", description=DESCRIPTION,
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "generate",
+        help="complete prompts non-interactively",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeat for several)")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line ('-' reads stdin)")
     p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn in the chat template")
     p.add_argument("--system", metavar="TEXT", help="system prompt (with --chat)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object per prompt: prompt_ids, ids, text, routing, finish_reason, stats")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per prompt: prompt_ids, ids, text, routing, finish_reason, stats",
+    )
     add_sampling_options(p)
     add_model_options(p)
     p.set_defaults(func=run)

@@ -18,9 +18,11 @@ DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="summarise a model: shape, parameters, cache size, tokenizer",
-                       description="Summarise a model folder from its config and file headers "
-                       "(weights are not loaded).")
+    p = sub.add_parser(
+        "info",
+        help="summarise a model: shape, parameters, cache size, tokenizer",
+        description="Summarise a model folder from its config and file headers (weights are not loaded).",
+    )
     p.add_argument("--model", metavar="DIR", help="model folder (default: the built-in model)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_template_option(p)
@@ -51,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
     full_bytes = a.kv_bytes_full(elem)
     if isinstance(window, list):
         smallest, largest = a.windows_summary
-        window_text = (f"per layer, {smallest} tokens to {f'{largest} tokens' if largest else 'full attention'} "
-                       f"({', '.join(str(w or 'full') for w in a.layer_windows)})")
+        window_text = (
+            f"per layer, {smallest} tokens to {f'{largest} tokens' if largest else 'full attention'} "
+            f"({', '.join(str(w or 'full') for w in a.layer_windows)})"
+        )
     else:
         window_text = f"{window} tokens" if window else f"none (full attention, cache {a.cache_capacity})"
     cpu = torch.device("cpu")
@@ -104,17 +108,28 @@ def run(args: argparse.Namespace) -> int:
         ("model", f"{ckpt.folder}  ({summary['layout']} layout)"),
         ("architecture", summary["architecture"]),
         ("layers × dim", f"{a.n_layers} × {a.dim}  (ffn hidden {a.hidden_dim})"),
-        ("attention", f"{a.n_heads} query heads, {a.n_kv_heads} KV heads (GQA), head_dim {a.head_dim}, "
-                      f"RoPE θ={a.rope_theta:g}"),
+        (
+            "attention",
+            f"{a.n_heads} query heads, {a.n_kv_heads} KV heads (GQA), head_dim {a.head_dim}, RoPE θ={a.rope_theta:g}",
+        ),
         ("experts", f"{a.moe.num_experts}, top-{a.moe.num_experts_per_tok} per token" if a.moe else "dense"),
         ("parameters", f"{_human(total)} total, {_human(active)} active per token"),
-        ("weights", f"{summary['quantization']}, {human_bytes(summary['weight_file_bytes'])} on disk; "
-                    f"as {spec.label}: {human_bytes(summary['loaded_weight_bytes'])} in memory"),
+        (
+            "weights",
+            f"{summary['quantization']}, {human_bytes(summary['weight_file_bytes'])} on disk; "
+            f"as {spec.label}: {human_bytes(summary['loaded_weight_bytes'])} in memory",
+        ),
         ("sliding window", window_text),
-        ("KV cache", f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(full_bytes)} for "
-                     f"{'full windows' if window else 'the full context'}"),
-        ("on the CPU", f"{summary['cpu_dtype_auto']} by default, {human_bytes(cpu_bytes)} of weights"
-                       + (f" ({human_bytes(free)} free)" if free is not None else "")),
+        (
+            "KV cache",
+            f"{human_bytes(per_tok)} per token ({stored}), {human_bytes(full_bytes)} for "
+            f"{'full windows' if window else 'the full context'}",
+        ),
+        (
+            "on the CPU",
+            f"{summary['cpu_dtype_auto']} by default, {human_bytes(cpu_bytes)} of weights"
+            + (f" ({human_bytes(free)} free)" if free is not None else ""),
+        ),
         ("vocabulary", f"{a.vocab_size} (tokenizer {tok.vocab_size}, {summary['tokenizer']})"),
         ("chat template", tok.version),
     ]

@@ -67,8 +67,18 @@ class StopSignals:
         self.cancel, self.requested, self.raise_now, self.stopped_reply = None, None, False, False
         if threading.current_thread() is not threading.main_thread() or self._previous:
             return
+        import mixchat
+
         for s in SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
+            previous = signal.signal(s, self._handle)
+            # The package's own start-up handler (mixchat/__init__.py) stands in for Python's default.
+            self._previous[s] = (
+                signal.default_int_handler
+                if previous is mixchat._early and s == signal.SIGINT
+                else (signal.SIG_DFL if previous is mixchat._early else previous)
+            )
+        if mixchat.EARLY_SIGNALS:
+            self.requested = mixchat.EARLY_SIGNALS[0]  # acted on at the first check point
 
     def uninstall(self) -> None:
         """Give the signals back to their previous handlers (the TUI handles Ctrl-C as a key itself)."""

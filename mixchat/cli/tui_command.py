@@ -26,23 +26,42 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("chat app (when no command is given)")
     g.add_argument("--model", metavar="DIR", help="model folder (default: the built-in model)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weight dtype (default: bfloat16 on cuda; on cpu the checkpoint's bfloat16 where the "
-                   "CPU computes it, else float32)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weight dtype (default: bfloat16 on cuda; on cpu the checkpoint's bfloat16 where the "
+        "CPU computes it, else float32)",
+    )
     add_template_option(g)
-    g.add_argument("--max-context", type=positive_int, metavar="N",
-                   help="context limit for models without a sliding window (default 32768)")
+    g.add_argument(
+        "--max-context",
+        type=positive_int,
+        metavar="N",
+        help="context limit for models without a sliding window (default 32768)",
+    )
     add_quant_options(g)
     which = g.add_mutually_exclusive_group()
-    which.add_argument("--resume", nargs="?", const="", metavar="NAME",
-                       help="open NAME with its saved cache, or without NAME the most recent conversation")
+    which.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="open NAME with its saved cache, or without NAME the most recent conversation",
+    )
     which.add_argument("--conversation", metavar="NAME", help="open NAME if it exists, else start it under NAME")
     g.add_argument("--system", metavar="TEXT", help="system prompt of a new conversation")
     g.add_argument("--theme", metavar="NAME", help="colour theme (remembered; see themes/ and the settings screen)")
-    g.add_argument("--data-dir", metavar="DIR",
-                   help="where conversations are kept (default: $MIXCHAT_DATA_DIR, else the user data folder)")
-    g.add_argument("--config-dir", metavar="DIR",
-                   help="preferences and user themes (default: $MIXCHAT_CONFIG_DIR, else the user config folder)")
+    g.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where conversations are kept (default: $MIXCHAT_DATA_DIR, else the user data folder)",
+    )
+    g.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="preferences and user themes (default: $MIXCHAT_CONFIG_DIR, else the user config folder)",
+    )
     g.add_argument("--no-panel", action="store_true", help="start with the routing panel hidden (Ctrl+R shows it)")
     add_conversation_options(g)
     parser.set_defaults(tui_func=run)
@@ -77,11 +96,19 @@ def run(args: argparse.Namespace) -> int:
     from mixchat.tui.app import MixchatApp  # textual is imported here, and only here
 
     app = MixchatApp(
-        model, device=getattr(args, "device", "auto"), dtype=getattr(args, "dtype", "auto"),
-        max_context=getattr(args, "max_context", None), data_dir=getattr(args, "data_dir", None),
-        config=getattr(args, "config_dir", None), resume=resume, conversation=conversation,
-        system=getattr(args, "system", None), overrides=overrides, theme=getattr(args, "theme", None),
-        panel=False if getattr(args, "no_panel", False) else None, template=getattr(args, "template", None),
+        model,
+        device=getattr(args, "device", "auto"),
+        dtype=getattr(args, "dtype", "auto"),
+        max_context=getattr(args, "max_context", None),
+        data_dir=getattr(args, "data_dir", None),
+        config=getattr(args, "config_dir", None),
+        resume=resume,
+        conversation=conversation,
+        system=getattr(args, "system", None),
+        overrides=overrides,
+        theme=getattr(args, "theme", None),
+        panel=False if getattr(args, "no_panel", False) else None,
+        template=getattr(args, "template", None),
         quant=quant,
     )
     theme = getattr(args, "theme", None)

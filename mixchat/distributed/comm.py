@@ -130,8 +130,9 @@ class PipelineGroup:
         assert work is not None
         return SentWork(work)
 
-    def recv(self, shape: Sequence[int], dtype: torch.dtype, src: int, back: bool = False,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+    def recv(
+        self, shape: Sequence[int], dtype: torch.dtype, src: int, back: bool = False, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Receive a tensor; into `out` when given (a captured graph's static input: no copy afterwards).
 
         With NCCL the wait orders the current stream after the transfer and returns without a host wait; the

@@ -36,8 +36,9 @@ from mixchat.model.stage import StageModel, StagePart
 class PendingPass:
     """A pass whose first stage has run; `wait` collects the logits (and routing) from the other ranks."""
 
-    def __init__(self, model: PipelineModel, n_out: int, n_tokens: int, k: int,
-                 routing: list[Routing] | None, sent: list) -> None:  # type: ignore[type-arg]
+    def __init__(
+        self, model: PipelineModel, n_out: int, n_tokens: int, k: int, routing: list[Routing] | None, sent: list
+    ) -> None:  # type: ignore[type-arg]
         self.model = model
         self.n_out = n_out
         self.n_tokens = n_tokens
@@ -193,8 +194,15 @@ class PipelineModel:
         n_tokens = int(tokens.shape[0])
         token_ids = tokens.tolist()
         with self.lock:
-            self.command(Op.FORWARD, cache.cache_id, len(rows), n_tokens, int(last_only), int(traced),
-                         payload=[*rows, *layout.seqlens, *token_ids])
+            self.command(
+                Op.FORWARD,
+                cache.cache_id,
+                len(rows),
+                n_tokens,
+                int(last_only),
+                int(traced),
+                payload=[*rows, *layout.seqlens, *token_ids],
+            )
             routing: list[Routing] | None = [] if traced else None
             if self.graphs is not None and stage_graph_fits(cache, layout):
                 # One graph replay; `h` and the routing are the graph's static buffers. The send's work fences
@@ -209,8 +217,9 @@ class PipelineModel:
             else:
                 h = self.stage.run_layers(self.stage.embed(tokens), layout, cache, routing)
                 sent = [(self.group.send(h, 1), h)]
-            p = PendingPass(self, len(rows) if last_only else n_tokens, n_tokens, self.experts_per_token or 0,
-                            routing, sent)
+            p = PendingPass(
+                self, len(rows) if last_only else n_tokens, n_tokens, self.experts_per_token or 0, routing, sent
+            )
             self._in_flight.append(p)
         return p
 
@@ -248,8 +257,9 @@ class PipelineCache(RollingCache):
     keeps_undo_log = False  # its undo points hold rank 0's layers only: going back one turn pre-fills again
 
     def __init__(self, model: PipelineModel, batch: int, max_context: int | None = None) -> None:
-        super().__init__(model.args, batch, model.device, model.dtype, layers=model.parts[0].layers,
-                         max_context=max_context)
+        super().__init__(
+            model.args, batch, model.device, model.dtype, layers=model.parts[0].layers, max_context=max_context
+        )
         self.model = model
         self.cache_id = model.new_cache_id()
         model.command(Op.NEW_CACHE, self.cache_id, batch, max_context or 0)

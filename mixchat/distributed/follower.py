@@ -22,7 +22,6 @@ from mixchat.model.stage import StageModel
 MAX_UNFINISHED_SENDS = 16
 
 
-
 class Follower:
     def __init__(self, stage: StageModel, group: PipelineGroup) -> None:
         self.stage = stage
@@ -51,8 +50,9 @@ class Follower:
             self.forward(cmd)
         elif cmd.op == Op.NEW_CACHE:
             s = self.stage
-            self.caches[a[0]] = RollingCache(s.args, a[1], self.group.device, s.dtype, layers=s.part.layers,
-                                             max_context=a[2] or None)
+            self.caches[a[0]] = RollingCache(
+                s.args, a[1], self.group.device, s.dtype, layers=s.part.layers, max_context=a[2] or None
+            )
         elif cmd.op == Op.FREE_CACHE:
             self.caches.pop(a[0], None)
             self.undo.pop(a[0], None)
@@ -106,8 +106,11 @@ class Follower:
             out = h.contiguous()
             self.sending.append((g.send(out, g.rank + 1), out))
         if routing:
-            self._send_back(torch.stack([r.experts for r in routing]), torch.stack([r.weights for r in routing]),
-                            torch.stack([r.logits for r in routing]))
+            self._send_back(
+                torch.stack([r.experts for r in routing]),
+                torch.stack([r.weights for r in routing]),
+                torch.stack([r.logits for r in routing]),
+            )
         cache.advance(layout)
 
     def _decode_graph(self, cache: RollingCache, layout: BatchLayout, traced: bool) -> None:

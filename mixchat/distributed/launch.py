@@ -43,8 +43,9 @@ class Pipeline:
         if args.per_layer_windows:
             # Each rank's cache would hold buffers of other sizes than its neighbours' (a snapshot's live
             # count differs by rank), which the pipeline's cache protocol does not carry yet.
-            raise UserError("models with per-layer sliding windows do not run in a torchrun pipeline yet; "
-                            "run them in one process")
+            raise UserError(
+                "models with per-layer sliding windows do not run in a torchrun pipeline yet; run them in one process"
+            )
         try:
             self.parts = [stage_part(args.n_layers, self.group.world, r) for r in range(self.group.world)]
         except PartitionError as e:
@@ -70,10 +71,9 @@ class Pipeline:
         return self.model
 
 
-
-
-def run_pipelined(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
-                  guarded: Callable[..., int]) -> int:
+def run_pipelined(
+    func: Callable[[argparse.Namespace], int], args: argparse.Namespace, guarded: Callable[..., int]
+) -> int:
     """Run a parsed command line as one rank of a torchrun job."""
     rank = int(os.environ.get("RANK", "0"))
     command = getattr(args, "command", None)
@@ -163,7 +163,7 @@ def _build_follower_stage(pipeline: Pipeline, args: argparse.Namespace) -> Stage
             margs.max_context = args.max_context
         quantized = requested is not None and requested.quantized
         return pipeline.stage_from_shape(
-            margs, resolve_dtype(args.dtype, pipeline.device, None, quantized), args.seed, requested
+            margs, resolve_dtype(args.dtype, pipeline.device, quantized=quantized), args.seed, requested
         )
     ckpt = inspect_folder(resolve_model_path(args.model), max_context=args.max_context)
     spec = quant_spec(ckpt, requested)

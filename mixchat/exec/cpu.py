@@ -40,7 +40,7 @@ from mixchat.model.attention import KVStore
 from mixchat.model.attn_ops import attend, attend_last
 from mixchat.model.layers import FeedForward, MoeLayer, Routing, top_k_routing
 from mixchat.model.layout import BatchLayout
-from mixchat.model.transformer import Transformer
+from mixchat.model.transformer import Transformer, TransformerBlock
 
 MAX_PARAMS = 64_000_000  # the derived copy costs up to 256 MiB in float32
 ROTATION_TABLE_LIMIT = 1 << 16  # decode positions below this read their RoPE rotation from a table
@@ -141,6 +141,7 @@ class CpuRunner:
     def _build(self) -> None:
         layers = []
         for block in self.model.layers:
+            assert isinstance(block, TransformerBlock)
             at = block.attention
             an = block.attention_norm.weight[:, None]  # [dim, 1]: scales the rows of [in, out] weights
             fn = block.ffn_norm.weight[:, None]
@@ -202,6 +203,7 @@ class CpuRunner:
                 x = self._attention_last(x, lw, layer_id, rot, lay, cache, last)  # [B, dim]
                 ffn_rows = None
             elif decode is not None:
+                assert cache is not None  # decode reads the cache it plans on
                 x = self._attention_decode(x, lw, layer_id, rot, lay, cache, decode)
                 ffn_rows = None
             else:

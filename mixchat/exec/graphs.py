@@ -142,7 +142,6 @@ class _EagerReplay:
                 a.copy_(b)
 
 
-
 def _attend_buffer(
     q: torch.Tensor,  # [B, H, hd]
     kc: torch.Tensor,  # [Bc, S, Hkv, hd]: one layer's whole rolling buffer
@@ -164,6 +163,7 @@ def _attend_buffer(
         enable_gqa=kc.shape[2] != H,
     )  # [B, H, 1, hd]
     return out.reshape(B, H * hd)
+
 
 class _StaticKV:
     """The cache as a decode step inside a graph sees it: K/V written at device-side flat slots, and each

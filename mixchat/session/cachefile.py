@@ -56,8 +56,9 @@ class CacheRecord:
     def from_json(cls, d: Any) -> CacheRecord:
         """Raises CacheProblem for a malformed record (the transcript itself stays usable)."""
         try:
-            rec = cls(str(d["file"]), int(d["seen"]), int(d["live"]), str(d["dtype"]), str(d["sha256"]),
-                      str(d["fingerprint"]))
+            rec = cls(
+                str(d["file"]), int(d["seen"]), int(d["live"]), str(d["dtype"]), str(d["sha256"]), str(d["fingerprint"])
+            )
         except (KeyError, TypeError, ValueError):
             raise CacheProblem("the transcript's cache record is malformed") from None
         if not CACHE_FILE.match(rec.file):  # never follow a path a hand-edited transcript might put here
@@ -111,9 +112,7 @@ def as_os_error(e: Exception) -> OSError:
     return OSError(str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
 
 
-def read_cache(
-    path: Path, record: CacheRecord, fingerprint: ModelFingerprint, cache: RollingCache, n_ids: int
-) -> None:
+def read_cache(path: Path, record: CacheRecord, fingerprint: ModelFingerprint, cache: RollingCache, n_ids: int) -> None:
     """Check the cache file against the record, the model and the transcript; restore it into row 0.
 
     Raises CacheProblem (and leaves `cache` untouched) if anything is off.

@@ -145,8 +145,14 @@ class Conversation:
         """A new, empty conversation on a `mixchat.runtime.Runtime`."""
         from mixchat.session.fingerprint import fingerprint_runtime
 
-        return cls(runtime.engine, runtime.tokenizer, fingerprint_runtime(runtime), settings, name=name,
-                   model_name=runtime.name)
+        return cls(
+            runtime.engine,
+            runtime.tokenizer,
+            fingerprint_runtime(runtime),
+            settings,
+            name=name,
+            model_name=runtime.name,
+        )
 
     # ---- state ------------------------------------------------------------------------------------------
     @property
@@ -280,8 +286,9 @@ class Conversation:
         self.retries = attempt
         if self.cache.keeps_undo_log:
             point = self.cache.trim(undo, self.cache.seen[0])
-            self.undo_log.push(TurnRecord(point, self.cache.seen[0], ids_before, len(self.ids), messages_before,
-                                          len(self.messages)))
+            self.undo_log.push(
+                TurnRecord(point, self.cache.seen[0], ids_before, len(self.ids), messages_before, len(self.messages))
+            )
         assert self.cache.seen[0] <= len(self.ids)
 
     def prefill_pending(self, cancel: threading.Event | None = None) -> Iterator[PrefillProgressed]:

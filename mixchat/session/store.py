@@ -177,8 +177,16 @@ class ConversationStore:
         folder = self.folder(name)
         t = self.read(name)
         conv = Conversation(
-            engine, tokenizer, fingerprint, t.settings, name=t.name, model_name=model_name or t.model_name,
-            messages=t.messages, ids=t.ids, conversation_id=t.id or None, created=t.created or None,
+            engine,
+            tokenizer,
+            fingerprint,
+            t.settings,
+            name=t.name,
+            model_name=model_name or t.model_name,
+            messages=t.messages,
+            ids=t.ids,
+            conversation_id=t.id or None,
+            created=t.created or None,
             updated=t.updated or None,
         )
         moe = conv.engine.model.args.moe
@@ -233,8 +241,9 @@ class ConversationStore:
         except CacheProblem as e:
             return str(e)
         with contextlib.suppress(CacheProblem):  # without its undo log a conversation is whole: undo pre-fills
-            conv.undo_log = read_undo(folder / undo_file_for(t.cache.file), t.cache, conv.cache, len(t.ids),
-                                      len(t.messages))
+            conv.undo_log = read_undo(
+                folder / undo_file_for(t.cache.file), t.cache, conv.cache, len(t.ids), len(t.messages)
+            )
         return None
 
     # ---- saving -------------------------------------------------------------------------------------------

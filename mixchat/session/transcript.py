@@ -121,10 +121,14 @@ def load(text: str) -> Transcript:
                 continue
             reason = m.get("finish_reason")
             tokens = m.get("tokens")
-            messages.append(ChatMessage(
-                m["role"], m["content"], reason if reason in FINISH_REASONS else None,
-                tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
-            ))
+            messages.append(
+                ChatMessage(
+                    m["role"],
+                    m["content"],
+                    reason if reason in FINISH_REASONS else None,
+                    tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+                )
+            )
         ids = d.get("ids", [])
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
             raise TranscriptError("its transcript's ids are not a list of token ids")
@@ -162,8 +166,13 @@ def load(text: str) -> Transcript:
 
 def to_markdown(t: Transcript) -> str:
     lines = [f"# {t.name}", ""]
-    meta = [f"model: {t.model_name or 'unknown'}", f"created {t.created}", f"updated {t.updated}",
-            f"{t.turns} turn{'s' if t.turns != 1 else ''}", f"{len(t.ids)} tokens"]
+    meta = [
+        f"model: {t.model_name or 'unknown'}",
+        f"created {t.created}",
+        f"updated {t.updated}",
+        f"{t.turns} turn{'s' if t.turns != 1 else ''}",
+        f"{len(t.ids)} tokens",
+    ]
     lines += ["*" + " · ".join(meta) + "*", ""]
     if t.settings.system:
         lines += ["## System", "", t.settings.system, ""]
@@ -184,8 +193,11 @@ def to_export_json(t: Transcript) -> str:
         "settings": t.settings.to_json(),
         "system": t.settings.system,
         "messages": [
-            {k: v for k, v in {"role": m.role, "content": m.content, "finish_reason": m.finish_reason}.items()
-             if v is not None}
+            {
+                k: v
+                for k, v in {"role": m.role, "content": m.content, "finish_reason": m.finish_reason}.items()
+                if v is not None
+            }
             for m in t.messages
         ],
         "ids": t.ids,

@@ -164,8 +164,9 @@ class MixchatApp(App[int]):
                 tok = load_tokenizer(ckpt, self.template)
                 check_memory(ckpt, device, dtype)
                 size = sum(f.stat().st_size for f in ckpt.weight_files) / 2**20
-                self.post_message(ModelLoadProgressed(f"loading the weights ({size:,.1f} MiB) on {device.type}", 2,
-                                                      steps))
+                self.post_message(
+                    ModelLoadProgressed(f"loading the weights ({size:,.1f} MiB) on {device.type}", 2, steps)
+                )
                 net = build_model(ckpt, device, dtype, spec)
                 rt = Runtime(ckpt, net, tok, Engine(net, tok), time.perf_counter() - start, spec)
             rt.engine.leave_a_core_for_the_ui()  # configuration only; the engine's work runs in workers
@@ -226,9 +227,16 @@ class MixchatApp(App[int]):
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.runtime = message.runtime
-        chat = ChatScreen(message.runtime, self.store, message.conversation, message.problem,
-                          resumed=message.resumed, panel=self.panel, deterministic=self.deterministic,
-                          stream_interval=self.stream_interval)
+        chat = ChatScreen(
+            message.runtime,
+            self.store,
+            message.conversation,
+            message.problem,
+            resumed=message.resumed,
+            panel=self.panel,
+            deterministic=self.deterministic,
+            stream_interval=self.stream_interval,
+        )
         self.switch_screen(chat)
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:

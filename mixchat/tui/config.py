@@ -60,8 +60,9 @@ class Prefs:
         tmp = base / f".{PREFS_FILE}.{os.getpid()}.tmp"
         try:
             base.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({k: v for k, v in asdict(self).items() if k in known}, indent=2) + "\n",
-                           encoding="utf-8")
+            tmp.write_text(
+                json.dumps({k: v for k, v in asdict(self).items() if k in known}, indent=2) + "\n", encoding="utf-8"
+            )
             os.replace(tmp, path)
         except OSError as e:
             with contextlib.suppress(OSError):

@@ -30,7 +30,9 @@ class ModelLoadProgressed(Message):
 class ModelLoaded(Message):
     """The model is ready and the first conversation (new or resumed) is open."""
 
-    def __init__(self, runtime: Runtime, conversation: Conversation, problem: str | None, resumed: bool = False) -> None:
+    def __init__(
+        self, runtime: Runtime, conversation: Conversation, problem: str | None, resumed: bool = False
+    ) -> None:
         super().__init__()
         self.resumed = resumed
         self.runtime = runtime
@@ -116,9 +118,7 @@ class ConversationOpened(Message):
 class TurnUndone(Message):
     """The last turn was taken back (cache restored from the undo log, or rebuilt by pre-fill)."""
 
-    def __init__(
-        self, user_text: str, exact: bool, error: str | None = None, save_error: str | None = None
-    ) -> None:
+    def __init__(self, user_text: str, exact: bool, error: str | None = None, save_error: str | None = None) -> None:
         super().__init__()
         self.user_text = user_text  # goes back into the message box
         self.exact = exact  # False: the cache was rebuilt from the transcript (or will be, if cancelled)

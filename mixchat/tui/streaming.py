@@ -111,11 +111,15 @@ class TurnStreamer:
                             t_first = now
                             urgent = True
                         r = ev.routing
-                        batch.append(RoutedToken(
-                            ev.token, tok.token_text(ev.token), ev.text,
-                            None if r is None else tuple(tuple(e) for e in r.experts),
-                            None if r is None else tuple(tuple(w) for w in r.weights),
-                        ))
+                        batch.append(
+                            RoutedToken(
+                                ev.token,
+                                tok.token_text(ev.token),
+                                ev.text,
+                                None if r is None else tuple(tuple(e) for e in r.experts),
+                                None if r is None else tuple(tuple(w) for w in r.weights),
+                            )
+                        )
                     elif ev.text:  # the decoder's last characters, after the final token
                         batch.append(RoutedToken(-1, "", ev.text, None, None))
                 elif isinstance(ev, EngineCacheChanged):

@@ -28,8 +28,19 @@ else:  # pragma: no cover - Python 3.10
 
 MIN_EXPERT_COLORS = 8
 DEFAULT_THEME = "mixchat-dark"
-_COLOR_KEYS = ("primary", "secondary", "warning", "error", "success", "accent", "foreground", "background",
-               "surface", "panel", "boost")
+_COLOR_KEYS = (
+    "primary",
+    "secondary",
+    "warning",
+    "error",
+    "success",
+    "accent",
+    "foreground",
+    "background",
+    "surface",
+    "panel",
+    "boost",
+)
 
 # Fallback palettes for themes without expert colours (Textual's own themes): one tuned for dark
 # backgrounds, one for light ones.
@@ -61,7 +72,7 @@ def parse_theme(data: dict[str, Any], source: str) -> Theme:
     """A Textual Theme from a theme file's parsed TOML; ThemeFileError if a required part is missing."""
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise ThemeFileError(f"{source}: needs a name = \"...\"")
+        raise ThemeFileError(f'{source}: needs a name = "..."')
     if not isinstance(data.get("primary"), str):
         raise ThemeFileError(f"{source}: needs a primary colour")
     colors: dict[str, str] = {}
@@ -77,7 +88,7 @@ def parse_theme(data: dict[str, Any], source: str) -> Theme:
     variables: dict[str, str] = {}
     extra = data.get("variables", {})
     if not isinstance(extra, dict):
-        raise ThemeFileError(f"{source}: [variables] must be a table of name = \"value\"")
+        raise ThemeFileError(f'{source}: [variables] must be a table of name = "value"')
     variables.update({str(k): str(v) for k, v in extra.items()})
     for i, c in enumerate(palette):
         variables[expert_variable(i)] = _checked_color(c, f"{source}: expert colour {i}")
@@ -166,7 +177,7 @@ def lab_distance(a: Color, b: Color) -> float:
 
 def _checked_color(value: Any, what: str) -> str:
     if not isinstance(value, str):
-        raise ThemeFileError(f"{what} must be a colour string such as \"#ff6b6b\"")
+        raise ThemeFileError(f'{what} must be a colour string such as "#ff6b6b"')
     try:
         Color.parse(value)
     except ColorParseError:

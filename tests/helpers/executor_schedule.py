@@ -56,6 +56,7 @@ def run_schedule(engine: Any) -> dict[str, torch.Tensor]:
     _record(out, "later", engine.forward(cache, [2, 0], [feed[20:25], feed[25:34]], routing), routing)
     for s in range(3):  # decode over a subset of rows
         routing_d = []
-        _record(out, f"subset{s}", engine.forward(cache, [1, 2], [[feed[40 + s]], [feed[50 + s]]], routing_d),
-                routing_d)
+        _record(
+            out, f"subset{s}", engine.forward(cache, [1, 2], [[feed[40 + s]], [feed[50 + s]]], routing_d), routing_d
+        )
     return out

@@ -53,8 +53,15 @@ def main() -> int:
         save_file(run_schedule(rt.engine), str(out))
         return 0
 
-    options = argparse.Namespace(command="generate", model=str(ckpt), device="cpu", dtype="float32",
-                                 max_context=None, quant=quant, group_size=None)
+    options = argparse.Namespace(
+        command="generate",
+        model=str(ckpt),
+        device="cpu",
+        dtype="float32",
+        max_context=None,
+        quant=quant,
+        group_size=None,
+    )
     return run_pipelined(on_rank0, options, run_guarded)
 
 

@@ -18,8 +18,11 @@ from mixchat.runtime import Runtime, load_runtime
 from mixchat.sampling import SamplingSettings
 from mixchat.session import ChatSettings, Conversation, ConversationStore
 
-PROMPTS = [[1, 415, 2936, 9060, 285, 1142, 10575, 754, 21, 3], [1, 22557], [1, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-           17, 18, 19, 20, 21, 22, 23, 24, 25, 26]]
+PROMPTS = [
+    [1, 415, 2936, 9060, 285, 1142, 10575, 754, 21, 3],
+    [1, 22557],
+    [1, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26],
+]
 TURNS = ["Hello there, how are you today?", "Tell me about the sea", "And the mountains?", "Thanks, bye"]
 CHUNK = 5
 

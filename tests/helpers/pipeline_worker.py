@@ -38,8 +38,7 @@ def main() -> int:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out))
         return 0
 
-    options = argparse.Namespace(command="generate", model=str(ckpt), device="cpu", dtype="float32",
-                                 max_context=None)
+    options = argparse.Namespace(command="generate", model=str(ckpt), device="cpu", dtype="float32", max_context=None)
     return run_pipelined(scenarios, options, run_guarded)
 
 

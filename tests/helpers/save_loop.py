@@ -33,8 +33,9 @@ WINDOW = 32768  # 2 layers x 32768 x 2 heads x 16 x fp32, K and V: a 16 MiB cach
 
 
 def _setup() -> tuple[Engine, Tokenizer, object]:
-    args = ModelArgs(dim=32, n_layers=2, head_dim=16, hidden_dim=32, n_heads=2, n_kv_heads=2, vocab_size=32000,
-                     sliding_window=WINDOW)
+    args = ModelArgs(
+        dim=32, n_layers=2, head_dim=16, hidden_dim=32, n_heads=2, n_kv_heads=2, vocab_size=32000, sliding_window=WINDOW
+    )
     model = random_model(args, seed=3)
     return Engine(model, None), Tokenizer(tokenizer_v1()), fingerprint_model(model, args)
 
@@ -55,8 +56,10 @@ def fill(conv: Conversation, n: int) -> None:
     conv.cache.seen[0] = seen_for(n)
     turn, reply = ids_for(conv.tokenizer, n)
     conv.ids = turn + reply
-    conv.messages = [ChatMessage("user", f"save {n}"),
-                     ChatMessage("assistant", conv.tokenizer.decode(reply), "length", len(reply))]
+    conv.messages = [
+        ChatMessage("user", f"save {n}"),
+        ChatMessage("assistant", conv.tokenizer.decode(reply), "length", len(reply)),
+    ]
     conv.dirty = True
 
 

@@ -64,9 +64,17 @@ def history_for(runtime: Any) -> RoutingHistory:
 class ChatScreen(Screen[None]):
     BINDINGS = bindings(CHAT_KEYS, priority=True)
 
-    def __init__(self, runtime: Any, store: Any, conversation: Any, problem: str | None = None,
-                 resumed: bool = False, panel: bool = True, deterministic: bool = False,
-                 stream_interval: float | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Any,
+        store: Any,
+        conversation: Any,
+        problem: str | None = None,
+        resumed: bool = False,
+        panel: bool = True,
+        deterministic: bool = False,
+        stream_interval: float | None = None,
+    ) -> None:
         super().__init__()
         self.runtime = runtime
         self.store = store
@@ -107,9 +115,12 @@ class ChatScreen(Screen[None]):
         self.set_class(not self.panel_on, "-panel-off")
         moe = self.runtime.model.args.moe
         self.input.cursor_blink = not self.deterministic
-        self.status.set(model=self.runtime.name, timings=not self.deterministic,
-                        model_experts=moe.num_experts_per_tok if moe else None,
-                        n_experts=moe.num_experts if moe else None)
+        self.status.set(
+            model=self.runtime.name,
+            timings=not self.deterministic,
+            model_experts=moe.num_experts_per_tok if moe else None,
+            n_experts=moe.num_experts if moe else None,
+        )
         await self.show_conversation(self.problem, self.resumed)
         self.query_one(ChatInput).focus()
 
@@ -321,8 +332,14 @@ class ChatScreen(Screen[None]):
         old = self.conversation
         settings = replace(old.settings, system=old.settings.system if system is False else system)
         old.invalidate_cache()  # the buffer is reused; `old` was saved after its last turn, cache included
-        self.conversation = Conversation(self.runtime.engine, self.runtime.tokenizer, old.fingerprint, settings,
-                                         model_name=old.model_name, cache=old.cache)
+        self.conversation = Conversation(
+            self.runtime.engine,
+            self.runtime.tokenizer,
+            old.fingerprint,
+            settings,
+            model_name=old.model_name,
+            cache=old.cache,
+        )
         locks = getattr(self.app, "locks", None)
         if locks is not None:
             locks.switch(self.conversation.id, "new conversation")
@@ -625,8 +642,11 @@ class ChatScreen(Screen[None]):
     def action_settings(self) -> None:
         moe = self.runtime.model.args.moe
         screen = SettingsScreen(
-            self.conversation.settings, self.app.theme, sorted(self.app.available_themes),
-            moe.num_experts if moe else None, moe.num_experts_per_tok if moe else None,
+            self.conversation.settings,
+            self.app.theme,
+            sorted(self.app.available_themes),
+            moe.num_experts if moe else None,
+            moe.num_experts_per_tok if moe else None,
             bool(self.conversation.messages),
         )
         self.app.push_screen(screen, self._settings_chosen)
@@ -711,24 +731,35 @@ class ChatScreen(Screen[None]):
         return [
             ("Stop the reply", "Stop generating (or cancel a pre-fill); the text so far is kept", self.action_stop),
             ("Retry the last reply", "Sample the last reply again (at temperature 0: the same)", self.action_retry),
-            ("Undo the last turn", "Take back the last message and reply; the message goes back in the box",
-             self.action_undo),
-            ("Edit the last message", "Change your last message and send it in place of the old one",
-             self.action_edit),
+            (
+                "Undo the last turn",
+                "Take back the last message and reply; the message goes back in the box",
+                self.action_undo,
+            ),
+            ("Edit the last message", "Change your last message and send it in place of the old one", self.action_edit),
             ("Fork this conversation", "Save a copy under a new name and go on in the copy", self.action_fork),
-            ("Copy the last reply", "Copy the last reply, or one of its code blocks, to the clipboard",
-             self.action_copy),
+            (
+                "Copy the last reply",
+                "Copy the last reply, or one of its code blocks, to the clipboard",
+                self.action_copy,
+            ),
             ("Write the message in $EDITOR", "Open the message box's text in your editor", self.action_editor),
-            ("Search conversations", "Find text in the names and messages of all saved conversations",
-             self.action_search),
+            (
+                "Search conversations",
+                "Find text in the names and messages of all saved conversations",
+                self.action_search,
+            ),
             ("New conversation", "Start a new conversation with the same settings", self.action_new_conversation),
             ("Conversations", "Open, rename, delete or export saved conversations", self.action_conversations),
             ("Settings", "System prompt, sampling, chunk size, experts per token, theme", self.action_settings),
             ("Rename this conversation", "Give the open conversation a new name", self.action_rename),
             ("Export this conversation", "Write the open conversation as Markdown", self.action_export),
             ("Toggle routing panel", "Show or hide the routing panel", self.action_toggle_panel),
-            ("Colour by expert", "Colour the transcript by the first expert at the selected layer",
-             self.action_toggle_colouring),
+            (
+                "Colour by expert",
+                "Colour the transcript by the first expert at the selected layer",
+                self.action_toggle_colouring,
+            ),
             ("Next layer", "Select the next layer (colouring and detail)", lambda: self.action_next_layer(1)),
             ("Previous layer", "Select the previous layer", lambda: self.action_next_layer(-1)),
             ("More experts per token", "Route each token to one more expert", lambda: self.action_experts(1)),

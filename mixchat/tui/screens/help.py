@@ -27,12 +27,14 @@ def key_table(title: str, keys: tuple[Key, ...]) -> str:
 
 
 def help_markdown() -> str:
-    return "\n\n".join([
-        INTRO,
-        key_table("Chat", CHAT_KEYS),
-        key_table("Conversations screen", CONVERSATION_KEYS),
-        key_table("Settings screen", SETTINGS_KEYS),
-    ])
+    return "\n\n".join(
+        [
+            INTRO,
+            key_table("Chat", CHAT_KEYS),
+            key_table("Conversations screen", CONVERSATION_KEYS),
+            key_table("Settings screen", SETTINGS_KEYS),
+        ]
+    )
 
 
 class HelpScreen(ModalScreen[None]):

@@ -29,8 +29,15 @@ class SettingsResult:
 class SettingsScreen(ModalScreen[SettingsResult | None]):
     BINDINGS = bindings(SETTINGS_KEYS, priority=True)
 
-    def __init__(self, settings: Any, theme: str, themes: list[str], n_experts: int | None,
-                 model_experts: int | None, has_turns: bool) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        theme: str,
+        themes: list[str],
+        n_experts: int | None,
+        model_experts: int | None,
+        has_turns: bool,
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.theme_name = theme
@@ -57,15 +64,20 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
                     yield self._field("Chunk size", self._input(str(s.chunk_size), "chunk_size", "integer"))
                     if self.n_experts:
                         current = s.experts_per_token or self.model_experts
-                        options = [(f"{k}" + (" (model)" if k == self.model_experts else ""), k)
-                                   for k in range(1, self.n_experts + 1)]
-                        yield self._field("Experts per token", Select(options, value=current, allow_blank=False,
-                                                                      id="experts_per_token", compact=True))
+                        options = [
+                            (f"{k}" + (" (model)" if k == self.model_experts else ""), k)
+                            for k in range(1, self.n_experts + 1)
+                        ]
+                        yield self._field(
+                            "Experts per token",
+                            Select(options, value=current, allow_blank=False, id="experts_per_token", compact=True),
+                        )
                     else:
                         yield self._field("Experts per token", Label("dense model", classes="dim"))
                 yield Label("Theme", classes="field-label")
-                yield Select([(t, t) for t in self.themes], value=self.theme_name, allow_blank=False, id="theme",
-                             compact=True)
+                yield Select(
+                    [(t, t) for t in self.themes], value=self.theme_name, allow_blank=False, id="theme", compact=True
+                )
             yield Label("", id="settings-error")
             with Horizontal(classes="buttons"):
                 yield Button("Save (Ctrl+S)", id="save", variant="primary", compact=True)
@@ -116,9 +128,14 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
             k = None if value == self.model_experts else int(value)  # type: ignore[arg-type]
         system = self.query_one("#system", TextArea).text.strip() or None
         settings = replace(
-            self.settings, system=system, temperature=number("temperature", float), top_p=number("top_p", float),
-            max_tokens=number("max_tokens", int), seed=number("seed", int, optional=True),
-            chunk_size=number("chunk_size", int), experts_per_token=k,
+            self.settings,
+            system=system,
+            temperature=number("temperature", float),
+            top_p=number("top_p", float),
+            max_tokens=number("max_tokens", int),
+            seed=number("seed", int, optional=True),
+            chunk_size=number("chunk_size", int),
+            experts_per_token=k,
         )
         settings.validate()
         theme = self.query_one("#theme", Select).value

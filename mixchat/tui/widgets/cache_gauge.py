@@ -49,5 +49,13 @@ class CacheGauge(LineWidget):
             tail = f" {s.live:,}/{s.capacity:,}" + (f" ({small})" if small else "") + f" @{s.position:,}"
             tail += (f" ↻{s.wraps}" if s.window else "") + f" {human_bytes(s.nbytes)}"
         full, empty = bar(max(4, min(40, width - len(kind) - len(tail) - 3)), s.live, s.capacity)
-        return [[(kind + " ", label), ("▕", None), (full, self.style("cache-gauge--fill")),
-                 (empty, self.style("cache-gauge--empty")), ("▏", None), (tail, None)]]
+        return [
+            [
+                (kind + " ", label),
+                ("▕", None),
+                (full, self.style("cache-gauge--fill")),
+                (empty, self.style("cache-gauge--empty")),
+                ("▏", None),
+                (tail, None),
+            ]
+        ]

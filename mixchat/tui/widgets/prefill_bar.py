@@ -23,5 +23,13 @@ class PrefillBar(LineWidget):
         done, total = self.progress
         head, tail = "pre-filling ", f" {done:,}/{total:,} tokens · Esc cancels"
         full, empty = bar(max(4, min(50, width - len(head) - len(tail) - 2)), done, total)
-        return [[(head, None), ("▕", None), (full, self.style("prefill-bar--fill")),
-                 (empty, self.style("prefill-bar--empty")), ("▏", None), (tail, None)]]
+        return [
+            [
+                (head, None),
+                ("▕", None),
+                (full, self.style("prefill-bar--fill")),
+                (empty, self.style("prefill-bar--empty")),
+                ("▏", None),
+                (tail, None),
+            ]
+        ]

@@ -54,8 +54,16 @@ class RoutingGridView:
         start = max(h.first_index, min(start, end - n))
         return list(range(start, min(end, start + n)))
 
-    def build(self, h: RoutingHistory, selected: int | None, current: int | None, layer: int, width: int,
-              s: PanelStyles, colours: ExpertColours) -> list[Line]:
+    def build(
+        self,
+        h: RoutingHistory,
+        selected: int | None,
+        current: int | None,
+        layer: int,
+        width: int,
+        s: PanelStyles,
+        colours: ExpertColours,
+    ) -> list[Line]:
         if not h.routed:
             return [[("no experts (dense model): every token uses the whole feed-forward layer", s.dim)]]
         if not h.tokens:

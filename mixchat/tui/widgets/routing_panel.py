@@ -42,7 +42,10 @@ class RoutingPanel(ScrollView, can_focus=True):
         Binding("end", "follow", "follow the newest token", show=False),
     ]
     COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "routing-panel--title", "routing-panel--label", "routing-panel--selected", "routing-panel--dim",
+        "routing-panel--title",
+        "routing-panel--label",
+        "routing-panel--selected",
+        "routing-panel--dim",
         *(f"routing-panel--e{i}" for i in range(LEGEND_CLASSES)),
     }
 
@@ -130,8 +133,10 @@ class RoutingPanel(ScrollView, can_focus=True):
         if self._styles is None:
             get = self.get_component_rich_style
             self._styles = PanelStyles(
-                label=get("routing-panel--label"), selected=get("routing-panel--selected"),
-                dim=get("routing-panel--dim"), title=get("routing-panel--title"),
+                label=get("routing-panel--label"),
+                selected=get("routing-panel--selected"),
+                dim=get("routing-panel--dim"),
+                title=get("routing-panel--title"),
                 legend=[get(f"routing-panel--e{i}") for i in range(LEGEND_CLASSES)],
             )
         return self._styles

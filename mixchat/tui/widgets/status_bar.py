@@ -51,8 +51,7 @@ class StatusBar(LineWidget):
         parts: list[tuple[str, Style | None]] = [(s.model, key), (s.conversation, None)]
         if s.timings:
             parts.append((f"{s.tokens_per_second:.1f} tok/s" if s.tokens_per_second is not None else "– tok/s", None))
-            parts.append((f"first token {s.first_token:.2f} s" if s.first_token is not None else "first token –",
-                          dim))
+            parts.append((f"first token {s.first_token:.2f} s" if s.first_token is not None else "first token –", dim))
         if s.experts is not None and s.n_experts is not None:
             if s.experts != s.model_experts:
                 parts.append((f"experts {s.experts}/{s.n_experts} (model uses {s.model_experts})", warn))

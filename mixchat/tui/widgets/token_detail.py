@@ -16,8 +16,9 @@ def detail_height(h: RoutingHistory, width: int = 40) -> int:
     return 1 + h.n_layers + 1 + -(-h.n_experts // per_line)
 
 
-def build_detail(h: RoutingHistory, token: int | None, layer: int, width: int, s: PanelStyles,
-                 colours: ExpertColours) -> list[Line]:
+def build_detail(
+    h: RoutingHistory, token: int | None, layer: int, width: int, s: PanelStyles, colours: ExpertColours
+) -> list[Line]:
     t = h.get(token) if token is not None else None
     if t is None or token is None:
         return [[("select a token: Tab to the panel, then arrows (or click the grid)", s.dim)]]
