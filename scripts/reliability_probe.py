@@ -631,6 +631,8 @@ class Probe:
                 which = ["--resume", "g"] if resume else ["--conversation", "g"]
                 p = subprocess.Popen(
                     [PY, "-m", "mixchat", *self.chat(data, *which, "--max-tokens", "100000", "--temperature", "1")],
+                    bufsize=0,  # unbuffered: read(1) below must not pull later bytes into a buffer that
+                    # communicate() (which reads the file descriptor itself) would never see
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
