@@ -27,6 +27,19 @@ def add_model_options(p: argparse.ArgumentParser, chunk: bool = True) -> None:
         metavar="DIR",
         help="model folder (Mistral-native or Hugging Face layout, safetensors); default: the built-in model",
     )
+    add_loading_options(g)
+    if chunk:
+        g.add_argument(
+            "--chunk-size",
+            type=positive_int,
+            default=DEFAULT_CHUNK_SIZE,
+            metavar="N",
+            help=f"pre-fill at most N tokens per sequence per forward pass (default {DEFAULT_CHUNK_SIZE})",
+        )
+
+
+def add_loading_options(g: argparse._ArgumentGroup) -> None:
+    """How a model is loaded: device, dtype, template, context bound, quantization (every command, the app)."""
     g.add_argument(
         "--device",
         default="auto",
@@ -48,14 +61,6 @@ def add_model_options(p: argparse.ArgumentParser, chunk: bool = True) -> None:
         help="context limit for models without a sliding window (default 32768)",
     )
     add_quant_options(g)
-    if chunk:
-        g.add_argument(
-            "--chunk-size",
-            type=positive_int,
-            default=DEFAULT_CHUNK_SIZE,
-            metavar="N",
-            help=f"pre-fill at most N tokens per sequence per forward pass (default {DEFAULT_CHUNK_SIZE})",
-        )
 
 
 def add_template_option(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:

@@ -11,9 +11,7 @@ import sys
 
 from mixchat.cli.common import (
     add_conversation_options,
-    add_quant_options,
-    add_template_option,
-    positive_int,
+    add_loading_options,
     quant_from_args,
 )
 from mixchat.runtime import UserError
@@ -25,22 +23,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     """Options of the chat app, on the top-level parser (they apply when no command is given)."""
     g = parser.add_argument_group("chat app (when no command is given)")
     g.add_argument("--model", metavar="DIR", help="model folder (default: the built-in model)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
-    g.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="weight dtype (default: bfloat16 on cuda; on cpu the checkpoint's bfloat16 where the "
-        "CPU computes it, else float32)",
-    )
-    add_template_option(g)
-    g.add_argument(
-        "--max-context",
-        type=positive_int,
-        metavar="N",
-        help="context limit for models without a sliding window (default 32768)",
-    )
-    add_quant_options(g)
+    add_loading_options(g)
     which = g.add_mutually_exclusive_group()
     which.add_argument(
         "--resume",
