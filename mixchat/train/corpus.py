@@ -456,7 +456,7 @@ def _pick_senses(
     return [first, *(s for s in ranked if s is not first)][:k]
 
 
-_POS_ARTICLE = {"noun": "a noun", "verb": "a verb", "adjective": "an adjective", "adverb": "an adverb"}
+POS_ARTICLE = {"noun": "a noun", "verb": "a verb", "adjective": "an adjective", "adverb": "an adverb"}
 _QUESTIONS = (
     "What does {w} mean?",
     "What is the meaning of {w}?",
@@ -489,15 +489,20 @@ def _answer(sense: Sense, variant: int, previous_pos: str | None, max_chars: int
     if previous_pos == pos:
         head = f"It can also mean: {gloss}."
     elif previous_pos is not None:
-        head = f"It can also be {_POS_ARTICLE[pos]}, meaning: {gloss}."
+        head = f"It can also be {POS_ARTICLE[pos]}, meaning: {gloss}."
     elif variant % 2 == 0:
         # The word is written bare, as in the question, so it is the same token there and here. Restating
         # it matters: trained on answers that said "it" instead, the model recalled 19 % of the glosses
         # against 44 % with the word restated, the gloss being looked up from the word just before it.
         head = f"{w} ({pos}) means: {gloss}."
     else:
-        head = f"As {_POS_ARTICLE[pos]}, {w} means {gloss}."
-    for ex in sense.examples[:1]:
+        head = f"As {POS_ARTICLE[pos]}, {w} means {gloss}."
+    return with_example(head, sense.examples, max_chars)
+
+
+def with_example(head: str, examples: Sequence[str], max_chars: int) -> str | None:
+    """The answer with the sense's first example where it still fits, else the bare answer, else None."""
+    for ex in examples[:1]:
         full = f'{head} For example: "{ex}".'
         if len(full) <= max_chars:
             return full

@@ -24,7 +24,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixchat.train.corpus import STOPWORDS, Dialogue, Sense, normalize, parse_wordnet_line, stable_hash
+from mixchat.train.corpus import (
+    POS_ARTICLE,
+    STOPWORDS,
+    Dialogue,
+    Sense,
+    normalize,
+    parse_wordnet_line,
+    stable_hash,
+    with_example,
+)
 
 POS_CODES = {"noun": "n", "verb": "v", "adjective": "a", "adverb": "r"}
 """Part-of-speech names in the corpus file -> WordNet's letters (index file suffixes: noun, verb, adj, adv)."""
@@ -201,7 +210,6 @@ def taught_senses(senses: Sequence[WordSense], k: int = 3, min_share: float = 0.
 # ---------------------------------------------------------------------------------------------------------
 # Definition dialogues
 
-_POS_ARTICLE = {"noun": "a noun", "verb": "a verb", "adjective": "an adjective", "adverb": "an adverb"}
 QUESTIONS = (
     "What does {w} mean?",
     "What is the meaning of {w}?",
@@ -244,16 +252,12 @@ def answer(sense: WordSense, variant: int, previous_pos: str | None, max_chars: 
     if previous_pos == pos:
         head = f"{w} can also mean: {gloss}."
     elif previous_pos is not None:
-        head = f"{w} can also be {_POS_ARTICLE[pos]}, meaning: {gloss}."
+        head = f"{w} can also be {POS_ARTICLE[pos]}, meaning: {gloss}."
     elif variant % 2 == 0:
         head = f"{w} ({pos}) means: {gloss}."
     else:
-        head = f"As {_POS_ARTICLE[pos]}, {w} means {gloss}."
-    for ex in sense.examples[:1]:
-        full = f'{head} For example: "{ex}".'
-        if len(full) <= max_chars:
-            return full
-    return head if len(head) <= max_chars else None
+        head = f"As {POS_ARTICLE[pos]}, {w} means {gloss}."
+    return with_example(head, sense.examples, max_chars)
 
 
 @dataclass(frozen=True)
