@@ -13,6 +13,12 @@ logits by a few per cent (a near-tie between two experts flips), so the verdict 
 path must be as close to float32 as plain bf16 is: median error at most 1.5 times plain bf16's, and the
 same greedy token as float32 wherever float32's choice is clear (its best logit ahead by over 5 % of the
 scale), missing at most one more such token than plain bf16 does.
+
+With `--quant int8|int4` the random weights are saved as a checkpoint and loaded quantized (the loader's
+own quantize-on-load); the GPU runs are the quantized model (fast: the engine's executor with the Triton
+quantized kernels inside the captured steps; plain: the dequantizing reference modules, eager), and the
+float32 reference is a plain float32 model holding the dequantized weights, so both runs are held against
+the same weights and only the kernels' arithmetic differs.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -31,10 +40,27 @@ from mixchat.exec.executors import ModuleExecutor
 from mixchat.exec.moe_grouped import grouped_mm_works
 from mixchat.exec.moe_triton import expert_gemv_works
 from mixchat.flags import flags
-from mixchat.loader import random_model
+from mixchat.loader import build_model, inspect_folder, random_model, save_native
 from mixchat.model.args import ModelArgs, MoeArgs
+from mixchat.model.transformer import Transformer
+from mixchat.quant.format import QuantSpec, make_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers.quant_support import dequantized_twin  # noqa: E402  (the tests' float32 twin)
 
 DEVICE = "cuda"  # --device cpu runs the script's own code paths without a GPU (no graphs: it must FAIL)
+QUANT: QuantSpec | None = None  # --quant
+
+
+def models_for(args: ModelArgs, seed: int) -> tuple[Transformer, Callable[[], Transformer]]:
+    """The float32 CPU reference and a maker of the bf16 GPU model (quantized under --quant)."""
+    full = random_model(args, seed=seed, std=0.03)
+    if QUANT is None:
+        return full, lambda: random_model(args, seed=seed, std=0.03).to(DEVICE, torch.bfloat16)
+    folder = save_native(full, tempfile.mkdtemp(prefix="mixchat-check-"))
+    ckpt = inspect_folder(folder)
+    ref = dequantized_twin(build_model(ckpt, "cpu", torch.float32, QUANT))
+    return ref, lambda: build_model(ckpt, DEVICE, torch.bfloat16, QUANT).eval().requires_grad_(False)
 
 
 def run_case(name: str, window: int | None, n_seqs: int, seed: int, steps: int = 24) -> bool:
@@ -51,7 +77,7 @@ def run_case(name: str, window: int | None, n_seqs: int, seed: int, steps: int =
         max_context=4096,
         moe=MoeArgs(8, 2),
     )
-    ref = random_model(args, seed=seed, std=0.03)
+    ref, make_gpu_model = models_for(args, seed)
     gen = torch.Generator().manual_seed(seed)
     prompts = [
         torch.randint(0, 1000, (int(n),), generator=gen).tolist()
@@ -60,7 +86,7 @@ def run_case(name: str, window: int | None, n_seqs: int, seed: int, steps: int =
     rows = list(range(n_seqs))
 
     def bf16_run(fast: bool) -> tuple[list[torch.Tensor], int]:
-        model = random_model(args, seed=seed, std=0.03).to(DEVICE, torch.bfloat16)
+        model = make_gpu_model()
         # The plain run is the reference modules as they are (no swaps, no graphs, SDPA attention); the fast
         # run lets the engine choose its executor as it does for users.
         engine = Engine(model, None, chunk_size=64, eos_id=-1, executor=None if fast else ModuleExecutor(model))
@@ -151,9 +177,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cuda", help="cpu only tries the script itself (no graphs there)")
+    p.add_argument("--quant", choices=["int8", "int4"], default=None, help="check the quantized fast path")
     a = p.parse_args()
-    global DEVICE
+    global DEVICE, QUANT
     DEVICE = a.device
+    QUANT = make_spec(a.quant) if a.quant else None
     if DEVICE == "cpu":
         seed = a.seed or 1
         return 0 if run_case("dry run on the CPU", None, 2, seed, steps=3) else 1
@@ -161,7 +189,7 @@ def main() -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     seed = a.seed if a.seed is not None else int(time.time()) % 100_000
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, seed {seed}")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, seed {seed}, weights {QUANT.label if QUANT else 'bf16'}")
     print(
         f"  grouped GEMM available in bf16: {grouped_mm_works('cuda', torch.bfloat16)}; "
         f"decode GEMV kernel: {expert_gemv_works('cuda', torch.bfloat16)}; "
