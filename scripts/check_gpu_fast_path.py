@@ -46,7 +46,7 @@ from mixchat.model.transformer import Transformer
 from mixchat.quant.format import QuantSpec, make_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers.quant_support import dequantized_twin  # noqa: E402  (the tests' float32 twin)
+from tests.helpers.quant_support import dequantized_twin  # the tests' float32 twin
 
 DEVICE = "cuda"  # --device cpu runs the script's own code paths without a GPU (no graphs: it must FAIL)
 QUANT: QuantSpec | None = None  # --quant
@@ -189,7 +189,8 @@ def main() -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     seed = a.seed if a.seed is not None else int(time.time()) % 100_000
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, seed {seed}, weights {QUANT.label if QUANT else 'bf16'}")
+    weights = QUANT.label if QUANT else "bf16"
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, seed {seed}, weights {weights}")
     print(
         f"  grouped GEMM available in bf16: {grouped_mm_works('cuda', torch.bfloat16)}; "
         f"decode GEMV kernel: {expert_gemv_works('cuda', torch.bfloat16)}; "

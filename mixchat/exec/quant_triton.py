@@ -1,20 +1,24 @@
-"""Triton kernels that multiply by int8 / int4 weights in the stored format, dequantizing in registers.
+"""Triton kernels that multiply by int8 / int4 weights in the stored format.
 
-One kernel serves every quantized matmul on the GPU: rows grouped by expert (`offs`, each expert's end
-row, on the device), stacked weights [E, N, K] in the stored format of `mixchat.quant.format`, and a dense
-projection is the case E = 1. Each program takes one expert, one block of output columns and one block of
-that expert's rows; it reads its row range from `offs` (no host synchronisation, so a CUDA graph can hold
-it), returns at once for an expert nobody chose or a row block past its rows (those weights are never
-read), and otherwise streams the codes of its column block once for all its rows:
+Every quantized matmul on the GPU comes here: rows grouped by expert (`offs`, each expert's end row, on the
+device), stacked weights [E, N, K] in the stored format of `mixchat.quant.format`, and a dense projection
+is the case E = 1. Two ways, by the size of the pass:
 
-- int8: codes are converted to the activations' dtype and the per-channel scale is applied once to the
-  float32 accumulator at the end;
-- int4: each K block lies inside one group (BLOCK_K divides G), so one scale and one zero per column are
-  loaded per block and the tile is dequantized as codes * scale + zero before the dot.
+- **Streaming** (decode and short passes): each program takes one expert, one block of output columns and
+  one block of that expert's rows. It reads its row range from `offs` (no host synchronisation, so a CUDA
+  graph can hold it), returns at once for an expert nobody chose (those weights are never read), and
+  streams the codes of its column block once for all its rows, dequantizing nothing: int8 codes and int4
+  nibbles are exact in bf16, so the dot runs on the codes and the scales are applied to the float32 sums
+  (int8: one scale per column at the end; int4: per group, y = scale * (x . codes) + zero * sum(x)). Decode
+  is bound by the bytes read, so the tiles are wide in K (many loads in flight per program).
+- **Dequantize, then GEMM** (long pre-fill passes, at least `DEQUANT_ROWS` tokens): a pass that long is
+  bound by arithmetic, and re-reading codes per row tile in a hand-written GEMM loses to the tensor-core
+  GEMMs; so one matrix at a time is dequantized to the activations' dtype (reading the codes once, writing
+  2 bytes a weight) and multiplied by `torch._grouped_mm` or `F.linear`. The bf16 copy lives only for that
+  call.
 
-Decode uses 16-row tiles (a step of up to 16 sequences per expert: a grouped GEMV); pre-fill 64-row tiles
-over as many row blocks as the pass has tokens (a grouped GEMM). `quant_mm_works` checks the kernel
-against the dequantized reference once per device, dtype and format; callers fall back to the reference.
+`quant_mm_problem` checks both against the dequantized reference once per device, dtype and format; on any
+failure callers use the reference (`quant_gpu.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 try:  # Triton comes with CUDA builds of torch; the CPU build has none, and then this path is off.
     import triton
@@ -30,26 +35,27 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
 
-DECODE_ROWS = 16  # row tile of decode-sized passes
-PREFILL_ROWS = 64  # row tile of longer passes
+DECODE_ROWS = 16  # row tile of decode-sized passes (a step of up to 16 sequences per expert)
+PREFILL_ROWS = 64  # row tile of the streaming kernel on longer passes
+DEQUANT_ROWS = 256  # passes of at least this many tokens dequantize and use a GEMM
 
 if triton is not None:
 
     @triton.jit
-    def _quant_grouped_kernel(
+    def _quant_stream_kernel(
         x_ptr,  # [R, K] rows grouped by expert
         q_ptr,  # [E, N, K] int8, or [E, N, K / 2] uint8 (two int4 codes a byte)
-        s_ptr,  # [E, N] int8 scales, or [E, N, K / G] int4 scales
+        s_ptr,  # [E, N] float32 scales (int8), or [E, N, K / G] (int4)
         z_ptr,  # [E, N, K / G] int4 zeros (unused for int8)
         offs_ptr,  # [E] int32 end row of each expert's group
         out_ptr,  # [R, N]
         N,
         K,
         INT4: tl.constexpr,
-        GROUP: tl.constexpr,
+        GROUP: tl.constexpr,  # int4 group size (elements); int8: unused
+        SUB: tl.constexpr,  # int4: groups per loop step; int8: BLOCK_K = SUB * 64
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
     ):
         e = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -63,30 +69,88 @@ if triton is not None:
             cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
             col_ok = cols < N
             e64 = e.to(tl.int64)
+            x_rows = x_ptr + rows[:, None].to(tl.int64) * K
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            n_groups = K // GROUP
-            for k0 in range(0, K, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < K
-                x = tl.load(x_ptr + rows[:, None] * K + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                wmask = col_ok[:, None] & k_ok[None, :]
-                if INT4:
-                    base = q_ptr + e64 * N * (K // 2)
-                    byte = tl.load(base + cols[:, None] * (K // 2) + (ks[None, :] // 2), mask=wmask, other=0)
-                    code = (byte.to(tl.int32) >> ((ks[None, :] % 2) * 4)) & 0xF  # [BN, BK]
-                    g = k0 // GROUP
-                    sz = e64 * N * n_groups + cols * n_groups + g  # [BN]
-                    scale = tl.load(s_ptr + sz, mask=col_ok, other=0.0).to(tl.float32)
-                    zero = tl.load(z_ptr + sz, mask=col_ok, other=0.0).to(tl.float32)
-                    w = code.to(tl.float32) * scale[:, None] + zero[:, None]
-                else:
-                    base = q_ptr + e64 * N * K
-                    w = tl.load(base + cols[:, None] * K + ks[None, :], mask=wmask, other=0).to(tl.float32)
-                acc += tl.dot(x, tl.trans(w.to(x.dtype)))  # [BM, BK] x [BK, BN]
-            if not INT4:
+            if INT4:
+                HALF: tl.constexpr = GROUP // 2
+                n_groups = K // GROUP
+                q_cols = q_ptr + e64 * N * (K // 2) + cols[:, None].to(tl.int64) * (K // 2)
+                sz_cols = e64 * N * n_groups + cols.to(tl.int64) * n_groups  # [BN]
+                j = tl.arange(0, HALF)
+                for g0 in range(0, n_groups, SUB):
+                    for s in tl.static_range(SUB):
+                        g = g0 + s
+                        ok = g < n_groups
+                        byte = tl.load(q_cols + g * HALF + j[None, :], mask=col_ok[:, None] & ok, other=0)
+                        byte = byte.to(tl.int32)
+                        m = row_ok[:, None] & ok
+                        xe = tl.load(x_rows + g * GROUP + 2 * j[None, :], mask=m, other=0.0)  # [BM, G/2]
+                        xo = tl.load(x_rows + g * GROUP + 2 * j[None, :] + 1, mask=m, other=0.0)
+                        lo = (byte & 0xF).to(tl.float32).to(xe.dtype)  # [BN, G/2]
+                        hi = (byte >> 4).to(tl.float32).to(xe.dtype)
+                        part = tl.dot(xe, tl.trans(lo)) + tl.dot(xo, tl.trans(hi))  # [BM, BN]
+                        xsum = tl.sum(xe.to(tl.float32), axis=1) + tl.sum(xo.to(tl.float32), axis=1)  # [BM]
+                        scale = tl.load(s_ptr + sz_cols + g, mask=col_ok & ok, other=0.0).to(tl.float32)
+                        zero = tl.load(z_ptr + sz_cols + g, mask=col_ok & ok, other=0.0).to(tl.float32)
+                        acc += part * scale[None, :] + xsum[:, None] * zero[None, :]
+            else:
+                BLOCK_K: tl.constexpr = SUB * 64
+                q_cols = q_ptr + e64 * N * K + cols[:, None].to(tl.int64) * K
+                for k0 in range(0, K, BLOCK_K):
+                    ks = k0 + tl.arange(0, BLOCK_K)
+                    k_ok = ks < K
+                    x = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                    w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
+                    acc += tl.dot(x, tl.trans(w.to(tl.float32).to(x.dtype)))  # [BM, BK] x [BK, BN]
                 acc = acc * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            out = out_ptr + rows[:, None] * N + cols[None, :]
+            out = out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
             tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+    @triton.jit
+    def _dequant_kernel(
+        q_ptr,  # [M, K] int8 or [M, K / 2] uint8, M = E * N rows
+        s_ptr,  # [M] (int8) or [M, K / G] (int4)
+        z_ptr,  # [M, K / G] (int4)
+        out_ptr,  # [M, K] in the activations' dtype
+        M,
+        K,
+        INT4: tl.constexpr,
+        GROUP: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
+        r_ok = r < M
+        r64 = r.to(tl.int64)
+        if INT4:
+            j = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)  # byte index in the row
+            m = r_ok[:, None] & (j[None, :] < K // 2)
+            byte = tl.load(q_ptr + r64[:, None] * (K // 2) + j[None, :], mask=m, other=0).to(tl.int32)
+            sz = r64[:, None] * (K // GROUP) + (2 * j[None, :]) // GROUP
+            scale = tl.load(s_ptr + sz, mask=m, other=0.0).to(tl.float32)
+            zero = tl.load(z_ptr + sz, mask=m, other=0.0).to(tl.float32)
+            dst = out_ptr + r64[:, None] * K + 2 * j[None, :]
+            kind = out_ptr.dtype.element_ty
+            tl.store(dst, ((byte & 0xF).to(tl.float32) * scale + zero).to(kind), mask=m)
+            tl.store(dst + 1, ((byte >> 4).to(tl.float32) * scale + zero).to(kind), mask=m)
+        else:
+            k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+            m = r_ok[:, None] & (k[None, :] < K)
+            q = tl.load(q_ptr + r64[:, None] * K + k[None, :], mask=m, other=0).to(tl.float32)
+            scale = tl.load(s_ptr + r64, mask=r_ok, other=0.0).to(tl.float32)
+            tl.store(out_ptr + r64[:, None] * K + k[None, :], (q * scale[:, None]).to(out_ptr.dtype.element_ty), mask=m)
+
+
+def stream_config(rows: int, n: int, int4: bool) -> dict[str, int]:
+    """Tile settings of the streaming kernel. Decode reads weights only, so a program keeps about 16 KB of
+    codes in flight per loop step (the bf16 GEMV's lesson: wide K tiles and 4 stages); narrow outputs (the
+    attention projections, the MoE's w2) take narrower column blocks, for enough programs to fill the SMs."""
+    block_m = DECODE_ROWS if rows <= DECODE_ROWS else PREFILL_ROWS
+    if block_m == PREFILL_ROWS:
+        return {"BLOCK_M": block_m, "BLOCK_N": 64, "SUB": 1, "num_warps": 4, "num_stages": 3}
+    block_n = 64 if n >= 8192 else 32
+    sub = 4  # int4: 4 groups of 128 (16 KB a step at 64 columns); int8: 256-wide K tiles (16 KB)
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "SUB": sub, "num_warps": 4, "num_stages": 4}
 
 
 def quant_grouped_mm(
@@ -96,54 +160,87 @@ def quant_grouped_mm(
     zeros: torch.Tensor | None,  # [E, N, K / G] (int4) or None
     offs: torch.Tensor,  # [E] int32 cumulative row ends
     max_rows: int | None = None,  # most rows any expert can have (default R)
+    config: dict[str, int] | None = None,  # the streaming kernel's tiles (scripts/tune_quant_gemv.py)
 ) -> torch.Tensor:  # [R, N] in x's dtype
-    """out[r] = dequant(w[e(r)]) @ x[r] for rows grouped by expert, straight from the stored codes."""
+    """out[r] = dequant(w[e(r)]) @ x[r] for rows grouped by expert, from the stored codes."""
     R, K = x.shape
     E, N = qweight.shape[:2]
     int4 = qweight.dtype == torch.uint8
-    group = K // scales.shape[-1] if int4 else K
-    out = torch.empty(R, N, device=x.device, dtype=x.dtype)
     rows = R if max_rows is None else max_rows
-    block_m = DECODE_ROWS if rows <= DECODE_ROWS else PREFILL_ROWS
-    block_k = min(group, 64) if int4 else 64
-    block_n = 64
-    grid = (E, triton.cdiv(N, block_n), max(1, triton.cdiv(rows, block_m)))
-    _quant_grouped_kernel[grid](
-        x.contiguous(), qweight, scales, zeros if zeros is not None else scales, offs, out, N, K,
-        INT4=int4, GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-    )  # fmt: skip
+    x = x.contiguous()
+    if rows >= DEQUANT_ROWS and config is None and _gemm_serves(x, E):
+        w = dequantize_stacked(qweight, scales, zeros, x.dtype)  # [E, N, K]
+        return F.linear(x, w[0]) if E == 1 else torch._grouped_mm(x, w.transpose(1, 2), offs=offs)
+    cfg = stream_config(rows, N, int4)
+    cfg.update(config or {})
+    group = K // scales.shape[-1] if int4 else 64
+    out = torch.empty(R, N, device=x.device, dtype=x.dtype)
+    grid = (E, triton.cdiv(N, cfg["BLOCK_N"]), max(1, triton.cdiv(rows, cfg["BLOCK_M"])))
+    z = zeros if zeros is not None else scales
+    _quant_stream_kernel[grid](x, qweight, scales, z, offs, out, N, K, INT4=int4, GROUP=group, **cfg)
     return out
 
 
-@functools.cache
-def quant_mm_works(device_type: str, dtype: torch.dtype, fmt: str) -> bool:
-    """Run the kernel once on a small problem with an empty expert and compare with the dequantized weights."""
+def _gemm_serves(x: torch.Tensor, experts: int) -> bool:
+    """Whether the dequantize-then-GEMM way can take this pass (a grouped GEMM needs bf16 on CUDA)."""
+    if experts == 1:
+        return True
+    from mixchat.exec.moe_grouped import grouped_mm_works
+
+    return x.is_cuda and x.dtype == torch.bfloat16 and grouped_mm_works(x.device.type, x.dtype)
+
+
+def dequantize_stacked(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """[E, N, K] weights in `dtype` from stacked stored codes, in one pass over the codes."""
+    E, N = qweight.shape[:2]
+    int4 = qweight.dtype == torch.uint8
+    K = qweight.shape[2] * (2 if int4 else 1)
+    group = K // scales.shape[-1] if int4 else 1
+    out = torch.empty(E, N, K, device=qweight.device, dtype=dtype)
+    block_r, block_k = 16, 256
+    grid = (triton.cdiv(E * N, block_r), triton.cdiv(K, block_k))
+    z = zeros if zeros is not None else scales
+    _dequant_kernel[grid](qweight, scales, z, out, E * N, K, INT4=int4, GROUP=group, BLOCK_R=block_r, BLOCK_K=block_k)
+    return out
+
+
+def quant_mm_problem(device_type: str, dtype: torch.dtype, fmt: str) -> str | None:
+    """What is wrong with the kernels here (None: both ways match the dequantized weights). Runs a small
+    problem with an empty expert through the streaming kernel (decode and pre-fill tiles) and through the
+    dequantize-then-GEMM way."""
     if triton is None:
-        return False
+        return "triton is not installed"
     from mixchat.quant.format import dequantize, quantize_int4, quantize_int8
 
     try:
         dev = torch.device(device_type)
         g = torch.Generator(device="cpu").manual_seed(0)
-        w = torch.randn(3, 96, 128, generator=g) * 0.05
-        x = torch.randn(5, 128, generator=g)
-        counts = [2, 0, 3]
+        w = torch.randn(3, 96, 256, generator=g) * 0.05
         if fmt == "int8":
             q, s = quantize_int8(w)
             parts = {"qweight": q, "scales": s}
         else:
             q, s, z = quantize_int4(w, 64)
             parts = {"qweight": q, "scales": s, "zeros": z}
-        offs = torch.tensor(counts).cumsum(0).to(torch.int32)
-        zeros = parts["zeros"].to(dev) if "zeros" in parts else None
-        got = (
-            quant_grouped_mm(x.to(dev, dtype), parts["qweight"].to(dev), parts["scales"].to(dev), zeros, offs.to(dev))
-            .float()
-            .cpu()
-        )
         wf = dequantize(parts)
-        experts = [e for e, n in enumerate(counts) for _ in range(n)]
-        want = torch.stack([wf[e] @ x[i].to(dtype).float() for i, e in enumerate(experts)])
-        return bool(((got - want).abs().max() <= 2e-2 * want.abs().max()).item())
-    except Exception:  # any failure (compiler, driver, unsupported dtype) means "do not use it"
-        return False
+        dp = {k: v.to(dev) for k, v in parts.items()}
+        for counts in ([2, 0, 3], [70, 0, 5], [DEQUANT_ROWS, 0, 9]):
+            x = torch.randn(sum(counts), 256, generator=g)
+            offs = torch.tensor(counts).cumsum(0).to(torch.int32)
+            got = quant_grouped_mm(x.to(dev, dtype), dp["qweight"], dp["scales"], dp.get("zeros"), offs.to(dev))
+            experts = [e for e, n in enumerate(counts) for _ in range(n)]
+            want = torch.stack([wf[e] @ x[i].to(dtype).float() for i, e in enumerate(experts)])
+            err = float((got.float().cpu() - want).abs().max() / want.abs().max())
+            if not err <= 2e-2:
+                return f"{fmt} {dtype}, rows per expert {counts}: relative error {err:.2e}"
+        return None
+    except Exception as exc:  # any failure (compiler, driver, unsupported dtype) means "do not use it"
+        return f"{fmt} {dtype}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+@functools.cache
+def quant_mm_works(device_type: str, dtype: torch.dtype, fmt: str) -> bool:
+    """The probe callers consult (once per device, dtype and format)."""
+    return quant_mm_problem(device_type, dtype, fmt) is None
