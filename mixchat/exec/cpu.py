@@ -36,15 +36,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mixchat.exec.cpu_modules import PAIR_LIMIT
 from mixchat.model.attention import KVStore
 from mixchat.model.attn_ops import attend, attend_last
 from mixchat.model.layers import FeedForward, MoeLayer, Routing, top_k_routing
 from mixchat.model.layout import BatchLayout
+from mixchat.model.rope import apply_rotary
 from mixchat.model.transformer import Transformer, TransformerBlock
 
 MAX_PARAMS = 64_000_000  # the derived copy costs up to 256 MiB in float32
 ROTATION_TABLE_LIMIT = 1 << 16  # decode positions below this read their RoPE rotation from a table
-PAIR_LIMIT = 4  # (token, expert) pairs up to which the MoE skips grouping by expert
 
 
 @dataclass
@@ -251,7 +252,7 @@ class CpuRunner:
         T = x.shape[0]
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = torch.mm(_rms_normalise(x, self._eps), lw.wqkv)  # [T, (H + 2 Hkv) * hd]
-        qk = _rotate(qkv[:, : (H + Hkv) * hd].view(T, H + Hkv, hd), rot)  # [T, H + Hkv, hd]
+        qk = apply_rotary(qkv[:, : (H + Hkv) * hd].view(T, H + Hkv, hd), rot)  # [T, H + Hkv, hd]
         q, k = qk[:, :H], qk[:, H:]
         v = qkv[:, (H + Hkv) * hd :].view(T, Hkv, hd)
         keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
@@ -268,10 +269,10 @@ class CpuRunner:
         wq, wkv = lw.wqkv[:, : H * hd], lw.wqkv[:, H * hd :]
         xn = _rms_normalise(x, self._eps)  # [T, dim]
         kv = torch.mm(xn, wkv)  # [T, 2 Hkv hd]
-        k = _rotate(kv[:, : Hkv * hd].view(T, Hkv, hd), rot)
+        k = apply_rotary(kv[:, : Hkv * hd].view(T, Hkv, hd), rot)
         v = kv[:, Hkv * hd :].view(T, Hkv, hd)
         B = last.shape[0]
-        q = _rotate(torch.mm(xn.index_select(0, last), wq).view(B, H, hd), rot.index_select(0, last))  # [B, H, hd]
+        q = apply_rotary(torch.mm(xn.index_select(0, last), wq).view(B, H, hd), rot.index_select(0, last))  # [B, H, hd]
         keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
         out = attend_last(q, keys, values, layout)  # [B, H, hd]
         return torch.addmm(x.index_select(0, last), out.reshape(B, H * hd), lw.wo)
@@ -365,12 +366,6 @@ def _rms_scale(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 def _rms_normalise(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) per row (the norm's weight lives in the next matmul)."""
     return x * _rms_scale(x, eps)
-
-
-def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """RoPE on float32 x [T, heads, hd] (pairs interleaved) by the complex rotation [T, 1, hd/2]."""
-    T, n, hd = x.shape
-    return torch.view_as_real(torch.view_as_complex(x.reshape(T, n, hd // 2, 2)) * rot).view(T, n, hd)
 
 
 def _swiglu(h: torch.Tensor, hidden: int) -> torch.Tensor:

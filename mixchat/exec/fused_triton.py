@@ -23,24 +23,13 @@ plain torch and say False on any failure, and callers then keep the unfused path
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
 
-from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv
+from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv, tl, triton  # triton: None where it is off
 from mixchat.model.layers import top_k_routing
 from mixchat.model.rope import Rotary, apply_rotary
-
-# Triton comes with CUDA builds of torch; the CPU build has none, and then this path is off. Without a GPU (or
-# Triton's CPU interpreter, which the tests use) it is not imported at all: that saves ~80 MB of resident memory.
-triton = tl = None
-if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:  # pragma: no cover - depends on the install
-        triton = tl = None
 
 ROUTE_MAX_ASSIGN = 128  # token-expert assignments `route_topk` takes in its single program (16 tokens x 8)
 ROUTE_MAX_EXPERTS = 64
@@ -295,20 +284,14 @@ def add_rmsnorm(
     h2 = _rows(h)
     R = h2.shape[0]
     x = torch.empty(R, D, device=h.device, dtype=h.dtype)
+    d2 = h2 if delta is None else _rows(delta)
+    h_new = h2 if delta is None else torch.empty(R, D, device=h.device, dtype=h.dtype)
     block = triton.next_power_of_2(D)
-    if delta is None:
-        _add_rmsnorm_kernel[(R,)](
-            h2, h2, weight, h2, x, D, h2.stride(0), h2.stride(0), h2.stride(0), D, eps,
-            HAS_DELTA=False, BLOCK=block, num_warps=_norm_warps(block),
-        )  # fmt: skip
-        return h, x.view(h.shape)
-    d2 = _rows(delta)
-    h_new = torch.empty(R, D, device=h.device, dtype=h.dtype)
     _add_rmsnorm_kernel[(R,)](
-        h2, d2, weight, h_new, x, D, h2.stride(0), d2.stride(0), D, D, eps,
-        HAS_DELTA=True, BLOCK=block, num_warps=_norm_warps(block),
+        h2, d2, weight, h_new, x, D, h2.stride(0), d2.stride(0), h_new.stride(0), D, eps,
+        HAS_DELTA=delta is not None, BLOCK=block, num_warps=_norm_warps(block),
     )  # fmt: skip
-    return h_new.view(h.shape), x.view(h.shape)
+    return (h if delta is None else h_new.view(h.shape)), x.view(h.shape)
 
 
 def rmsnorm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

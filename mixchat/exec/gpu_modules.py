@@ -15,12 +15,13 @@ from torch import nn
 
 from mixchat.exec import fused_triton as ft
 from mixchat.exec.moe_grouped import grouped_mm_works, grouped_moe_forward
-from mixchat.exec.xformers_attn import attend_xformers, xformers_works
+from mixchat.exec.xformers_attn import attend_xformers
 from mixchat.flags import Flags
 from mixchat.model.attention import Attention
 from mixchat.model.layers import MoeLayer, RMSNorm, Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.transformer import TransformerBlock
+from mixchat.model.xformers_compat import kernels_work
 
 
 def _inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -91,7 +92,7 @@ def install_gpu_modules(model: nn.Module, flags: Flags) -> list[str]:
     wanted = dict(_SWAPS)
     if not flags.fused:
         del wanted[RMSNorm], wanted[TransformerBlock]
-    if not (flags.xformers and xformers_works(str(next(model.parameters()).device))):
+    if not (flags.xformers and kernels_work(str(next(model.parameters()).device))):
         del wanted[Attention]
     swapped = set()
     for module in model.modules():

@@ -18,8 +18,9 @@ import os
 
 import torch
 
-# Triton comes with CUDA builds of torch; the CPU build has none, and then this path is off. Without a GPU (or
-# Triton's CPU interpreter, which the tests use) it is not imported at all: that saves ~80 MB of resident memory.
+# Triton comes with CUDA builds of torch; the CPU build has none, and then the Triton paths (this module's, and
+# the fused and quantized kernels', which import it from here) are off. Without a GPU (or Triton's CPU
+# interpreter, which the tests use) it is not imported at all: that saves ~80 MB of resident memory.
 triton = tl = None
 if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
     try:

@@ -60,16 +60,15 @@ def _act_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else FAST
 
 
-def _int8_mm(x: torch.Tensor, q: torch.Tensor, scale: _ByDtype) -> torch.Tensor:
-    # x: [T, K]; q: [N, K] int8; scale: [N] -> [T, N] in x's dtype
+def _qmm(x: torch.Tensor, w: torch.Tensor, group: int, table: _ByDtype) -> torch.Tensor:
+    """x [T, K] @ w.T -> [T, N] in x's dtype. `group` 0: int8 codes [N, K] and scales [N]; else torch's CPU
+    int4 layout of [N, K] and its scale-and-offset table [K / G, N, 2]."""
     dt = _act_dtype(x)
-    return torch.ops.aten._weight_int8pack_mm(x.to(dt), q, scale.get(dt)).to(x.dtype)
-
-
-def _int4_mm(x: torch.Tensor, packed: torch.Tensor, group: int, sz: _ByDtype) -> torch.Tensor:
-    # x: [T, K]; packed: torch's CPU int4 layout of [N, K]; sz: [K / G, N, 2] -> [T, N]
-    dt = _act_dtype(x)
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(dt), packed, group, sz.get(dt)).to(x.dtype)
+    if group == 0:
+        y = torch.ops.aten._weight_int8pack_mm(x.to(dt), w, table.get(dt))
+    else:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(dt), w, group, table.get(dt))
+    return y.to(x.dtype)
 
 
 def pack_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,9 +88,9 @@ def pack_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) 
 
 
 @functools.cache
-def kernel_works(fmt: str, n: int, k: int, group: int, dtype: torch.dtype = FAST) -> bool:
-    """Whether torch's kernel for `fmt` runs on an [n, k] matrix with `dtype` activations and agrees with
-    the dequantized reference."""
+def kernel_works(fmt: str, n: int, k: int, group: int) -> bool:
+    """Whether torch's kernel for `fmt` runs on an [n, k] matrix with bf16 activations and agrees with the
+    dequantized reference."""
     from mixchat.quant.format import quantize_int4, quantize_int8
 
     # 64 rows stand for any multiple of 64 (the kernels treat row blocks alike), so probing the output head
@@ -100,15 +99,15 @@ def kernel_works(fmt: str, n: int, k: int, group: int, dtype: torch.dtype = FAST
     try:
         g = torch.Generator().manual_seed(0)
         w = torch.randn(rows, k, generator=g) * 0.02
-        x = torch.randn(3, k, generator=g).to(dtype)
+        x = torch.randn(3, k, generator=g).to(FAST)
         if fmt == "int8":
             q, s = quantize_int8(w)
-            got = _int8_mm(x, q, _ByDtype(s))
+            got = _qmm(x, q, 0, _ByDtype(s))
             ref_w = dequantize({"qweight": q, "scales": s})
         else:
             q4, s4, z4 = quantize_int4(w, group)
             packed, sz = pack_int4(q4, s4, z4)
-            got = _int4_mm(x, packed, group, _ByDtype(sz))
+            got = _qmm(x, packed, group, _ByDtype(sz))
             ref_w = dequantize({"qweight": q4, "scales": s4, "zeros": z4})
         want = x.float() @ ref_w.t()
         return bool(((got.float() - want).abs().max() <= 2e-2 * want.abs().max() + 1e-6).item())
@@ -119,20 +118,16 @@ def kernel_works(fmt: str, n: int, k: int, group: int, dtype: torch.dtype = FAST
 class CpuQuantLinear(QuantLinear):
     """`QuantLinear` through torch's CPU kernel (int8: the stored codes; int4: packed at load)."""
 
-    group: int
+    group: int  # 0 for int8
     scale_table: _ByDtype
     packed: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.device.type != "cpu":
             return super().forward(x)
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if self.format == "int8":
-            y = _int8_mm(x2, self.qweight, self.scale_table)
-        else:
-            y = _int4_mm(x2, self.packed, self.group, self.scale_table)
-        return y.reshape(*lead, self.out_features)
+        w = self.qweight if self.format == "int8" else self.packed
+        y = _qmm(x.reshape(-1, self.in_features), w, self.group, self.scale_table)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 class CpuQuantMoe(QuantMoe):
@@ -155,13 +150,9 @@ class CpuQuantMoe(QuantMoe):
 
     def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         hidden = self.w2_in
-        if self.format == "int8":
-            h = _int8_mm(x, self.w13_q[e], self.tables13[e])
-            act = F.silu(h[:, :hidden]) * h[:, hidden:]
-            return _int8_mm(act, self.w2_q[e], self.tables2[e])
-        h = _int4_mm(x, self.w13_packed[e], self.group13, self.tables13[e])
-        act = F.silu(h[:, :hidden]) * h[:, hidden:]
-        return _int4_mm(act, self.w2_packed[e], self.group2, self.tables2[e])
+        w13, w2 = (self.w13_q, self.w2_q) if self.format == "int8" else (self.w13_packed, self.w2_packed)
+        h = _qmm(x, w13[e], self.group13, self.tables13[e])
+        return _qmm(F.silu(h[:, :hidden]) * h[:, hidden:], w2[e], self.group2, self.tables2[e])
 
 
 def _group(scales: torch.Tensor, n_in: int) -> int:
@@ -171,23 +162,18 @@ def _group(scales: torch.Tensor, n_in: int) -> int:
 @torch.no_grad()
 def _swap_linear(m: QuantLinear, act: torch.dtype | None) -> bool:
     N, K = m.out_features, m.in_features
-    if m.format == "int8":
-        if not kernel_works("int8", N, K, 0):
-            return False
-        table = _ByDtype(m.scales, act)
-        m.__class__ = CpuQuantLinear
-    else:
-        G = _group(m.scales, K)
-        if not kernel_works("int4", N, K, G):
-            return False
-        packed, sz = pack_int4(m.qweight, m.scales, m.zeros)
+    G = 0 if m.format == "int8" else _group(m.scales, K)
+    if not kernel_works(m.format, N, K, G):
+        return False
+    table = m.scales
+    if G:
+        packed, table = pack_int4(m.qweight, m.scales, m.zeros)
         for part in ("qweight", "scales", "zeros"):
             delattr(m, part)
         m.register_buffer("packed", packed)
-        table = _ByDtype(sz, act)
-        m.__class__ = CpuQuantLinear
-        cast(CpuQuantLinear, m).group = G
-    cast(CpuQuantLinear, m).scale_table = table
+    m.__class__ = CpuQuantLinear
+    c = cast(CpuQuantLinear, m)
+    c.group, c.scale_table = G, _ByDtype(table, act)
     return True
 
 

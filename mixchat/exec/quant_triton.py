@@ -23,12 +23,7 @@ import functools
 
 import torch
 
-try:  # Triton comes with CUDA builds of torch; the CPU build has none, and then this path is off.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
+from mixchat.exec.moe_triton import tl, triton  # None where Triton is off (see there)
 
 DECODE_ROWS = 16  # row tile of decode-sized passes
 PREFILL_ROWS = 64  # row tile of longer passes

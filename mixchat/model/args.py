@@ -81,10 +81,6 @@ class ModelArgs:
         if self.moe is not None and not 1 <= self.moe.num_experts_per_tok <= self.moe.num_experts:
             raise ConfigError("num_experts_per_tok must be between 1 and num_experts")
 
-    @property
-    def is_moe(self) -> bool:
-        return self.moe is not None
-
     def window_of(self, layer: int) -> Window:
         """Layer `layer`'s sliding window (None: it attends to the whole context)."""
         w = self.sliding_window
@@ -105,10 +101,10 @@ class ModelArgs:
         """Whether the layers' windows differ (each layer then has a rolling buffer of its own size)."""
         return isinstance(self.sliding_window, list)
 
-    def layer_capacity(self, layer: int, max_context: int | None = None) -> int:
+    def layer_capacity(self, layer: int) -> int:
         """Slots per sequence of layer `layer`: its window, or the maximum context for full attention."""
         w = self.window_of(layer)
-        return w if w is not None else (max_context or self.max_context)
+        return w if w is not None else self.max_context
 
     @property
     def cache_capacity(self) -> int:
@@ -143,10 +139,10 @@ class ModelArgs:
     def kv_bytes_per_token(self, bytes_per_elem: int) -> int:
         return 2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_elem
 
-    def kv_bytes_full(self, bytes_per_elem: int, max_context: int | None = None) -> int:
+    def kv_bytes_full(self, bytes_per_elem: int) -> int:
         """KV cache bytes of one sequence once every layer's buffer is full (each layer its own size)."""
         per_layer_slot = 2 * self.n_kv_heads * self.head_dim * bytes_per_elem
-        return sum(self.layer_capacity(i, max_context) for i in range(self.n_layers)) * per_layer_slot
+        return sum(self.layer_capacity(i) for i in range(self.n_layers)) * per_layer_slot
 
     # ---- (de)serialisation ------------------------------------------------------------------------
     def to_params_json(self) -> dict[str, Any]:
@@ -255,9 +251,7 @@ def _fields_of(filename: str) -> Iterator[None]:
 
 
 def _opt_int(v: Any) -> int | None:
-    if v is None:
-        return None
-    return int(v)
+    return None if v is None else int(v)
 
 
 def _window_field(v: Any) -> int | list[Window] | None:
