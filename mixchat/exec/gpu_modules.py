@@ -1,11 +1,9 @@
-"""GPU inference modules swapped into a model at load, as gpt-fast swaps its linear layers.
+"""GPU inference modules swapped into a CUDA model at load, as gpt-fast swaps its linear layers.
 
-The model's modules (`mixchat/model/`) are the reference and know nothing of devices. On a CUDA model the
-executor changes the class of some of them, in place, to the subclasses here: same parameters and state,
-only `forward` differs, and each falls back to the reference forward whenever its kernel cannot serve the
-call (autograd on, a dtype the kernel has no version for, a failed probe). Changing `__class__` rather
-than building new modules keeps every reference to the module (pipeline stages, graph decoders, the
-parameter names of the state dict) valid; `restore_reference` swaps them back, for comparisons.
+The swap changes a module's class in place to a subclass here: same parameters and state, only `forward`
+differs, falling back to the reference forward whenever its kernel cannot serve the call (autograd on,
+another dtype, a failed probe). Changing `__class__` rather than building new modules keeps every reference
+to the module (pipeline stages, graph decoders, state-dict names) valid; `restore_reference` swaps back.
 """
 
 from __future__ import annotations

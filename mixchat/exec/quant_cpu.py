@@ -7,12 +7,10 @@ code minus 8; the stored format's zero is the value of code 0, so the offset is 
 kernels read each weight byte once per call, which is what a decode step is bound by.
 
 Both run in the activations' dtype (bf16 is the fast one: int8 with float32 activations is several times
-slower than a float32 matmul on this build, which is why quantized models default to bf16 activations; a
-float32 model still computes in float32). Each kernel is probed once per (format, shape, dtype) against the
-dequantized reference; a kernel that is missing or disagrees leaves the module on its reference forward,
-quietly, and a dtype the kernel lacks is computed in bf16. The MoE's w1 and w3 are concatenated
-([E, 2F, D]) so one matmul per expert computes both, and a decode step goes straight to each token's chosen
-experts (`cpu_modules.moe_by_pairs`).
+slower than a float32 matmul on this build, which is why quantized models default to bf16 activations).
+Each kernel is probed once per (format, shape) against the dequantized reference; a kernel that is missing
+or disagrees leaves the module on its reference forward, and a dtype the kernel lacks is computed in bf16.
+The MoE's w1 and w3 are concatenated ([E, 2F, D]) so one matmul per expert computes both.
 
 The int4 swap replaces the stored codes by the packed ones (one copy of the weights in memory, not two),
 so a swapped int4 module has only its fast forward; `mixchat quantize` and the tests read the stored format
@@ -41,7 +39,7 @@ class _ByDtype:
     (it would cost a 7B int4 model 0.45 GB); a later call in another dtype converts from the first copy."""
 
     def __init__(self, table: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-        """`dtype`: the model's activations, converted to at once (no float32 table is held at all)."""
+        """`dtype`: the model's activations, converted to at once."""
         self.source: torch.Tensor | None = table.float().contiguous()
         self.copies: dict[torch.dtype, torch.Tensor] = {}
         if dtype is not None:
@@ -72,8 +70,7 @@ def _qmm(x: torch.Tensor, w: torch.Tensor, group: int, table: _ByDtype) -> torch
 
 
 def pack_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stored int4 ([N, K / 2] bytes, [N, groups] scale and zero) -> torch's CPU (packed, float32
-    scale_and_zeros [groups, N, 2])."""
+    """Stored int4 ([N, K / 2] bytes, [N, groups] scale and zero) -> torch's CPU (packed, [groups, N, 2])."""
     N = qweight.shape[0]
     # Rows are packed in blocks (torch's layout keeps blocks of 64 rows apart), so the int32 codes that the
     # packing op wants never exist for the whole matrix at once (0.5 GB for a 32000 x 4096 head).
@@ -182,19 +179,16 @@ def _swap_moe(m: QuantMoe, act: torch.dtype | None) -> bool:
     s1, s2, s3 = m.stored("w1"), m.stored("w2"), m.stored("w3")
     E, hidden = s1["qweight"].shape[:2]
     D = s2["qweight"].shape[1]
-    groups = (0, 0)
+    groups = (0, 0) if m.format == "int8" else (_group(s1["scales"], D), _group(s2["scales"], hidden))
+    if not (kernel_works(m.format, 2 * hidden, D, groups[0]) and kernel_works(m.format, D, hidden, groups[1])):
+        return False
     if m.format == "int8":
-        if not (kernel_works("int8", 2 * hidden, D, 0) and kernel_works("int8", D, hidden, 0)):
-            return False
         m.register_buffer("w13_q", torch.cat([s1["qweight"], s3["qweight"]], 1))  # [E, 2F, D]
         m.register_buffer("w2_q", s2["qweight"])
         s13 = torch.cat([s1["scales"], s3["scales"]], 1)
         tables13 = [_ByDtype(s13[e], act) for e in range(E)]
         tables2 = [_ByDtype(s2["scales"][e], act) for e in range(E)]
     else:
-        groups = (_group(s1["scales"], D), _group(s2["scales"], hidden))
-        if not (kernel_works("int4", 2 * hidden, D, groups[0]) and kernel_works("int4", D, hidden, groups[1])):
-            return False
         p13, p2, tables13, tables2 = [], [], [], []
         for e in range(E):
             p, sz = pack_int4(*(torch.cat([s1[k][e], s3[k][e]], 0) for k in ("qweight", "scales", "zeros")))

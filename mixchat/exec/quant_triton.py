@@ -1,11 +1,9 @@
-"""Triton kernels that multiply by int8 / int4 weights in the stored format, dequantizing in registers.
+"""A Triton kernel that multiplies by int8 / int4 weights in the stored format, dequantizing in registers.
 
-One kernel serves every quantized matmul on the GPU: rows grouped by expert (`offs`, each expert's end
-row, on the device), stacked weights [E, N, K] in the stored format of `mixchat.quant.format`, and a dense
-projection is the case E = 1. Each program takes one expert, one block of output columns and one block of
-that expert's rows; it reads its row range from `offs` (no host synchronisation, so a CUDA graph can hold
-it), returns at once for an expert nobody chose or a row block past its rows (those weights are never
-read), and otherwise streams the codes of its column block once for all its rows:
+It serves every quantized matmul on the GPU: rows grouped by expert (`offs` on the device, as in
+`moe_triton.py`: no host synchronisation, an expert nobody chose is never read), stacked weights [E, N, K]
+in the stored format of `mixchat.quant.format`, a dense projection being E = 1. Each program takes one
+expert, one block of output columns and one block of that expert's rows:
 
 - int8: codes are converted to the activations' dtype and the per-channel scale is applied once to the
   float32 accumulator at the end;
