@@ -27,8 +27,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
+from mixchat.checkpoint_config import args_from_hf_config, args_from_params, hf_config, read_json
 from mixchat.errors import LoadError as LoadError  # re-exported
-from mixchat.model.args import ConfigError, ModelArgs, read_json
+from mixchat.model.args import ConfigError, ModelArgs
 from mixchat.model.stage import StageModel, StagePart
 from mixchat.model.transformer import Transformer
 from mixchat.quant.format import QuantSpec
@@ -74,13 +75,13 @@ def inspect_folder(folder: str | Path, max_context: int | None = None) -> Checkp
         if (folder / "params.json").is_file():
             layout = "mistral"
             params = read_json(folder / "params.json")
-            args = ModelArgs.from_params(params)
+            args = args_from_params(params)
             stored = QuantSpec.from_json(params["quantization"]) if "quantization" in params else None
             files = sorted(folder.glob("consolidated*.safetensors"))
         elif (folder / "config.json").is_file():
             layout = "hf"
             config = read_json(folder / "config.json")
-            args = ModelArgs.from_hf_config(config)
+            args = args_from_hf_config(config)
             stored = None
             files = _hf_weight_files(folder)
         else:
@@ -592,7 +593,7 @@ def save_hf(model: Transformer, folder: str | Path, shards: int = 1) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = hf_state_dict(model)
-    (folder / "config.json").write_text(json.dumps(model.args.to_hf_config(), indent=2) + "\n")
+    (folder / "config.json").write_text(json.dumps(hf_config(model.args), indent=2) + "\n")
     if shards == 1:
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         return folder

@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from mixchat.checkpoint_config import args_from_params
 from mixchat.errors import UserError
 from mixchat.model.args import ModelArgs, MoeArgs
 from mixchat.model.stage import StageModel, StagePart
@@ -56,7 +57,7 @@ def named_shape(name: str) -> ModelArgs:
             moe=MoeArgs(8, 2),
         )
     if name == "builtin":
-        return ModelArgs.from_params(json.loads((BUILTIN_DIR / "params.json").read_text()))
+        return args_from_params(json.loads((BUILTIN_DIR / "params.json").read_text()))
     raise UserError(f"unknown shape {name!r}: use {', '.join(SHAPES)}")
 
 

@@ -22,6 +22,7 @@ import torch
 from conftest import make_args
 
 from mixchat import loader, runtime
+from mixchat.checkpoint_config import args_from_hf_config
 from mixchat.loader import inspect_folder, random_model, save_hf, save_native
 from mixchat.model.args import ConfigError, ModelArgs
 from mixchat.runtime import UserError, cpu_auto_dtype, load_runtime
@@ -192,7 +193,7 @@ def test_plain_read_loader_puts_every_value_in_place(tmp_path: Path) -> None:
     f32 = loader.build_model(inspect_folder(tmp_path / "bf16"), "cpu", torch.float32)  # bf16 file, float32 model
     assert torch.equal(f32.output.weight, model.output.weight.to(torch.bfloat16).float())
     with pytest.raises(ConfigError):
-        ModelArgs.from_hf_config({**json.loads((tmp_path / "hf" / "config.json").read_text()), "mlp_bias": True})
+        args_from_hf_config({**json.loads((tmp_path / "hf" / "config.json").read_text()), "mlp_bias": True})
 
 
 def test_template_option(hf_folder: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mixchat.checkpoint_config import hf_config
 from mixchat.cli.common import add_model_options, positive_int, quant_from_args
 from mixchat.exec.memory import peak_memory_bytes
 from mixchat.quant.format import bytes_per_weight
@@ -227,7 +228,7 @@ def transformers_twin(model):  # type: ignore[no-untyped-def]
     from mixchat.loader import hf_state_dict
 
     transformers = _import_transformers()
-    cfg = {k: v for k, v in model.args.to_hf_config().items() if k not in ("architectures", "model_type")}
+    cfg = {k: v for k, v in hf_config(model.args).items() if k not in ("architectures", "model_type")}
     if model.args.moe:
         config, cls = transformers.MixtralConfig(**cfg), transformers.MixtralForCausalLM
     else:

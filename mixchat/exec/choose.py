@@ -1,9 +1,6 @@
-"""The one place that decides how a model's passes run on this machine.
-
-Everything that used to be decided in several places (the engine's constructor, module forwards, probes
-reading environment variables) is decided here, once per engine, from the `Flags` read at start-up and
-what the device can do. The model itself stays the reference: a faster path is either a separate
-executor or a module swap made here, before the first pass.
+"""The one place that decides how a model's passes run on this machine, once per engine, from the `Flags`
+read at start-up and what the device can do. The model itself stays the reference: a faster path is either
+a separate executor or a module swap made here, before the first pass.
 """
 
 from __future__ import annotations
@@ -32,11 +29,6 @@ def prepare_modules(model: nn.Module, settings: Flags | None = None, cpu_modules
     return swapped + (install_cpu_modules(model) if cpu_modules else [])
 
 
-def lean_cpu_model(model: ModelLike) -> bool:
-    """A small full-precision float32 CPU model: the lean runner's (cpu.py)."""
-    return CpuRunner.suits(model) and not (isinstance(model, nn.Module) and is_quantized(model))  # type: ignore[arg-type]
-
-
 def choose_stage_decoder(
     stage: StageModel | Transformer, settings: Flags | None = None, cpu_modules: bool = True
 ) -> GraphDecoder | None:
@@ -53,7 +45,8 @@ def choose_executor(model: ModelLike, settings: Flags | None = None) -> Executor
     its stage has chosen for itself)."""
     settings = settings or flags()
     if isinstance(model, Transformer):
-        lean = settings.cpu_runner and model.device.type == "cpu" and lean_cpu_model(model)
+        # The lean runner (cpu.py) takes small full-precision float32 CPU models.
+        lean = settings.cpu_runner and CpuRunner.suits(model) and not is_quantized(model)
         decoder = choose_stage_decoder(model, settings, cpu_modules=not lean)  # the lean runner's model
         if decoder is not None:  # stays the reference
             return GraphExecutor(model, decoder)

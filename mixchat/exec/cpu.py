@@ -1,32 +1,23 @@
 """A lean inference executor for small models on the CPU.
 
-Why it exists: on a model the size of the built-in one (dim 256, 8 layers) a decode step multiplies tiny
-matrices. Each matmul takes a few microseconds, and the step's time goes to everything around them: module
-calls, a dozen elementwise ops per RoPE or RMSNorm, the grouped-MoE bookkeeping built for long chunks, mask
-and index tensors. This runner executes the same model (same parameters, same semantics) with as few ops as
-the maths allows:
+On a model the size of the built-in one (dim 256, 8 layers) each matmul of a decode step takes a few
+microseconds, and the step's time goes to everything around them: module calls, a dozen elementwise ops per
+RoPE or RMSNorm, the grouped-MoE bookkeeping built for long chunks, mask and index tensors. This runner
+executes the same model with as few ops as the maths allows:
 
-- weights that are read together are fused and stored pre-transposed ([in, out]): one matmul for q, k and
-  v; one for each expert's w1 and w3; `x @ W` on a row-major [in, out] matrix streams it once and runs
-  about twice as fast for a single token as `F.linear`'s transposed read;
-- the RMSNorm weights are folded into the matrices that read the normalised activations, so a norm is
-  four small ops (vector norm, one addcmul for mean + eps, rsqrt, multiply);
-- RoPE is one complex multiply on q and k together, with the rotation computed once per pass (read from
-  a table in decode);
-- a decode step writes into preallocated buffers whose views are made once (`_DecodeBuffers`), and
-  builds no masks or index tensors (the cache's decode plan is Python lists);
-- residual adds ride on the matmuls (`addmm`), and for one token each expert's output is accumulated
-  straight onto the residual stream with its routing weight as the matmul's alpha;
-- for one token the MoE goes straight to its k chosen experts (a slice of the stacked weights, no copy),
-  while longer passes group tokens by expert (sort + index), so only the selected experts' weights are
-  read for each token;
-- in a pre-fill pass whose caller only needs the last tokens' logits, the last layer computes queries,
-  attention and the feed-forward block for those tokens only (every token's K/V is still cached).
+- weights read together are fused and stored pre-transposed ([in, out]): one matmul for q, k and v, one
+  for each expert's w1 and w3; `x @ W` on a row-major [in, out] matrix runs about twice as fast for a
+  single token as `F.linear`'s transposed read;
+- the RMSNorm weights are folded into the matrices that read the normalised activations;
+- RoPE is one complex multiply on q and k together, the rotation computed once per pass;
+- a decode step writes into preallocated buffers (`_DecodeBuffers`) and builds no masks or index tensors;
+- residual adds ride on the matmuls (`addmm`); the MoE of a few tokens goes straight to their chosen
+  experts, longer passes group tokens by expert;
+- when the caller only needs the last tokens' logits, the last layer computes queries, attention and the
+  feed-forward block for those tokens only (every token's K/V is still cached).
 
-The derived weights are a one-time copy of the layer weights, which is why the runner is only used for
-small models (`suits`), and they are rebuilt when a parameter changes (version counters are compared
-before each pass, parameter identity and storage before each pre-fill pass). Training and the reference
-path use `Transformer.forward`; GPU paths (CUDA graphs, grouped GEMMs) belong beside this file, not in it.
+The derived weights are a copy, so the runner only takes small models (`suits`), and they are rebuilt when
+a parameter changes (see `_refresh`). Training and the reference path use `Transformer.forward`.
 """
 
 from __future__ import annotations
@@ -36,15 +27,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mixchat.exec.cpu_modules import PAIR_LIMIT
 from mixchat.model.attention import KVStore
 from mixchat.model.attn_ops import attend, attend_last
 from mixchat.model.layers import FeedForward, MoeLayer, Routing, top_k_routing
 from mixchat.model.layout import BatchLayout
+from mixchat.model.rope import apply_rotary
 from mixchat.model.transformer import Transformer, TransformerBlock
 
 MAX_PARAMS = 64_000_000  # the derived copy costs up to 256 MiB in float32
 ROTATION_TABLE_LIMIT = 1 << 16  # decode positions below this read their RoPE rotation from a table
-PAIR_LIMIT = 4  # (token, expert) pairs up to which the MoE skips grouping by expert
 
 
 @dataclass
@@ -63,12 +55,8 @@ class _LayerWeights:
 
 
 class _DecodeBuffers:
-    """Scratch tensors of a decode step with B rows and the views into them, made once and reused.
-
-    Every layer writes its normalised input, q/k/v and RoPE output into the same tensors (each is consumed,
-    or copied into the cache, before the next layer overwrites it), so a step allocates no buffers and
-    derives no views of them.
-    """
+    """Scratch tensors of a decode step with B rows and their views, made once: every layer writes into the
+    same tensors (each is consumed, or copied into the cache, before the next layer overwrites it)."""
 
     def __init__(self, B: int, dim: int, H: int, Hkv: int, hd: int, hidden: int) -> None:
         nqk = (H + Hkv) * hd
@@ -114,7 +102,6 @@ class CpuRunner:
         w = self.model.tok_embeddings.weight
         return w.device.type == "cpu" and w.dtype == torch.float32
 
-    # ---- derived weights -----------------------------------------------------------------------------
     def _refresh(self, full: bool) -> None:
         """Rebuild the derived weights if a parameter changed since they were made.
 
@@ -171,7 +158,6 @@ class CpuRunner:
         self._pointers = [p.data_ptr() for p in self._params]
         self._versions = self._versions_now()
 
-    # ---- a pass ----------------------------------------------------------------------------------------
     def forward(
         self,
         tokens: torch.Tensor,  # [T]
@@ -180,12 +166,8 @@ class CpuRunner:
         router_out: list[Routing] | None = None,
         routing_last_only: bool = False,
     ) -> torch.Tensor:  # [B, vocab]: each sequence's last-token logits
-        """A pass that returns the last logits of each sequence (what the engine samples from).
-
-        With `router_out` and `routing_last_only`, each layer's Routing holds the rows of the sequences'
-        last tokens only ([B, k]); without `router_out`, or with `routing_last_only`, the last layer skips
-        the other tokens (see the module docstring).
-        """
+        """With `routing_last_only`, each layer's Routing holds the sequences' last tokens only ([B, k]); then,
+        or without `router_out`, the last layer skips the other tokens."""
         m = self.model
         T, B = tokens.shape[0], len(layout.seqlens)
         self._refresh(full=T != B)
@@ -224,12 +206,10 @@ class CpuRunner:
         return rotary.rotation(layout.positions)
 
     def _decode_buffers(self, B: int) -> _DecodeBuffers:
-        b = self._buffers.get(B)
-        if b is None:
-            dim = self.model.args.dim
-            b = _DecodeBuffers(B, dim, self.n_heads, self.n_kv_heads, self.head_dim, self.hidden)
-            self._buffers[B] = b
-        return b
+        if B not in self._buffers:
+            a = self.model.args
+            self._buffers[B] = _DecodeBuffers(B, a.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.hidden)
+        return self._buffers[B]
 
     def _attention_decode(
         self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
@@ -251,7 +231,7 @@ class CpuRunner:
         T = x.shape[0]
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = torch.mm(_rms_normalise(x, self._eps), lw.wqkv)  # [T, (H + 2 Hkv) * hd]
-        qk = _rotate(qkv[:, : (H + Hkv) * hd].view(T, H + Hkv, hd), rot)  # [T, H + Hkv, hd]
+        qk = apply_rotary(qkv[:, : (H + Hkv) * hd].view(T, H + Hkv, hd), rot)  # [T, H + Hkv, hd]
         q, k = qk[:, :H], qk[:, H:]
         v = qkv[:, (H + Hkv) * hd :].view(T, Hkv, hd)
         keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
@@ -268,10 +248,10 @@ class CpuRunner:
         wq, wkv = lw.wqkv[:, : H * hd], lw.wqkv[:, H * hd :]
         xn = _rms_normalise(x, self._eps)  # [T, dim]
         kv = torch.mm(xn, wkv)  # [T, 2 Hkv hd]
-        k = _rotate(kv[:, : Hkv * hd].view(T, Hkv, hd), rot)
+        k = apply_rotary(kv[:, : Hkv * hd].view(T, Hkv, hd), rot)
         v = kv[:, Hkv * hd :].view(T, Hkv, hd)
         B = last.shape[0]
-        q = _rotate(torch.mm(xn.index_select(0, last), wq).view(B, H, hd), rot.index_select(0, last))  # [B, H, hd]
+        q = apply_rotary(torch.mm(xn.index_select(0, last), wq).view(B, H, hd), rot.index_select(0, last))  # [B, H, hd]
         keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
         out = attend_last(q, keys, values, layout)  # [B, H, hd]
         return torch.addmm(x.index_select(0, last), out.reshape(B, H * hd), lw.wo)
@@ -281,7 +261,6 @@ class CpuRunner:
         b: _DecodeBuffers | None,
     ) -> torch.Tensor:  # [T, dim]  # fmt: skip
         """x + FFN(norm(x)), updating x in place (it is this pass's own residual tensor)."""
-        # [T, dim]; ffn_norm's weight is folded into the matrices
         xn = _rms_normalise(x, self._eps) if b is None else torch.mul(x, _rms_scale(x, self._eps), out=b.xn)
         if lw.moe is None:
             h = torch.mm(xn, lw.w13)  # [T, 2 * hidden]
@@ -303,11 +282,8 @@ class CpuRunner:
         self, x: torch.Tensor, xn: torch.Tensor, lw: _LayerWeights, experts: torch.Tensor, weights: torch.Tensor,
         b: _DecodeBuffers | None,
     ) -> torch.Tensor:  # fmt: skip
-        """A few tokens: each (token, chosen expert) pair is one slice of the stacked weights, no grouping.
-
-        Each expert's output is added onto the token's residual row by the w2 matmul, its routing weight
-        as the matmul's alpha.
-        """
+        """A few tokens: each (token, chosen expert) pair is one slice of the stacked weights, its output added
+        onto the token's residual row by the w2 matmul (the routing weight as alpha)."""
         T = x.shape[0]
         for t, (es, ws) in enumerate(zip(experts.tolist(), weights.tolist(), strict=True)):
             xt, row = (xn, x) if T == 1 else (xn[t : t + 1], x[t : t + 1])  # [1, dim]
@@ -323,14 +299,10 @@ class CpuRunner:
     def _experts_grouped(
         self, x: torch.Tensor, xn: torch.Tensor, lw: _LayerWeights, experts: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
-        """Many tokens: sort the (token, expert) pairs by expert, one matmul pair per expert that has tokens.
-
-        Each expert's matmuls write into shared buffers (`out=`), so the SwiGLU runs once over all pairs
-        rather than once per expert. The routing weights scale the output rows, and `index_add_` adds them
-        onto their tokens' residual rows: this replaces putting the rows back in token order (an
-        `index_copy_`, single-threaded and about 4x slower on a 1 MiB chunk) followed by one `addcmul_` per
-        choice.
-        """
+        """Many tokens: the (token, expert) pairs sorted by expert, one matmul pair per expert that has tokens,
+        into shared buffers (`out=`) so the SwiGLU runs once over all pairs. `index_add_` adds the weighted
+        rows onto their tokens' residual rows: putting them back in token order instead (`index_copy_`) is
+        single-threaded and about 4x slower on a 1 MiB chunk."""
         k = experts.shape[1]
         E = lw.w13.shape[0]
         flat = experts.reshape(-1)  # [T*k]
@@ -365,12 +337,6 @@ def _rms_scale(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 def _rms_normalise(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) per row (the norm's weight lives in the next matmul)."""
     return x * _rms_scale(x, eps)
-
-
-def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """RoPE on float32 x [T, heads, hd] (pairs interleaved) by the complex rotation [T, 1, hd/2]."""
-    T, n, hd = x.shape
-    return torch.view_as_real(torch.view_as_complex(x.reshape(T, n, hd // 2, 2)) * rot).view(T, n, hd)
 
 
 def _swiglu(h: torch.Tensor, hidden: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from mixchat.model.layers import MoeLayer, Routing
 
-PAIR_LIMIT = 4  # (token, expert) pairs up to which the MoE skips grouping by expert (as exec/cpu.py)
+PAIR_LIMIT = 4  # (token, expert) pairs up to which the MoE skips grouping by expert (also exec/cpu.py)
 
 
 def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,6 @@
 An executor takes a planned pass (the layout from `RollingCache.plan`, the tokens as host integers) and
 returns each sequence's last logits. It never advances the cache (the engine does, once, after any
 executor) and never samples. Which executor serves a model is decided once, by `mixchat.exec.choose`.
-
-- `ModuleExecutor`: the model's own forward, the reference. It also serves anything with the model
-  protocol below, such as rank 0's pipeline wrapper.
-- `CpuExecutor`: every CPU model: the lean path of `cpu.py` for small float32 models, else the module
-  forward with the CPU kernels swapped in (`quant_cpu.py`).
-- `GraphExecutor`: decode steps replayed from CUDA graphs (`graphs.py`), pre-fill through the module
-  forward with the GPU modules swapped in (`gpu_modules.py`).
 """
 
 from __future__ import annotations
@@ -68,7 +61,8 @@ class Executor(Protocol):
 
 
 class ModuleExecutor:
-    """The model's own forward: the reference, and the fallback of the executors below."""
+    """The model's own forward: the reference, and the fallback of the executors below. It serves anything
+    with the model protocol, such as rank 0's pipeline wrapper."""
 
     name = "module"
 
@@ -110,13 +104,15 @@ class CpuExecutor(ModuleExecutor):
         router_out: list[Routing] | None,
         routing_last_only: bool,
     ) -> torch.Tensor:
-        if self.runner is None or not self.runner.usable():  # or moved off the CPU / to another dtype since
+        if self.runner is None or not self.runner.usable():
             return super().forward(tokens, layout, cache, router_out, routing_last_only)
         ids = torch.tensor(list(tokens), dtype=torch.long)
         return self.runner.forward(ids, layout, cache, router_out, routing_last_only=routing_last_only)
 
 
 class GraphExecutor(ModuleExecutor):
+    """Decode steps replayed from CUDA graphs (`graphs.py`); pre-fill through the module forward."""
+
     name = "graphs"
 
     def __init__(self, model: ModelLike, decoder: GraphDecoder) -> None:

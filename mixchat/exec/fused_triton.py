@@ -3,16 +3,9 @@
 A batch-1 Mixtral decode step reads ~6 ms of weights on an H200 but ran at ~12.6 ms inside its CUDA graph,
 because every layer was ~60 tiny kernels: RMSNorm as eight elementwise kernels (twice a layer), RoPE as
 three per tensor, two cache writes, and a dozen for the MoE routing bookkeeping and combine. Each of them
-moves a few kilobytes, so their launch and drain time is what the step pays for. The kernels here do the
-same arithmetic in a handful of launches:
-
-- `add_rmsnorm` / `rmsnorm`: residual add and the next RMSNorm in one pass over the row;
-- `rope_store`: rotate q and k, write k and v into the rolling cache, in one kernel;
-- `route_topk`: top-k, softmax, the stable sort of assignments by expert and the group offsets, in one
-  program (decode-sized: at most `ROUTE_MAX_ASSIGN` token-expert assignments);
-- `expert_gemv_swiglu`: the first expert GEMV with both w1 and w3 streamed by one program and the SwiGLU
-  applied in registers, gathering its input rows by token (no `index_select`);
-- `combine_add_rmsnorm`: weighted sum of each token's expert outputs, residual add and the next RMSNorm.
+moves a few kilobytes, so their launch and drain time is what the step pays for. The kernels here
+(`add_rmsnorm`, `rope_store`, `route_topk`, `expert_gemv_swiglu`, `combine_add_rmsnorm`) do the same
+arithmetic in a handful of launches.
 
 Every kernel rounds where the torch reference rounds (a bf16 result wherever torch produced a bf16 tensor),
 so the fused step equals the unfused one up to float32 reduction order. Triton is optional, as in
@@ -23,24 +16,13 @@ plain torch and say False on any failure, and callers then keep the unfused path
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
 
-from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv
+from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv, tl, triton  # triton: None where it is off
 from mixchat.model.layers import top_k_routing
 from mixchat.model.rope import Rotary, apply_rotary
-
-# Triton comes with CUDA builds of torch; the CPU build has none, and then this path is off. Without a GPU (or
-# Triton's CPU interpreter, which the tests use) it is not imported at all: that saves ~80 MB of resident memory.
-triton = tl = None
-if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:  # pragma: no cover - depends on the install
-        triton = tl = None
 
 ROUTE_MAX_ASSIGN = 128  # token-expert assignments `route_topk` takes in its single program (16 tokens x 8)
 ROUTE_MAX_EXPERTS = 64
@@ -284,31 +266,22 @@ def _norm_warps(block: int) -> int:
 def add_rmsnorm(
     h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h + delta, RMSNorm(h + delta)) in one pass; with delta None, (h, RMSNorm(h)).
-
-    Equals `h + delta` followed by `layers.RMSNorm.forward` (float32 statistics, normalised value rounded
-    to h's dtype, then multiplied by the weight in that dtype) up to the float32 reduction order. One
-    program per row holds the whole row (D up to 8192 and beyond, in registers).
+    """(h + delta, RMSNorm(h + delta)) in one pass over each row (held whole in registers); with delta None,
+    (h, RMSNorm(h)). Rounds as `h + delta` and `layers.RMSNorm.forward` do.
     """
     # h, delta: [..., D]; weight: [D] of h's dtype -> two tensors shaped like h
     D = h.shape[-1]
     h2 = _rows(h)
     R = h2.shape[0]
     x = torch.empty(R, D, device=h.device, dtype=h.dtype)
+    d2 = h2 if delta is None else _rows(delta)
+    h_new = h2 if delta is None else torch.empty(R, D, device=h.device, dtype=h.dtype)
     block = triton.next_power_of_2(D)
-    if delta is None:
-        _add_rmsnorm_kernel[(R,)](
-            h2, h2, weight, h2, x, D, h2.stride(0), h2.stride(0), h2.stride(0), D, eps,
-            HAS_DELTA=False, BLOCK=block, num_warps=_norm_warps(block),
-        )  # fmt: skip
-        return h, x.view(h.shape)
-    d2 = _rows(delta)
-    h_new = torch.empty(R, D, device=h.device, dtype=h.dtype)
     _add_rmsnorm_kernel[(R,)](
-        h2, d2, weight, h_new, x, D, h2.stride(0), d2.stride(0), D, D, eps,
-        HAS_DELTA=True, BLOCK=block, num_warps=_norm_warps(block),
+        h2, d2, weight, h_new, x, D, h2.stride(0), d2.stride(0), h_new.stride(0), D, eps,
+        HAS_DELTA=delta is not None, BLOCK=block, num_warps=_norm_warps(block),
     )  # fmt: skip
-    return h_new.view(h.shape), x.view(h.shape)
+    return (h if delta is None else h_new.view(h.shape)), x.view(h.shape)
 
 
 def rmsnorm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -327,10 +300,9 @@ def rope_store(
 ) -> torch.Tensor:
     """Rotate q and k (rope.apply_rotary), store rotated k and raw v at `slots`; return rotated q.
 
-    Replaces two RoPE applications (float cast, complex multiply, cast back: three kernels each) and two
-    `index_copy_` cache writes with one kernel: program (b, head) rotates one q head, or one k head and
-    copies the matching v head, straight into the cache. `cos_sin` is `view_as_real(rotary.rotation(pos))`,
-    the same float32 table the reference multiplies by, computed once per step and shared by all layers.
+    One kernel instead of two RoPE applications (three kernels each) and two `index_copy_` cache writes:
+    program (b, head) rotates one q head, or one k head and copies the matching v head into the cache.
+    `cos_sin` is `view_as_real(rotary.rotation(pos))`, computed once per step and shared by all layers.
     """
     # q: [B, H, hd], k/v: [B, Hkv, hd] (any row stride, heads contiguous); cos_sin: [B, hd/2, 2] float32;
     # k_cache/v_cache: [Bc*S, Hkv, hd] contiguous per slot; slots: [B] int64 -> q rotated [B, H, hd]
@@ -368,13 +340,11 @@ def route_fits(T: int, k: int, E: int) -> bool:
 
 
 def route_topk(logits: torch.Tensor, k: int) -> Routed:
-    """Top-k routing and expert grouping of a decode-sized pass, in one kernel.
+    """Top-k routing and expert grouping of a decode-sized pass: what `MoeLayer.route` and
+    `grouped_moe_forward` do before the expert GEMMs in ten launches, in one program.
 
-    Does what `MoeLayer.route` and `grouped_moe_forward` do before the expert GEMMs (topk, softmax, stable
-    argsort by expert, per-expert counts, cumsum, cast, token index): ten launches there. Ties between equal
-    logits go to the lower expert index; torch.topk does so on the CPU but promises no order on CUDA, so
-    exactly tied logits (rare outside tests) may pick a different expert there. A NaN logit is never
-    chosen here (torch.topk treats NaN as the largest).
+    Ties go to the lower expert index (torch.topk does so on the CPU but promises no order on CUDA, so
+    exactly tied logits may pick another expert there). A NaN logit is never chosen (torch.topk takes it).
     """
     # logits: [T, E]
     T, E = logits.shape
@@ -401,11 +371,9 @@ def expert_gemv_swiglu(
     token_of: torch.Tensor,
     config: dict[str, int] | None = None,
 ) -> torch.Tensor:
-    """silu(w1[e] @ x[token_of[r]]) * (w3[e] @ x[token_of[r]]) for rows r grouped by expert.
-
-    `moe_triton.expert_gemv` run twice plus the gather, silu and product: five kernels. Here one program
-    streams one column block of both w1 and w3 of one expert, reads its rows from x through `token_of`
-    and applies the SwiGLU in registers. At most `moe_triton.MAX_ROWS` rows per expert.
+    """silu(w1[e] @ x[token_of[r]]) * (w3[e] @ x[token_of[r]]) for rows r grouped by expert (at most
+    `MAX_ROWS` per expert), in one kernel instead of five: a program streams one column block of one
+    expert's w1 and w3, gathers its rows through `token_of` and applies the SwiGLU in registers.
     """
     # x: [T, K]; w1, w3: [E, N, K] (rows contiguous); offs: [E] int32; token_of: [R] int32 -> [R, N]
     R = token_of.shape[0]
@@ -427,11 +395,8 @@ def expert_gemv_swiglu(
 def combine_add_rmsnorm(
     h: torch.Tensor, ys: torch.Tensor, routed: Routed, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h + moe, RMSNorm(h + moe)) with moe[t] = sum over t's assignments of (ys[row] * weight) in dtype.
-
-    Replaces the reference's weight gather, cast, multiply, zeros, index_add_, residual add and the next
-    layer's eight-kernel norm. The sum runs over the token's rows in sorted order with a rounding after each
-    add, as `index_add_` into a bf16 tensor does.
+    """(h + moe, RMSNorm(h + moe)) with moe[t] = sum over t's assignments of (ys[row] * weight) in dtype,
+    in sorted row order and rounded after each add, as the reference's `index_add_` into a bf16 tensor.
     """
     # h: [T, D]; ys: [T*k, D] sorted rows; weight: [D] -> two [T, D]
     T, D = h.shape

@@ -1,11 +1,9 @@
-"""GPU inference modules swapped into a model at load, as gpt-fast swaps its linear layers.
+"""GPU inference modules swapped into a CUDA model at load, as gpt-fast swaps its linear layers.
 
-The model's modules (`mixchat/model/`) are the reference and know nothing of devices. On a CUDA model the
-executor changes the class of some of them, in place, to the subclasses here: same parameters and state,
-only `forward` differs, and each falls back to the reference forward whenever its kernel cannot serve the
-call (autograd on, a dtype the kernel has no version for, a failed probe). Changing `__class__` rather
-than building new modules keeps every reference to the module (pipeline stages, graph decoders, the
-parameter names of the state dict) valid; `restore_reference` swaps them back, for comparisons.
+The swap changes a module's class in place to a subclass here: same parameters and state, only `forward`
+differs, falling back to the reference forward whenever its kernel cannot serve the call (autograd on,
+another dtype, a failed probe). Changing `__class__` rather than building new modules keeps every reference
+to the module (pipeline stages, graph decoders, state-dict names) valid; `restore_reference` swaps back.
 """
 
 from __future__ import annotations
@@ -15,12 +13,13 @@ from torch import nn
 
 from mixchat.exec import fused_triton as ft
 from mixchat.exec.moe_grouped import grouped_mm_works, grouped_moe_forward
-from mixchat.exec.xformers_attn import attend_xformers, xformers_works
+from mixchat.exec.xformers_attn import attend_xformers
 from mixchat.flags import Flags
 from mixchat.model.attention import Attention
 from mixchat.model.layers import MoeLayer, RMSNorm, Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.transformer import TransformerBlock
+from mixchat.model.xformers_compat import kernels_work
 
 
 def _inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -91,7 +90,7 @@ def install_gpu_modules(model: nn.Module, flags: Flags) -> list[str]:
     wanted = dict(_SWAPS)
     if not flags.fused:
         del wanted[RMSNorm], wanted[TransformerBlock]
-    if not (flags.xformers and xformers_works(str(next(model.parameters()).device))):
+    if not (flags.xformers and kernels_work(str(next(model.parameters()).device))):
         del wanted[Attention]
     swapped = set()
     for module in model.modules():

@@ -107,15 +107,11 @@ def _fuse_qkv(attn: Attention) -> torch.Tensor:
 
 
 def decoder_wanted(model: Transformer | StageModel, settings: Flags | None = None) -> bool:
-    """Whether a whole model (the engine) or a pipeline stage (rank 0's driver, the followers) runs its
-    decode steps through a `GraphDecoder`. MIXCHAT_CUDA_GRAPHS: "1" (default) graphs where supported, "0"
-    never, "eager" the graph step's code run eagerly on any device, replaying nothing (`_EagerReplay`): for
-    checking the step and its callers' static-buffer protocol where no graph can be captured (the CPU tests
-    of pipelines run it over gloo).
-
-    Not for models whose layers have different windows: the step's static inputs hold one slot and one
-    live count per row, shared by every layer, which such a cache does not have. They decode on the eager
-    path (the module forward, or the CPU runner), which plans each layer's slots itself."""
+    """Whether a whole model or a pipeline stage runs its decode steps through a `GraphDecoder`.
+    MIXCHAT_CUDA_GRAPHS: "1" (default) graphs where supported, "0" never, "eager" the graph step's code run
+    eagerly on any device (`_EagerReplay`), to check the step and its callers' static-buffer protocol where no
+    graph can be captured. Never for models whose layers have different windows: the step's static inputs
+    hold one slot and one live count per row, shared by every layer."""
     if getattr(model, "args", None) is not None and model.args.per_layer_windows:
         return False
     settings = settings or flags()

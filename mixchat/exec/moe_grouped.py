@@ -1,12 +1,11 @@
 """Sparse MoE as three grouped GEMMs whose group sizes stay on the device.
 
-`MoeLayer.forward` groups tokens by expert too, but reads the group sizes back to the host
-(`bincount().tolist()`) to slice each expert's rows in Python. On a GPU that read is a host-device
-synchronisation in every layer of every step, and it makes the step impossible to capture in a CUDA graph.
-Here the group boundaries (`offs`, cumulative row counts per expert) are a device tensor handed to
-`torch._grouped_mm`, which multiplies each expert's rows by that expert's weights in one kernel. An expert
-that received no token is an empty group: its weights are not read. All shapes depend only on the number
-of tokens, so the same code runs eagerly for pre-fill and inside a captured decode graph.
+`MoeLayer.forward` reads the group sizes back to the host (`bincount().tolist()`) to slice each expert's
+rows: on a GPU a host-device synchronisation in every layer of every step, which also makes the step
+impossible to capture in a CUDA graph. Here the group boundaries (`offs`, cumulative row counts per expert)
+are a device tensor handed to `torch._grouped_mm`; an expert that received no token is an empty group, its
+weights not read. All shapes depend only on the number of tokens, so the same code runs eagerly for
+pre-fill and inside a captured decode graph.
 """
 
 from __future__ import annotations

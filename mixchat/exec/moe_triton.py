@@ -1,14 +1,11 @@
 """A grouped GEMV for decode-sized MoE passes: each chosen expert's weights are streamed once.
 
-A decode step sends a handful of rows to each chosen expert (one per sequence that picked it). Grouped
-GEMM kernels are tiled for many rows per group and leave most of the memory bandwidth unused on such
-shapes, while a decode step is nothing but reading weights. This kernel gives each program one expert and
-one block of output columns: it reads the expert's row range from the device-side group offsets (so no
-host synchronisation and a CUDA graph can hold it), returns at once for an expert nobody chose (its
-weights are never read), and otherwise streams the weight block once for all of the expert's rows.
-
-Written in Triton; the GPU machine's torch ships it. `expert_gemv_works` checks it against a plain
-computation once per device and dtype, and callers fall back to `torch._grouped_mm` if it is unavailable.
+A decode step sends a handful of rows to each chosen expert; grouped GEMM kernels, tiled for many rows per
+group, leave most of the memory bandwidth unused there. Here each program takes one expert and one block of
+output columns: it reads the expert's row range from the device-side group offsets (no host
+synchronisation, so a CUDA graph can hold it), returns at once for an expert nobody chose, and otherwise
+streams the weight block once for all the expert's rows. `expert_gemv_works` checks it against a plain
+computation once per device and dtype; callers fall back to `torch._grouped_mm`.
 """
 
 from __future__ import annotations
@@ -18,8 +15,9 @@ import os
 
 import torch
 
-# Triton comes with CUDA builds of torch; the CPU build has none, and then this path is off. Without a GPU (or
-# Triton's CPU interpreter, which the tests use) it is not imported at all: that saves ~80 MB of resident memory.
+# Triton comes with CUDA builds of torch; the CPU build has none, and then the Triton paths (this module's, and
+# the fused and quantized kernels', which import it from here) are off. Without a GPU (or Triton's CPU
+# interpreter, which the tests use) it is not imported at all: that saves ~80 MB of resident memory.
 triton = tl = None
 if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
     try:
@@ -75,10 +73,9 @@ def expert_gemv(
     E, N, _ = w.shape
     assert w.stride(2) == 1 and w.stride(1) == K, "expert weights must have contiguous rows"
     out = torch.empty(R, N, device=x.device, dtype=x.dtype)
-    # Enough programs to keep every SM streaming: narrower column blocks for the narrow w2 output.
-    # Tile settings measured on an H200 with Mixtral's shapes (scripts/tune_expert_gemv.py): for the narrow
-    # w2 output, 64 x 256 tiles, 8 warps and 4 pipeline stages keep enough loads in flight per SM
-    # (3.75 TB/s at batch 1, against 2.29 TB/s for 32 x 128 tiles and 3 stages).
+    # Measured on an H200 with Mixtral's shapes (scripts/tune_expert_gemv.py): for the narrow w2 output,
+    # 64 x 256 tiles, 8 warps and 4 stages keep enough loads in flight per SM (3.75 TB/s at batch 1,
+    # against 2.29 TB/s for 32 x 128 tiles and 3 stages).
     if N >= 8192:
         cfg = {"BLOCK_N": 64, "BLOCK_K": 128}
     else:

@@ -7,12 +7,10 @@ code minus 8; the stored format's zero is the value of code 0, so the offset is 
 kernels read each weight byte once per call, which is what a decode step is bound by.
 
 Both run in the activations' dtype (bf16 is the fast one: int8 with float32 activations is several times
-slower than a float32 matmul on this build, which is why quantized models default to bf16 activations; a
-float32 model still computes in float32). Each kernel is probed once per (format, shape, dtype) against the
-dequantized reference; a kernel that is missing or disagrees leaves the module on its reference forward,
-quietly, and a dtype the kernel lacks is computed in bf16. The MoE's w1 and w3 are concatenated
-([E, 2F, D]) so one matmul per expert computes both, and a decode step goes straight to each token's chosen
-experts (`cpu_modules.moe_by_pairs`).
+slower than a float32 matmul on this build, which is why quantized models default to bf16 activations).
+Each kernel is probed once per (format, shape) against the dequantized reference; a kernel that is missing
+or disagrees leaves the module on its reference forward, and a dtype the kernel lacks is computed in bf16.
+The MoE's w1 and w3 are concatenated ([E, 2F, D]) so one matmul per expert computes both.
 
 The int4 swap replaces the stored codes by the packed ones (one copy of the weights in memory, not two),
 so a swapped int4 module has only its fast forward; `mixchat quantize` and the tests read the stored format
@@ -41,7 +39,7 @@ class _ByDtype:
     (it would cost a 7B int4 model 0.45 GB); a later call in another dtype converts from the first copy."""
 
     def __init__(self, table: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-        """`dtype`: the model's activations, converted to at once (no float32 table is held at all)."""
+        """`dtype`: the model's activations, converted to at once."""
         self.source: torch.Tensor | None = table.float().contiguous()
         self.copies: dict[torch.dtype, torch.Tensor] = {}
         if dtype is not None:
@@ -60,21 +58,19 @@ def _act_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else FAST
 
 
-def _int8_mm(x: torch.Tensor, q: torch.Tensor, scale: _ByDtype) -> torch.Tensor:
-    # x: [T, K]; q: [N, K] int8; scale: [N] -> [T, N] in x's dtype
+def _qmm(x: torch.Tensor, w: torch.Tensor, group: int, table: _ByDtype) -> torch.Tensor:
+    """x [T, K] @ w.T -> [T, N] in x's dtype. `group` 0: int8 codes [N, K] and scales [N]; else torch's CPU
+    int4 layout of [N, K] and its scale-and-offset table [K / G, N, 2]."""
     dt = _act_dtype(x)
-    return torch.ops.aten._weight_int8pack_mm(x.to(dt), q, scale.get(dt)).to(x.dtype)
-
-
-def _int4_mm(x: torch.Tensor, packed: torch.Tensor, group: int, sz: _ByDtype) -> torch.Tensor:
-    # x: [T, K]; packed: torch's CPU int4 layout of [N, K]; sz: [K / G, N, 2] -> [T, N]
-    dt = _act_dtype(x)
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(dt), packed, group, sz.get(dt)).to(x.dtype)
+    if group == 0:
+        y = torch.ops.aten._weight_int8pack_mm(x.to(dt), w, table.get(dt))
+    else:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(dt), w, group, table.get(dt))
+    return y.to(x.dtype)
 
 
 def pack_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stored int4 ([N, K / 2] bytes, [N, groups] scale and zero) -> torch's CPU (packed, float32
-    scale_and_zeros [groups, N, 2])."""
+    """Stored int4 ([N, K / 2] bytes, [N, groups] scale and zero) -> torch's CPU (packed, [groups, N, 2])."""
     N = qweight.shape[0]
     # Rows are packed in blocks (torch's layout keeps blocks of 64 rows apart), so the int32 codes that the
     # packing op wants never exist for the whole matrix at once (0.5 GB for a 32000 x 4096 head).
@@ -89,9 +85,9 @@ def pack_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) 
 
 
 @functools.cache
-def kernel_works(fmt: str, n: int, k: int, group: int, dtype: torch.dtype = FAST) -> bool:
-    """Whether torch's kernel for `fmt` runs on an [n, k] matrix with `dtype` activations and agrees with
-    the dequantized reference."""
+def kernel_works(fmt: str, n: int, k: int, group: int) -> bool:
+    """Whether torch's kernel for `fmt` runs on an [n, k] matrix with bf16 activations and agrees with the
+    dequantized reference."""
     from mixchat.quant.format import quantize_int4, quantize_int8
 
     # 64 rows stand for any multiple of 64 (the kernels treat row blocks alike), so probing the output head
@@ -100,15 +96,15 @@ def kernel_works(fmt: str, n: int, k: int, group: int, dtype: torch.dtype = FAST
     try:
         g = torch.Generator().manual_seed(0)
         w = torch.randn(rows, k, generator=g) * 0.02
-        x = torch.randn(3, k, generator=g).to(dtype)
+        x = torch.randn(3, k, generator=g).to(FAST)
         if fmt == "int8":
             q, s = quantize_int8(w)
-            got = _int8_mm(x, q, _ByDtype(s))
+            got = _qmm(x, q, 0, _ByDtype(s))
             ref_w = dequantize({"qweight": q, "scales": s})
         else:
             q4, s4, z4 = quantize_int4(w, group)
             packed, sz = pack_int4(q4, s4, z4)
-            got = _int4_mm(x, packed, group, _ByDtype(sz))
+            got = _qmm(x, packed, group, _ByDtype(sz))
             ref_w = dequantize({"qweight": q4, "scales": s4, "zeros": z4})
         want = x.float() @ ref_w.t()
         return bool(((got.float() - want).abs().max() <= 2e-2 * want.abs().max() + 1e-6).item())
@@ -119,20 +115,16 @@ def kernel_works(fmt: str, n: int, k: int, group: int, dtype: torch.dtype = FAST
 class CpuQuantLinear(QuantLinear):
     """`QuantLinear` through torch's CPU kernel (int8: the stored codes; int4: packed at load)."""
 
-    group: int
+    group: int  # 0 for int8
     scale_table: _ByDtype
     packed: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.device.type != "cpu":
             return super().forward(x)
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if self.format == "int8":
-            y = _int8_mm(x2, self.qweight, self.scale_table)
-        else:
-            y = _int4_mm(x2, self.packed, self.group, self.scale_table)
-        return y.reshape(*lead, self.out_features)
+        w = self.qweight if self.format == "int8" else self.packed
+        y = _qmm(x.reshape(-1, self.in_features), w, self.group, self.scale_table)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 class CpuQuantMoe(QuantMoe):
@@ -155,13 +147,9 @@ class CpuQuantMoe(QuantMoe):
 
     def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         hidden = self.w2_in
-        if self.format == "int8":
-            h = _int8_mm(x, self.w13_q[e], self.tables13[e])
-            act = F.silu(h[:, :hidden]) * h[:, hidden:]
-            return _int8_mm(act, self.w2_q[e], self.tables2[e])
-        h = _int4_mm(x, self.w13_packed[e], self.group13, self.tables13[e])
-        act = F.silu(h[:, :hidden]) * h[:, hidden:]
-        return _int4_mm(act, self.w2_packed[e], self.group2, self.tables2[e])
+        w13, w2 = (self.w13_q, self.w2_q) if self.format == "int8" else (self.w13_packed, self.w2_packed)
+        h = _qmm(x, w13[e], self.group13, self.tables13[e])
+        return _qmm(F.silu(h[:, :hidden]) * h[:, hidden:], w2[e], self.group2, self.tables2[e])
 
 
 def _group(scales: torch.Tensor, n_in: int) -> int:
@@ -171,23 +159,18 @@ def _group(scales: torch.Tensor, n_in: int) -> int:
 @torch.no_grad()
 def _swap_linear(m: QuantLinear, act: torch.dtype | None) -> bool:
     N, K = m.out_features, m.in_features
-    if m.format == "int8":
-        if not kernel_works("int8", N, K, 0):
-            return False
-        table = _ByDtype(m.scales, act)
-        m.__class__ = CpuQuantLinear
-    else:
-        G = _group(m.scales, K)
-        if not kernel_works("int4", N, K, G):
-            return False
-        packed, sz = pack_int4(m.qweight, m.scales, m.zeros)
+    G = 0 if m.format == "int8" else _group(m.scales, K)
+    if not kernel_works(m.format, N, K, G):
+        return False
+    table = m.scales
+    if G:
+        packed, table = pack_int4(m.qweight, m.scales, m.zeros)
         for part in ("qweight", "scales", "zeros"):
             delattr(m, part)
         m.register_buffer("packed", packed)
-        table = _ByDtype(sz, act)
-        m.__class__ = CpuQuantLinear
-        cast(CpuQuantLinear, m).group = G
-    cast(CpuQuantLinear, m).scale_table = table
+    m.__class__ = CpuQuantLinear
+    c = cast(CpuQuantLinear, m)
+    c.group, c.scale_table = G, _ByDtype(table, act)
     return True
 
 
@@ -196,19 +179,16 @@ def _swap_moe(m: QuantMoe, act: torch.dtype | None) -> bool:
     s1, s2, s3 = m.stored("w1"), m.stored("w2"), m.stored("w3")
     E, hidden = s1["qweight"].shape[:2]
     D = s2["qweight"].shape[1]
-    groups = (0, 0)
+    groups = (0, 0) if m.format == "int8" else (_group(s1["scales"], D), _group(s2["scales"], hidden))
+    if not (kernel_works(m.format, 2 * hidden, D, groups[0]) and kernel_works(m.format, D, hidden, groups[1])):
+        return False
     if m.format == "int8":
-        if not (kernel_works("int8", 2 * hidden, D, 0) and kernel_works("int8", D, hidden, 0)):
-            return False
         m.register_buffer("w13_q", torch.cat([s1["qweight"], s3["qweight"]], 1))  # [E, 2F, D]
         m.register_buffer("w2_q", s2["qweight"])
         s13 = torch.cat([s1["scales"], s3["scales"]], 1)
         tables13 = [_ByDtype(s13[e], act) for e in range(E)]
         tables2 = [_ByDtype(s2["scales"][e], act) for e in range(E)]
     else:
-        groups = (_group(s1["scales"], D), _group(s2["scales"], hidden))
-        if not (kernel_works("int4", 2 * hidden, D, groups[0]) and kernel_works("int4", D, hidden, groups[1])):
-            return False
         p13, p2, tables13, tables2 = [], [], [], []
         for e in range(E):
             p, sz = pack_int4(*(torch.cat([s1[k][e], s3[k][e]], 0) for k in ("qweight", "scales", "zeros")))

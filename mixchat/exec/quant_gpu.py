@@ -1,10 +1,8 @@
 """GPU modules for quantized weights: every quantized matmul through `quant_triton`'s kernel.
 
-Swapped into a quantized CUDA model at load (`install_gpu_quant_modules`), like `gpu_modules.py`'s swaps:
-the class changes, the stored buffers stay as they are (the kernel reads the stored format), and each
-forward falls back to the dequantizing reference when its kernel cannot serve the call (autograd on, a
-failed probe). The MoE keeps its routing and group bookkeeping on the device (no host synchronisation), so
-the same forward runs for pre-fill and inside a captured decode graph.
+Swapped in like `gpu_modules.py`'s: the class changes, the stored buffers stay (the kernel reads the stored
+format), and each forward falls back to the dequantizing reference when the kernel cannot serve the call.
+The MoE keeps its bookkeeping on the device, so the same forward runs in a captured decode graph.
 """
 
 from __future__ import annotations

@@ -28,12 +28,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-try:  # Triton comes with CUDA builds of torch; the CPU build has none, and then this path is off.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
+from mixchat.exec.moe_triton import tl, triton  # None where Triton is off (see there)
 
 DECODE_ROWS = 16  # row tile of decode-sized passes (a step of up to 16 sequences per expert)
 PREFILL_ROWS = 64  # row tile of the streaming kernel on longer passes

@@ -9,12 +9,7 @@ from __future__ import annotations
 import torch
 
 from mixchat.model.layout import BatchLayout
-from mixchat.model.xformers_compat import kernels_work, memory_efficient_attention_fn
-
-
-def xformers_works(device: str) -> bool:
-    """Whether the kernels run on `device` (tried once; never on the CPU, where xformers has none)."""
-    return kernels_work(device)
+from mixchat.model.xformers_compat import memory_efficient_attention_fn
 
 
 def attend_xformers(

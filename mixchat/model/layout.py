@@ -1,18 +1,14 @@
-"""How one forward pass's packed token stream maps onto sequences, positions and cache slots.
+"""How one forward pass's packed token stream (T tokens of B sequences laid end to end) maps onto sequences,
+positions and cache slots: worked out once per pass, by the cache or by `fresh_layout`, and shared by all
+layers, as are the masks built from it.
 
-A pass carries T tokens from B sequences laid end to end. Every layer needs the same facts about that
-layout (where each sequence starts, which keys each query may see, where K/V go in the cache), so they are
-worked out once per pass, by the cache or by `fresh_layout`, and shared by all layers.
+The xformers `attn_bias` describes the attention pattern; the plain lists (`seqlens`, `kv_lens`, `window`)
+say the same for the SDPA path, which cannot read xformers' private fields. The bias is built on first use
+only: the CPU never runs xformers, and on a small model building it every decode step costs more than the
+attention itself.
 
-The xformers `attn_bias` object is the canonical description of the attention pattern; the plain lists
-beside it (`seqlens`, `kv_lens`, `window`) say the same thing for the torch SDPA path, which cannot read
-xformers' private fields. The bias is built on first use only: the CPU never runs the xformers kernels, and
-on a small model building the bias objects every decode step costs more than the attention itself.
-Masks for the SDPA path are likewise built once per pass and shared by every layer, never per layer.
-
-A model whose layers have different sliding windows (Ministral) needs one layout per distinct window (its
-own visible keys and, with a cache, its own slots); `per_layer` holds them, and every path that runs a layer
-asks `layout.for_layer(layer)` for the one to use. Layers of one window share one layout and its masks.
+A model whose layers have different sliding windows (Ministral) has one layout per distinct window (its own
+visible keys and slots) in `per_layer`; every path that runs a layer asks `layout.for_layer(layer)`.
 """
 
 from __future__ import annotations
@@ -56,7 +52,7 @@ class BatchLayout:
     _masks: dict[tuple, torch.Tensor | None] = field(default_factory=dict, repr=False)
 
     def for_layer(self, layer: int) -> BatchLayout:
-        """The layout layer `layer` (global index) attends with: its own window and cache slots."""
+        """The layout layer `layer` (global index) attends with."""
         return self if self.per_layer is None else self.per_layer[layer]
 
     @property
@@ -92,31 +88,23 @@ class BatchLayout:
         """[B] index of each sequence's last token in the packed stream."""
         key = ("last",)
         if key not in self._masks:
-            ends = torch.tensor(self.seqlens, device=self.device).cumsum(0) - 1
-            self._masks[key] = ends
+            self._masks[key] = torch.tensor(self.seqlens, device=self.device).cumsum(0) - 1
         out = self._masks[key]
         assert out is not None
         return out
 
     def local_mask(self, q_len: int, kv_len: int) -> torch.Tensor | None:
-        """Boolean [q_len, kv_len] mask, queries aligned to the end of the keys; None if all visible.
-
-        Built once per distinct shape and reused by every layer of the pass.
-        """
+        """Boolean [q_len, kv_len] mask, queries aligned to the end of the keys; None if all visible."""
         key = (q_len, kv_len)
         if key in self._masks:
             return self._masks[key]
-        offset = kv_len - q_len
-        full_causal_free = q_len == 1 and (self.window is None or kv_len <= self.window)
         mask: torch.Tensor | None = None
-        if not full_causal_free:
-            dev = self.device
-            qpos = torch.arange(q_len, device=dev)[:, None] + offset
-            kpos = torch.arange(kv_len, device=dev)[None, :]
-            allowed = kpos <= qpos
+        if not (q_len == 1 and (self.window is None or kv_len <= self.window)):
+            qpos = torch.arange(q_len, device=self.device)[:, None] + (kv_len - q_len)
+            kpos = torch.arange(kv_len, device=self.device)[None, :]
+            mask = kpos <= qpos
             if self.window is not None:
-                allowed &= qpos - kpos < self.window
-            mask = allowed
+                mask &= qpos - kpos < self.window
         self._masks[key] = mask
         return mask
 
@@ -125,7 +113,7 @@ class BatchLayout:
 
         Block b holds queries b*block .. b*block+block-1 of one sequence and sees the window's keys before
         its first query and its own keys: `block + W - 1` keys, of which query j may see keys j .. j+W-1.
-        The key stream is padded in front by `pad_front` rows that no query may see. Shared by all layers.
+        The key stream is padded in front by `pad_front` rows that no query may see.
         """
         assert self.window is not None
         key = ("band", block, n_blocks, pad_front)
@@ -187,11 +175,8 @@ def _xformers_bias(layout: BatchLayout) -> Any:
 
 
 def fresh_layout(seqlens: list[int], window: int | list[int | None] | None, device: torch.device | str) -> BatchLayout:
-    """Layout for sequences that start from nothing and use no cache (reference runs, training).
-
-    `window` is the model's window, or a list of one window per layer (`ModelArgs.layer_windows`).
-    """
-    pos = [p for n in seqlens for p in range(n)]
+    """Layout for sequences that start from nothing and use no cache (reference runs, training). `window`:
+    the model's window, or one per layer (`ModelArgs.layer_windows`)."""
     dev = torch.device(device)
     if isinstance(window, list):
         by_window = {w: fresh_layout(seqlens, w, dev) for w in dict.fromkeys(window)}
@@ -199,11 +184,7 @@ def fresh_layout(seqlens: list[int], window: int | list[int | None] | None, devi
         for lay in by_window.values():
             lay.per_layer = per_layer
         return per_layer[0]
+    pos = [p for n in seqlens for p in range(n)]
     return BatchLayout(
-        mode="fresh",
-        seqlens=list(seqlens),
-        kv_lens=list(seqlens),
-        window=window,
-        device=dev,
-        pos_list=pos,
+        mode="fresh", seqlens=list(seqlens), kv_lens=list(seqlens), window=window, device=dev, pos_list=pos
     )

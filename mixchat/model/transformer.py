@@ -38,11 +38,7 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Owns no cache and samples nothing: given tokens and their layout it returns logits.
-
-    `layers` can be a contiguous slice of the full stack (pipeline stages); `first_layer` keeps the layer ids
-    global so cache rows and routing traces line up across stages.
-    """
+    """Owns no cache and samples nothing: given tokens and their layout it returns logits."""
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
