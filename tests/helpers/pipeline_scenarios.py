@@ -36,22 +36,43 @@ def runtime(ckpt: Path) -> Runtime:
 
 
 class Recorder:
-    """Keeps the logits of every forward pass the engine runs."""
+    """Keeps the logits of every forward pass the engine runs, in the order the passes were issued.
+
+    Pre-fill passes are recorded when collected: a pipeline's engine starts them (`start_pass`) without
+    going through `forward`, and an engine in one process runs `forward` inside `start_pass`, recorded once."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.logits: list[torch.Tensor] = []
-        original = engine.forward
+        self.starting = False
+        forward, start_pass = engine.forward, engine.start_pass
 
-        def forward(cache, rows, chunks, router_out=None):  # type: ignore[no-untyped-def]
-            out = original(cache, rows, chunks, router_out)
-            self.logits.append(out.detach().clone())
+        def forward_(cache, rows, chunks, router_out=None):  # type: ignore[no-untyped-def]
+            out = forward(cache, rows, chunks, router_out)
+            if not self.starting:
+                self.logits.append(out.detach().clone())
             return out
 
-        engine.forward = forward
+        def start_pass_(cache, rows, chunks, router_out=None):  # type: ignore[no-untyped-def]
+            self.starting = True
+            try:
+                collect = start_pass(cache, rows, chunks, router_out)
+            finally:
+                self.starting = False
+
+            def collect_():  # type: ignore[no-untyped-def]
+                out = collect()
+                self.logits.append(out.detach().clone())
+                return out
+
+            return collect_
+
+        engine.forward = forward_
+        engine.start_pass = start_pass_
 
     def remove(self) -> None:
         del self.engine.forward
+        del self.engine.start_pass
 
 
 def generate_packed(rt: Runtime, tag: str) -> dict[str, torch.Tensor]:
