@@ -11,7 +11,6 @@ steps so that a graph reading memory it does not own fails.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch

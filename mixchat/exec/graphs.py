@@ -448,6 +448,11 @@ class GraphDecoder:
         """Graphs held now (the check script reports it to show the graph path ran)."""
         return len(self._graphs)
 
+    @property
+    def subset_row_sets(self) -> list[tuple[int, ...]]:
+        """The rows of each graph held that serves only part of its cache (a micro-batch's steps)."""
+        return [key[0] for key in self._graphs if key[0] != tuple(range(key[3]))]
+
     def _staging(self, cap: _Captured | None, B: int) -> torch.Tensor:
         """The pinned [4, B] host buffer this step's inputs are copied from.
 
