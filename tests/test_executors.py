@@ -124,11 +124,12 @@ QUANT_EXECUTORS = (
     ]
     + [
         pytest.param(
-            in_worker("pipeline", TORCHRUN, {"OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"}, "int8"),
-            "int8",
-            id="pipeline-gloo-int8",
+            in_worker("pipeline", TORCHRUN, {"OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"}, f),
+            f,
+            id=f"pipeline-gloo-{f}",
             marks=_needs("torch.distributed"),
-        ),
+        )
+        for f in ("int8", "int4")
     ]
 )
 

@@ -34,6 +34,7 @@ from mixchat.exec.memory import peak_memory_bytes
 from mixchat.model.layers import MoeLayer, Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel, StagePart
+from mixchat.quant.modules import weight_bytes
 
 
 class PendingPass:
@@ -135,6 +136,16 @@ class PipelineModel:
             self.command(Op.PEAK_MEMORY)
             others = [int(g.recv([1], torch.long, r, back=True).item()) for r in range(1, g.world)]
         return [peak_memory_bytes(self.device), *others]
+
+    def weight_bytes(self) -> list[int]:
+        """Bytes of every rank's weights, rank 0 first: each rank holds (and, with --quant, quantized while
+        loading) only its own layers, so a split model's ranks each hold about 1/N of it."""
+        g = self.group
+        with self.lock:
+            self.drain()
+            self.command(Op.WEIGHT_BYTES)
+            others = [int(g.recv([1], torch.long, r, back=True).item()) for r in range(1, g.world)]
+        return [weight_bytes(self.stage) or 0, *others]
 
     def shutdown(self) -> None:
         import torch.distributed as dist
