@@ -232,10 +232,27 @@ class Engine:
         if any(len(t) == 0 for t in token_lists):
             raise ValueError("nothing to pre-fill for one of the sequences")
         cache.check_room(rows, [len(t) for t in token_lists])  # for the whole pre-fill, before any pass
+        in_flight: deque[_PrefillPass] = deque()
+        try:
+            yield from self._prefill_passes(cache, rows, token_lists, cancel, final_routing, in_flight)
+        except GeneratorExit:  # closed by the consumer: finish what was started, as a cancel does
+            for p in in_flight:
+                p.collect()
+            raise
+
+    def _prefill_passes(
+        self,
+        cache: RollingCache,
+        rows: Sequence[int],
+        token_lists: Sequence[Sequence[int]],
+        cancel: threading.Event | None,
+        final_routing: dict[int, TokenRouting] | None,
+        in_flight: deque[_PrefillPass],
+    ) -> Iterator[PrefillProgressed | torch.Tensor]:
+        """`prefill`'s loop: start passes while fewer than `prefill_depth` are in flight, else collect one."""
         total = sum(len(t) for t in token_lists)
         offsets = [0] * len(token_lists)
         last: list[torch.Tensor | None] = [None] * len(token_lists)
-        in_flight: deque[_PrefillPass] = deque()
         done = 0
         cancelled = False
         while True:

@@ -21,7 +21,15 @@ from session_support import REPO, make_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
-from pipeline_scenarios import FOUR, conversation, generate_packed, generate_split, resumed, runtime
+from pipeline_scenarios import (
+    FOUR,
+    cancelled_prefill,
+    conversation,
+    generate_packed,
+    generate_split,
+    resumed,
+    runtime,
+)
 
 from mixchat.distributed.partition import PartitionError, micro_batches, stage_ranges
 
@@ -89,7 +97,7 @@ def assert_micro_batched(pp: dict[str, torch.Tensor], ref: dict[str, torch.Tenso
 
 def test_two_ranks_match_one_process(ckpt: Path, tmp_path: Path) -> None:
     rt = runtime(ckpt)
-    ref = generate_packed(rt, "gen") | micro_batch_references(rt)
+    ref = generate_packed(rt, "gen") | micro_batch_references(rt) | cancelled_prefill(rt, "cancel")
     ref |= conversation(rt, tmp_path, "single", "conv")  # saves 'single' after turn two
     out = tmp_path / "pipeline.safetensors"
     proc = subprocess.run(
@@ -107,6 +115,7 @@ def test_two_ranks_match_one_process(ckpt: Path, tmp_path: Path) -> None:
     # most); the token ids and routing must still be identical.
     assert_same(pp, ref, "gen2.", "gen.", atol=3e-5)
     assert_micro_batched(pp, ref)
+    assert_same(pp, ref, "cancel.", "cancel.")  # a streamed pre-fill cancelled: as if the turn was never sent
     assert_same(pp, ref, "conv.", "conv.")  # four turns; after each, logits from a restored copy of the cache
     assert_same(pp, ref, "resumed.", "conv.")  # saved by one process, resumed on two ranks
     back = resumed(rt, tmp_path, "pipeline", "back")  # saved on two ranks, resumed by one process

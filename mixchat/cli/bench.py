@@ -371,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
         result["pipeline"] = {
             "ranks": len(per_rank),
             "micro_batches": args.micro_batches,
+            "prefill_passes_in_flight": engine.prefill_depth,  # pre-fill streams its chunks (PipelineEngine)
             "layers_per_rank": [len(p.layers) for p in pipeline.parts],
             "peak_memory_bytes_per_rank": per_rank,
             "weight_bytes_per_rank": weights,  # each rank's own layers, quantized while loading with --quant

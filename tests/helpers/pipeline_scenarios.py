@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mixchat.distributed.partition import micro_batches
-from mixchat.engine import Engine, SequenceFinished, TokenGenerated
+from mixchat.engine import Engine, PrefillProgressed, SequenceFinished, TokenGenerated
 from mixchat.exec.executors import ModuleExecutor
 from mixchat.model.layers import Routing
 from mixchat.runtime import Runtime, load_runtime
@@ -187,4 +188,17 @@ def resumed(rt: Runtime, data: Path, name: str, tag: str) -> dict[str, torch.Ten
     out: dict[str, torch.Tensor] = {}
     for i, text in enumerate(TURNS[2:], start=2):
         _turn(loaded.conversation, text, f"{tag}.turn{i}", out)
+    return out
+
+
+def cancelled_prefill(rt: Runtime, tag: str) -> dict[str, torch.Tensor]:
+    """A long first message cancelled at its first pre-fill progress (a pipeline has more chunks in flight
+    then, which it finishes before undoing the turn), then a turn sent as usual."""
+    conv = Conversation.from_runtime(rt, settings())
+    cancel = threading.Event()
+    for ev in conv.send(" ".join(TURNS * 3), cancel):
+        if isinstance(ev, PrefillProgressed):
+            cancel.set()
+    out = {f"{tag}.cancelled.ids": torch.tensor(conv.ids, dtype=torch.long)}
+    _turn(conv, TURNS[0], f"{tag}.after", out)
     return out

@@ -17,7 +17,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from pipeline_scenarios import FOUR, conversation, generate_packed, resumed, runtime
+from pipeline_scenarios import FOUR, cancelled_prefill, conversation, generate_packed, resumed, runtime
 from safetensors.torch import save_file
 
 from mixchat.cli.main import run_guarded
@@ -54,6 +54,7 @@ def main() -> int:
         rt.model.micro_batches = 2  # type: ignore[attr-defined]
         tensors |= generate_packed(rt, "gen2")
         tensors |= micro_batched(rt)
+        tensors |= cancelled_prefill(rt, "cancel")
         tensors |= conversation(rt, data, "pipeline", "conv")
         tensors |= resumed(rt, data, "single", "resumed")
         graphs = getattr(rt.model, "graphs", None)  # rank 0's stage decoder (MIXCHAT_CUDA_GRAPHS=eager)
