@@ -76,7 +76,7 @@ def stage_graph_fits(cache: RollingCache, layout: BatchLayout) -> bool:
     ids from a tensor that nothing kept alive after capture, so the allocator handed that memory to the next
     small tensor (another micro-batch's rows, token ids, activations) and the replay indexed the cache with
     whatever was there. `_Captured.row_idx` now owns it."""
-    return layout.mode == "decode" and layout.row_ids is not None and len(set(layout.row_ids)) == len(layout.row_ids)
+    return layout.mode == "decode" and layout.row_ids is not None  # distinct rows: `RollingCache.plan` checks
 
 
 def _fuse_qkv(attn: Attention) -> torch.Tensor:
@@ -451,7 +451,7 @@ class GraphDecoder:
     @property
     def subset_row_sets(self) -> list[tuple[int, ...]]:
         """The rows of each graph held that serves only part of its cache (a micro-batch's steps)."""
-        return [key[0] for key in self._graphs if key[0] != tuple(range(key[3]))]
+        return [tuple(c.row_idx.tolist()) for c in self._graphs.values() if c.row_idx is not None]
 
     def _staging(self, cap: _Captured | None, B: int) -> torch.Tensor:
         """The pinned [4, B] host buffer this step's inputs are copied from.
