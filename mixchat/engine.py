@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -108,6 +109,17 @@ class LastTokenRoutes(list[Routing]):
     """
 
 
+@dataclass
+class _PrefillPass:
+    """A pre-fill pass started and not yet collected (see `Engine.prefill`)."""
+
+    seqs: list[int]  # indices into the pre-fill's token lists, one per row of the pass
+    ends: list[bool]  # whether this pass feeds that sequence's last chunk
+    tokens: int
+    collect: Callable[[], torch.Tensor]  # [len(seqs), vocab] last logits, once the pass has finished
+    routing: list[Routing] | None  # filled when collected
+
+
 class Engine:
     def __init__(
         self,
@@ -185,6 +197,23 @@ class Engine:
         cache.advance(layout)
         return logits
 
+    # Pre-fill passes that may be in flight at once. One here: a pass has finished when `forward` returns.
+    # A pipeline streams its chunks (PipelineEngine), so that its stages work on different chunks at once.
+    prefill_depth = 1
+
+    def start_pass(
+        self,
+        cache: RollingCache,
+        rows: Sequence[int],
+        chunks: Sequence[Sequence[int]],
+        router_out: list[Routing] | None = None,
+    ) -> Callable[[], torch.Tensor]:
+        """Start the pass `forward` would run and return what collects its logits. Here the pass runs now;
+        an engine whose passes overlap (a pipeline's) returns before it has finished, with the cache already
+        advanced, so that the next pass can be planned and started."""
+        logits = self.forward(cache, rows, chunks, router_out)
+        return lambda: logits
+
     def prefill(
         self,
         cache: RollingCache,
@@ -197,32 +226,63 @@ class Engine:
 
         Yields progress after every pass, then (unless cancelled) one tensor: the last logits per sequence,
         in `rows` order. With `final_routing`, it receives the routing at each sequence's last position.
+        Up to `prefill_depth` passes are in flight: a chunk's logits matter only for the sequences it ends,
+        so the next chunk need not wait for them. A cancel stops new passes; those in flight are finished.
         """
         if any(len(t) == 0 for t in token_lists):
             raise ValueError("nothing to pre-fill for one of the sequences")
         cache.check_room(rows, [len(t) for t in token_lists])  # for the whole pre-fill, before any pass
+        in_flight: deque[_PrefillPass] = deque()
+        try:
+            yield from self._prefill_passes(cache, rows, token_lists, cancel, final_routing, in_flight)
+        except GeneratorExit:  # closed by the consumer: finish what was started, as a cancel does
+            for p in in_flight:
+                p.collect()
+            raise
+
+    def _prefill_passes(
+        self,
+        cache: RollingCache,
+        rows: Sequence[int],
+        token_lists: Sequence[Sequence[int]],
+        cancel: threading.Event | None,
+        final_routing: dict[int, TokenRouting] | None,
+        in_flight: deque[_PrefillPass],
+    ) -> Iterator[PrefillProgressed | torch.Tensor]:
+        """`prefill`'s loop: start passes while fewer than `prefill_depth` are in flight, else collect one."""
         total = sum(len(t) for t in token_lists)
         offsets = [0] * len(token_lists)
         last: list[torch.Tensor | None] = [None] * len(token_lists)
         done = 0
+        cancelled = False
         while True:
             active = [i for i, t in enumerate(token_lists) if offsets[i] < len(t)]
-            if not active:
+            if active:  # a cancel that comes once every pass has started changes nothing
+                cancelled = cancelled or (cancel is not None and cancel.is_set())
+            if active and not cancelled and len(in_flight) < max(1, self.prefill_depth):
+                chunks = [list(token_lists[i][offsets[i] : offsets[i] + self.chunk_size]) for i in active]
+                routing = LastTokenRoutes() if final_routing is not None else None
+                collect = self.start_pass(cache, [rows[i] for i in active], chunks, routing)
+                for i, c in zip(active, chunks, strict=True):
+                    offsets[i] += len(c)
+                ends = [offsets[i] == len(token_lists[i]) for i in active]
+                in_flight.append(_PrefillPass(active, ends, sum(len(c) for c in chunks), collect, routing))
+                continue
+            if not in_flight:
                 break
-            if cancel is not None and cancel.is_set():
-                return
-            chunks = [token_lists[i][offsets[i] : offsets[i] + self.chunk_size] for i in active]
-            routing = LastTokenRoutes() if final_routing is not None else None
-            logits = self.forward(cache, [rows[i] for i in active], chunks, routing)
-            for j, i in enumerate(active):
-                offsets[i] += len(chunks[j])
-                if offsets[i] == len(token_lists[i]):
+            p = in_flight.popleft()
+            logits = p.collect()
+            if cancelled:
+                continue  # finishing what was started; nothing more is reported
+            for j, i in enumerate(p.seqs):
+                if p.ends[j]:
                     last[i] = logits[j]
-                    if final_routing is not None and routing:
-                        final_routing[i] = _routing_rows(routing)[j]
-            done += sum(len(c) for c in chunks)
+                    if final_routing is not None and p.routing:
+                        final_routing[i] = _routing_rows(p.routing)[j]
+            done += p.tokens
             yield PrefillProgressed(done, total)
-        yield torch.stack([x for x in last if x is not None])
+        if not cancelled:
+            yield torch.stack([x for x in last if x is not None])
 
     # ---- a whole run ------------------------------------------------------------------------------------
     def run(

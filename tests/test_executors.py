@@ -77,6 +77,7 @@ def _needs(module: str) -> pytest.MarkDecorator:
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+PIPELINE_ENV = {"OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"}
 EXECUTORS = [
     pytest.param(in_process(CpuExecutor), id="cpu"),
     pytest.param(in_process(_eager_graph_step), id="graph-step-eager"),
@@ -86,7 +87,7 @@ EXECUTORS = [
         marks=_needs("triton"),
     ),
     pytest.param(
-        in_worker("pipeline", TORCHRUN, {"OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"}),
+        in_worker("pipeline", TORCHRUN, PIPELINE_ENV),
         id="pipeline-gloo",
         marks=_needs("torch.distributed"),
     ),
@@ -124,9 +125,18 @@ QUANT_EXECUTORS = (
     ]
     + [
         pytest.param(
-            in_worker("pipeline", TORCHRUN, {"OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"}, "int8"),
-            "int8",
-            id="pipeline-gloo-int8",
+            in_worker("pipeline", TORCHRUN, PIPELINE_ENV, f),
+            f,
+            id=f"pipeline-gloo-{f}",
+            marks=_needs("torch.distributed"),
+        )
+        for f in ("int8", "int4")
+    ]
+    + [  # the stages' graph step (eager) over quantized layers, subset-row decode steps included
+        pytest.param(
+            in_worker("pipeline", TORCHRUN, {**PIPELINE_ENV, "MIXCHAT_CUDA_GRAPHS": "eager"}, "int4"),
+            "int4",
+            id="pipeline-gloo-graph-step-eager-int4",
             marks=_needs("torch.distributed"),
         ),
     ]

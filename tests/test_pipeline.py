@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,7 +21,15 @@ from session_support import REPO, make_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
-from pipeline_scenarios import conversation, generate_packed, resumed, runtime
+from pipeline_scenarios import (
+    FOUR,
+    cancelled_prefill,
+    conversation,
+    generate_packed,
+    generate_split,
+    resumed,
+    runtime,
+)
 
 from mixchat.distributed.partition import PartitionError, micro_batches, stage_ranges
 
@@ -70,9 +79,25 @@ def assert_same(
             assert torch.equal(a, b), k
 
 
+def micro_batch_references(rt: Any) -> dict[str, torch.Tensor]:
+    """The four-sequence run in one process: passes whole ("four"), and cut as the pipeline cuts them ("split")."""
+    return generate_packed(rt, "four", FOUR) | generate_split(rt, "split", 2)
+
+
+def assert_micro_batched(pp: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    """Four sequences of 2 to 6 pre-fill chunks, in micro-batches of two through pre-fill and decode: the
+    tokens, routing and logits of every pass equal one process's running the same passes within 1e-5 (they
+    are identical here), and one process's whole passes in tokens and routing, with logits within 3e-5:
+    float32 matmuls over other row counts round apart at the 1e-5 level, in one process as well."""
+    assert_same(pp, ref, "four2.", "split.")
+    assert_same(pp, ref, "four2.", "four.", atol=3e-5)
+    passes = sum(k.startswith("four2.logits.") for k in pp)
+    assert int(pp["count.four2.submitted"]) > passes, "no pass was cut into micro-batches"
+
+
 def test_two_ranks_match_one_process(ckpt: Path, tmp_path: Path) -> None:
     rt = runtime(ckpt)
-    ref = generate_packed(rt, "gen")
+    ref = generate_packed(rt, "gen") | micro_batch_references(rt) | cancelled_prefill(rt, "cancel")
     ref |= conversation(rt, tmp_path, "single", "conv")  # saves 'single' after turn two
     out = tmp_path / "pipeline.safetensors"
     proc = subprocess.run(
@@ -89,6 +114,8 @@ def test_two_ranks_match_one_process(ckpt: Path, tmp_path: Path) -> None:
     # kernels see other shapes than in the one-process batch and round differently (measured 1.04e-5 at
     # most); the token ids and routing must still be identical.
     assert_same(pp, ref, "gen2.", "gen.", atol=3e-5)
+    assert_micro_batched(pp, ref)
+    assert_same(pp, ref, "cancel.", "cancel.")  # a streamed pre-fill cancelled: as if the turn was never sent
     assert_same(pp, ref, "conv.", "conv.")  # four turns; after each, logits from a restored copy of the cache
     assert_same(pp, ref, "resumed.", "conv.")  # saved by one process, resumed on two ranks
     back = resumed(rt, tmp_path, "pipeline", "back")  # saved on two ranks, resumed by one process
@@ -102,7 +129,7 @@ def test_stage_graph_steps_over_gloo(ckpt: Path, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("MIXCHAT_CUDA_GRAPHS", "eager")
     rt = runtime(ckpt)
     assert rt.engine.graph_decoder is not None
-    ref = generate_packed(rt, "gen")
+    ref = generate_packed(rt, "gen") | micro_batch_references(rt)
     ref |= conversation(rt, tmp_path, "single", "conv")
     out = tmp_path / "pipeline.safetensors"
     proc = subprocess.run(
@@ -117,6 +144,8 @@ def test_stage_graph_steps_over_gloo(ckpt: Path, tmp_path: Path, monkeypatch: py
     assert int(pp["stage_graphs"]) > 0  # rank 0 decoded through its stage's graph step
     assert_same(pp, ref, "gen1.", "gen.")
     assert_same(pp, ref, "gen2.", "gen.", atol=3e-5)  # micro-batches: two graphs (row subsets) per stage
+    assert_micro_batched(pp, ref)
+    assert int(pp["count.four2.subset_graphs"]) >= 2  # the micro-batches' decode steps replayed subset graphs
     assert_same(pp, ref, "conv.", "conv.")
     assert_same(pp, ref, "resumed.", "conv.")
 

@@ -361,7 +361,8 @@ def test_int4_conversation_resumes_under_int4_and_is_rebuilt_under_full_precisio
     assert rebuilt.conversation.pending == rebuilt.conversation.ids  # the transcript is pre-filled again
 
 
-def test_two_gloo_ranks_generate_int8_like_one_process(ckpt: Path) -> None:
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_two_gloo_ranks_generate_quantized_like_one_process(ckpt: Path, fmt: str) -> None:
     pytest.importorskip("torch.distributed")
     opts = [
         "generate",
@@ -370,7 +371,7 @@ def test_two_gloo_ranks_generate_int8_like_one_process(ckpt: Path) -> None:
         "--device",
         "cpu",
         "--quant",
-        "int8",
+        fmt,
         "--temperature",
         "0",
         "--max-tokens",
@@ -394,6 +395,57 @@ def test_two_gloo_ranks_generate_int8_like_one_process(ckpt: Path) -> None:
     assert two.returncode == 0, two.stderr[-3000:]
     ids = [[json.loads(line)["ids"] for line in p.stdout.splitlines() if line.startswith("{")] for p in (one, two)]
     assert len(ids[0]) == 2 and ids[0] == ids[1]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_each_stage_quantizes_only_its_own_layers_as_one_process_does(ckpt: Path, fmt: str) -> None:
+    """A pipeline rank loading with --quant builds its stage alone (`build_stage`): it holds exactly the
+    whole quantized model's tensors of its layers (and the embeddings or the head where it owns them),
+    bit for bit, and nothing of the other ranks' layers."""
+    from mixchat.distributed.partition import stage_part
+    from mixchat.loader import build_stage
+
+    info = inspect_folder(ckpt)
+    whole = build_model(info, "cpu", torch.float32, make_spec(fmt)).state_dict()
+    seen: set[str] = set()
+    for rank in range(2):
+        part = stage_part(info.args.n_layers, 2, rank)
+        own = build_stage(info, part, "cpu", torch.float32, make_spec(fmt)).state_dict()
+        assert any("qweight" in n for n in own)  # quantized while loading
+        for name, t in own.items():
+            assert torch.equal(t, whole[name]), name
+            if name.startswith("layers."):
+                assert int(name.split(".")[1]) in part.layers, name
+        seen |= set(own)
+    assert seen == set(whole)
+
+
+def test_two_gloo_ranks_bench_int4_random_weights_each_holding_its_share() -> None:
+    """`bench --shape --quant int4` under torchrun, micro-batched: it runs, and the ranks' weights (each
+    drawn already quantized, layer by layer, for its own stage) add up to one process's: no rank holds
+    another's layers. (On this small shape rank 0's share is larger: it holds the bf16 embeddings.)"""
+    pytest.importorskip("torch.distributed")
+    opts = ["bench", "--shape", "builtin", "--device", "cpu", "--quant", "int4", "--batch", "4"]
+    opts += ["--prompt-tokens", "24", "--chunk-size", "8", "--new-tokens", "3", "--repeats", "1", "--json"]
+    one = _mixchat(*opts)
+    assert one.returncode == 0, one.stderr[-3000:]
+    micro = ["--micro-batches", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mixchat", *opts, *micro],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env={**ENV, "OMP_NUM_THREADS": "1", "MIXCHAT_PEER_TIMEOUT": "30"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, split = (json.loads(p.stdout[p.stdout.index("{") :]) for p in (one, proc))
+    assert split["quant"] == single["quant"] and split["quant"].startswith("int4")
+    assert split["pipeline"]["micro_batches"] == 2
+    per_rank = split["pipeline"]["weight_bytes_per_rank"]
+    assert len(per_rank) == 2 and min(per_rank) > 0
+    assert sum(per_rank) == split["weight_bytes"] == single["weight_bytes"]
+    assert max(per_rank) < 0.7 * single["weight_bytes"]
 
 
 def test_dequantized_twin_helper_is_the_reference(ckpt: Path) -> None:

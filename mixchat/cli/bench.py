@@ -366,12 +366,16 @@ def run(args: argparse.Namespace) -> int:
     }
     if pipeline is not None:
         per_rank = model.peak_memory()
+        weights = model.weight_bytes()
         result["peak_memory_bytes"] = max(per_rank)
+        result["weight_bytes"] = sum(weights)
         result["pipeline"] = {
             "ranks": len(per_rank),
             "micro_batches": args.micro_batches,
+            "prefill_passes_in_flight": engine.prefill_depth,  # pre-fill streams its chunks (PipelineEngine)
             "layers_per_rank": [len(p.layers) for p in pipeline.parts],
             "peak_memory_bytes_per_rank": per_rank,
+            "weight_bytes_per_rank": weights,  # each rank's own layers, quantized while loading with --quant
             # rank 0's stage replays its decode steps from CUDA graphs (the other ranks decide alike)
             "stage_graphs": model.graphs is not None,
         }
@@ -418,9 +422,10 @@ def _print(r: dict) -> None:
     if "pipeline" in r:
         pp = r["pipeline"]
         each = ", ".join(f"rank {i}: {b / 2**20:,.0f} MiB" for i, b in enumerate(pp["peak_memory_bytes_per_rank"]))
+        weights = ", ".join(f"{b / 2**20:,.1f}" for b in pp["weight_bytes_per_rank"])
         print(
             f"  pipeline: {pp['ranks']} ranks, layers {pp['layers_per_rank']}, {pp['micro_batches']} micro-batches; "
-            f"peak memory {each}"
+            f"peak memory {each}; weights {weights} MiB"
         )
     if "decode_fraction_of_bound" in r:
         print(

@@ -44,6 +44,7 @@ class Op(IntEnum):
     ROLLBACK = 8  # cache id
     SET_EXPERTS = 9  # k
     PEAK_MEMORY = 10  # every rank sends rank 0 its peak memory in bytes
+    WEIGHT_BYTES = 11  # every rank sends rank 0 the bytes its stage's weights take (codes and scales)
 
 
 def peer_timeout() -> timedelta:

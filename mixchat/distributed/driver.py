@@ -18,19 +18,23 @@ import itertools
 import threading
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from mixchat.cache import RollingCache, RowSnapshot, UndoPoint
 from mixchat.distributed.comm import Op, PipelineGroup
-from mixchat.engine import Engine
+from mixchat.distributed.follower import MAX_UNFINISHED_SENDS
+from mixchat.distributed.partition import micro_batches
+from mixchat.engine import Engine, LastTokenRoutes
 from mixchat.exec.choose import choose_stage_decoder
+from mixchat.exec.executors import keep_last_token_routing
 from mixchat.exec.graphs import GraphDecoder, stage_graph_fits
 from mixchat.exec.memory import peak_memory_bytes
 from mixchat.model.layers import MoeLayer, Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel, StagePart
+from mixchat.quant.modules import weight_bytes
 
 
 class PendingPass:
@@ -133,6 +137,16 @@ class PipelineModel:
             others = [int(g.recv([1], torch.long, r, back=True).item()) for r in range(1, g.world)]
         return [peak_memory_bytes(self.device), *others]
 
+    def weight_bytes(self) -> list[int]:
+        """Bytes of every rank's weights, rank 0 first: each rank holds (and, with --quant, quantized while
+        loading) only its own layers, so a split model's ranks each hold about 1/N of it."""
+        g = self.group
+        with self.lock:
+            self.drain()
+            self.command(Op.WEIGHT_BYTES)
+            others = [int(g.recv([1], torch.long, r, back=True).item()) for r in range(1, g.world)]
+        return [weight_bytes(self.stage) or 0, *others]
+
     def shutdown(self) -> None:
         import torch.distributed as dist
 
@@ -157,25 +171,36 @@ class PipelineModel:
     ) -> torch.Tensor:
         if not isinstance(cache, PipelineCache):
             raise ValueError("a pipeline-parallel model runs only with a PipelineCache")
-        traced = router_out is not None
+        return self.collect(self.start(tokens, layout, cache, router_out is not None, last_only), router_out)
+
+    @torch.inference_mode()
+    def start(
+        self, tokens: torch.Tensor, layout: BatchLayout, cache: PipelineCache, traced: bool, last_only: bool
+    ) -> list[PendingPass]:
+        """Submit a pass as up to `micro_batches` passes of contiguous groups of its sequences (each planned on
+        the cache as a pass of its own, before the caller advances it); returns without waiting for any."""
         n = len(layout.seqlens)
         m = min(self.micro_batches, n)
         if m <= 1:
-            return self.submit(tokens, layout, cache, traced, last_only).wait(router_out)
+            return [self.submit(tokens, layout, cache, traced, last_only)]
         assert layout.row_ids is not None
         rows = list(layout.row_ids)
-        bounds = [n * i // m for i in range(m + 1)]
-        starts = [0]
-        for s in layout.seqlens:
-            starts.append(starts[-1] + s)
+        starts = [0, *itertools.accumulate(layout.seqlens)]
         passes = []
-        for a, b in itertools.pairwise(bounds):
+        for group in micro_batches(n, m):
+            a, b = group.start, group.stop
             sub = cache.plan(layout.seqlens[a:b], rows[a:b])
             passes.append(self.submit(tokens[starts[a] : starts[b]], sub, cache, traced, last_only))
+        return passes
+
+    def collect(self, passes: list[PendingPass], router_out: list[Routing] | None = None) -> torch.Tensor:
+        """The logits of a started pass (its micro-batches' in order), and its routing per layer."""
+        if len(passes) == 1:
+            return passes[0].wait(router_out)
         traces: list[list[Routing]] = []
         outs = []
         for p in passes:
-            r: list[Routing] | None = [] if traced else None
+            r: list[Routing] | None = [] if router_out is not None else None
             outs.append(p.wait(r))
             if r is not None:
                 traces.append(r)
@@ -323,10 +348,48 @@ class PipelineCache(RollingCache):
         super().rollback(point)
 
 
+# Micro-batches a pre-fill keeps in flight. Each sends up to four tensors back to rank 0 from the last rank
+# (logits and three of routing), and a follower waits once it has more unfinished sends than
+# MAX_UNFINISHED_SENDS: beyond this, it would stop reading commands until rank 0 collects.
+PREFILL_MICRO_BATCHES_IN_FLIGHT = MAX_UNFINISHED_SENDS // 4
+
+
 class PipelineEngine(Engine):
-    """The ordinary engine; only its caches are pipeline caches."""
+    """The ordinary engine; its caches are pipeline caches, and its pre-fill streams.
+
+    A pre-fill chunk's logits matter only for the sequences it ends, so rank 0 starts the next chunk as soon
+    as its own stage has run the last one: chunk k + 1 runs on rank 0 while chunk k runs on rank 1, and with
+    micro-batches, one group's chunk on one rank while another group's is on the next. Every rank still
+    runs the passes in the order they were issued, so the caches go through the same plans as before."""
 
     model: PipelineModel  # type: ignore[assignment]
 
     def new_cache(self, batch: int = 1, max_context: int | None = None) -> PipelineCache:
         return PipelineCache(self.model, batch, max_context)
+
+    @property
+    def prefill_depth(self) -> int:  # type: ignore[override]
+        return max(1, PREFILL_MICRO_BATCHES_IN_FLIGHT // max(1, self.model.micro_batches))
+
+    def start_pass(
+        self,
+        cache: RollingCache,
+        rows: Sequence[int],
+        chunks: Sequence[Sequence[int]],
+        router_out: list[Routing] | None = None,
+    ) -> Callable[[], torch.Tensor]:
+        if not isinstance(cache, PipelineCache):
+            return super().start_pass(cache, rows, chunks, router_out)
+        layout = cache.plan([len(c) for c in chunks], rows)
+        tokens = torch.tensor([t for c in chunks for t in c], dtype=torch.long, device=self.device)
+        with self.model.lock:
+            passes = self.model.start(tokens, layout, cache, router_out is not None, last_only=True)
+            cache.advance(layout)
+
+        def collect() -> torch.Tensor:
+            logits = self.model.collect(passes, router_out)
+            if isinstance(router_out, LastTokenRoutes):
+                keep_last_token_routing(router_out, layout)
+            return logits
+
+        return collect

@@ -18,6 +18,7 @@ from mixchat.exec.memory import peak_memory_bytes
 from mixchat.model.layers import Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel
+from mixchat.quant.modules import weight_bytes
 
 MAX_UNFINISHED_SENDS = 16
 
@@ -81,6 +82,8 @@ class Follower:
             self.stage.set_experts_per_token(a[0])
         elif cmd.op == Op.PEAK_MEMORY:
             self._send_back(torch.tensor([peak_memory_bytes(self.group.device)], device=self.group.device))
+        elif cmd.op == Op.WEIGHT_BYTES:
+            self._send_back(torch.tensor([weight_bytes(self.stage) or 0], device=self.group.device))
         else:
             raise RuntimeError(f"unknown pipeline command {cmd.op}")
 

@@ -79,10 +79,17 @@ class ModuleExecutor:
     ) -> torch.Tensor:
         ids = torch.tensor(list(tokens), dtype=torch.long, device=self.model.device)
         logits = self.model(ids, layout, cache, router_out=router_out, last_only=True)
-        if routing_last_only and router_out and len(ids) != len(layout.seqlens):
-            idx = layout.last_token_index()
-            router_out[:] = [Routing(*(t.index_select(0, idx) for t in r)) for r in router_out]
+        if routing_last_only and router_out:
+            keep_last_token_routing(router_out, layout)
         return logits
+
+
+def keep_last_token_routing(router_out: list[Routing], layout: BatchLayout) -> None:
+    """Cut a pass's per-token routing (every layer) down to each sequence's last token, in place: what a
+    pre-fill reports (`LastTokenRoutes`) from a model that traced every token."""
+    if router_out and router_out[0].experts.shape[0] != len(layout.seqlens):
+        idx = layout.last_token_index()
+        router_out[:] = [Routing(*(t.index_select(0, idx) for t in r)) for r in router_out]
 
 
 class CpuExecutor(ModuleExecutor):

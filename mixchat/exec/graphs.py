@@ -69,11 +69,14 @@ def graphs_supported(model: Transformer | StageModel, settings: Flags) -> bool:
 
 
 def stage_graph_fits(cache: RollingCache, layout: BatchLayout) -> bool:
-    """Whether a pipeline stage replays this decode step from a graph: only steps over every row of the
-    cache, in order. Micro-batched steps (a subset of the rows each, several graphs in flight) hit a
-    device-side index assert on two H200s; until that is understood they run the eager stage path, which
-    is correct but slower."""
-    return layout.mode == "decode" and layout.row_ids == list(range(cache.batch))
+    """Whether a pipeline stage replays this step from a graph: every decode step, over all of the cache's
+    rows or over a subset (a micro-batch; each row set has its graph, see `GraphDecoder._key`).
+
+    Subset steps once hit a device-side index assert on two H200s and ran eagerly: the graph read its row
+    ids from a tensor that nothing kept alive after capture, so the allocator handed that memory to the next
+    small tensor (another micro-batch's rows, token ids, activations) and the replay indexed the cache with
+    whatever was there. `_Captured.row_idx` now owns it."""
+    return layout.mode == "decode" and layout.row_ids is not None  # distinct rows: `RollingCache.plan` checks
 
 
 def _fuse_qkv(attn: Attention) -> torch.Tensor:
@@ -196,6 +199,9 @@ class _Captured:
     # them, first makes the stream wait for these. Never a host wait: NCCL's Work.wait() orders streams.
     fences: list[Any] = field(default_factory=list)
     host: torch.Tensor | None = None  # [4, B] int64 host staging of a stage graph's inputs (see `_staging`)
+    # [B] int64 cache rows the graph index_selects (None: every row in order). A graph holds only the address
+    # of each tensor it reads, so whatever it reads must be owned here, or the allocator reuses the memory.
+    row_idx: torch.Tensor | None = None
     copied: torch.cuda.Event | None = None  # recorded after each copy from `host` (CUDA stages only)
 
 
@@ -388,7 +394,10 @@ class GraphDecoder:
         return self._run(cache, layout, tokens, hidden, traced)
 
     def _key(self, cache: RollingCache, rows: Sequence[int], traced: bool) -> tuple:
-        return (tuple(rows), cache.k.data_ptr(), cache.v.data_ptr(), cache.slots, traced, self.experts_per_token)
+        """What a graph bakes in. The cache's batch is part of it because a subset of rows does not imply it:
+        a later cache of another batch at a freed cache's address must not replay that cache's graphs."""
+        ptrs = (cache.k.data_ptr(), cache.v.data_ptr())
+        return (tuple(rows), *ptrs, cache.batch, cache.slots, traced, self.experts_per_token)
 
     def _run(
         self,
@@ -434,6 +443,11 @@ class GraphDecoder:
     def captured(self) -> int:
         """Graphs held now (the check script reports it to show the graph path ran)."""
         return len(self._graphs)
+
+    @property
+    def subset_row_sets(self) -> list[tuple[int, ...]]:
+        """The rows of each graph held that serves only part of its cache (a micro-batch's steps)."""
+        return [tuple(c.row_idx.tolist()) for c in self._graphs.values() if c.row_idx is not None]
 
     def _staging(self, cap: _Captured | None, B: int) -> torch.Tensor:
         """The pinned [4, B] host buffer this step's inputs are copied from.
@@ -493,7 +507,7 @@ class GraphDecoder:
             out = self._step(cache, row_idx, inputs, routing if traced else None, hidden)
             routing, stacked = self._stack(routing)
         graph.replay()
-        return _Captured(graph, inputs, out, routing, hidden, stacked)
+        return _Captured(graph, inputs, out, routing, hidden, stacked, row_idx=row_idx)
 
     def _stack(
         self, routing: list[Routing]
@@ -524,4 +538,4 @@ class GraphDecoder:
         routing: list[Routing] = []
         out = run(routing)
         routing, stacked = self._stack(routing)
-        return _Captured(_EagerReplay(run, out, routing), inputs, out, routing, hidden, stacked)
+        return _Captured(_EagerReplay(run, out, routing), inputs, out, routing, hidden, stacked, row_idx=row_idx)

@@ -25,7 +25,7 @@ from mixchat.engine import Engine
 from mixchat.exec.executors import GraphExecutor, ModuleExecutor
 from mixchat.exec.graphs import GraphDecoder
 from mixchat.exec.quant_gpu import install_gpu_quant_modules
-from mixchat.flags import Flags
+from mixchat.flags import Flags, flags
 from mixchat.loader import build_model, inspect_folder
 from mixchat.quant.format import make_spec
 from mixchat.runtime import load_runtime
@@ -51,6 +51,9 @@ def main() -> int:
     def on_rank0(_: argparse.Namespace) -> int:
         rt = load_runtime(ckpt, device="cpu", dtype="float32", chunk_size=CHUNK, quant=spec)
         save_file(run_schedule(rt.engine), str(out))
+        if flags().cuda_graphs == "eager":  # rank 0's stage decoded through its graph step, on row subsets too
+            graphs = getattr(rt.model, "graphs", None)
+            assert graphs is not None and graphs.subset_row_sets, "the stage graph step did not run"
         return 0
 
     options = argparse.Namespace(
