@@ -545,13 +545,31 @@ def native_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_native(model: Transformer, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+def save_native(
+    model: Transformer, folder: str | Path, dtype: torch.dtype | None = None, shard_bytes: int | None = None
+) -> Path:
+    """params.json + consolidated.safetensors; with `shard_bytes`, weights over that size go into several
+    `consolidated-0000i-of-0000n.safetensors` files of at most about that size each (whole tensors, in
+    order), which `inspect_folder` reads as one checkpoint."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = native_state_dict(model)
+    state = {k: v.cpu() for k, v in native_state_dict(model).items()}
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
-    save_file({k: v.cpu() for k, v in state.items()}, str(folder / "consolidated.safetensors"))
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        n = t.numel() * t.element_size()
+        if shard_bytes is not None and shards[-1] and size + n > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += n
+    for i, part in enumerate(shards, 1):
+        fname = (
+            "consolidated.safetensors" if len(shards) == 1 else f"consolidated-{i:05d}-of-{len(shards):05d}.safetensors"
+        )
+        save_file(part, str(folder / fname))
     (folder / "params.json").write_text(json.dumps(model.args.to_params_json(), indent=2) + "\n")
     return folder
 

@@ -4,7 +4,7 @@
 
 Why random weights are enough: decode speed depends on the shape only (the same matmuls whatever the values;
 top-2 routing reads two experts per token either way). Each candidate is written as a real bf16 model folder
-(params.json, consolidated.safetensors, the shipped tokenizer), loaded as the app loads it on a CPU (float32)
+(params.json, consolidated*.safetensors, the shipped tokenizer), loaded as the app loads it on a CPU (float32)
 and timed two ways: decode tokens per second of CPU time on one thread (`cpu_time_decode`: what a quiet
 machine gives) and `mixchat bench --model` in a child process (wall clock, whatever the neighbours do). The
 folder's size is the shipped size: the issue's limit is 64 MB.
