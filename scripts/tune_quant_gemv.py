@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from tune_expert_gemv import timed  # this folder is on the path when the script runs
 
 from mixchat.exec.quant_triton import quant_grouped_mm, quant_mm_problem, stream_config
 from mixchat.quant.format import quantize_int4, quantize_int8
@@ -27,18 +28,6 @@ CONFIGS = [
     {"BLOCK_N": 64, "SUB": 8, "num_warps": 8, "num_stages": 3},
     {"BLOCK_N": 128, "SUB": 2, "num_warps": 8, "num_stages": 4},
 ]
-
-
-def timed(fn, reps: int = 20) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps / 1e3
 
 
 def stored(E: int, N: int, K: int, fmt: str) -> dict[str, torch.Tensor]:
@@ -77,7 +66,7 @@ def main() -> None:
                     quant_grouped_mm, x, p["qweight"], p["scales"], p.get("zeros"), offs, config=cfg
                 )
                 try:
-                    s = timed(run)
+                    s = timed(run, reps=20)
                     label = "default" if cfg is None else "{BLOCK_N}/{SUB}/{num_warps}/{num_stages}".format(**cfg)
                     line.append(f"{label} {nbytes / s / 1e12:.2f}")
                 except Exception as exc:  # a setting the compiler refuses (too many registers, say)
