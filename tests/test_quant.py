@@ -203,6 +203,14 @@ from mixchat.quant.format import dequantize, make_spec, quantize
 from mixchat.quant.modules import QuantLinear, quantize_modules
 
 g = torch.Generator().manual_seed(0)
+CONFIGS = [  # rows per expert, tile settings (None: the defaults)
+    ([1, 0, 0], None),
+    ([0, 1, 1], {"SPLIT": 2, "SUB": 1}),
+    ([1, 0, 1], {"CVT": 0}),
+    ([2, 0, 3], {"SPLIT": 2, "SUB": 1}),
+    ([2, 0, 3], {"CVT": 0}),
+    ([1, 1, 1], {"BLOCK_M": 1, "SPLIT": 2, "SUB": 1, "CVT": 0}),
+]
 for spec in (make_spec("int8"), make_spec("int4", 32), make_spec("int4", 128)):
     assert quant_mm_problem("cpu", torch.float32, spec.format) is None, spec
     E, N, K = 3, 80, 256
@@ -224,6 +232,17 @@ for spec in (make_spec("int8"), make_spec("int4", 32), make_spec("int4", 128)):
         experts = torch.repeat_interleave(torch.arange(E), torch.tensor(counts))
         want = torch.einsum("rk,rnk->rn", x, deq[experts])
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # every decode tile: the one-row GEMV, K split over programs, both code conversions; float16 takes the
+    # exponent trick's offset path (the interpreter's bfloat16 dot is not exact enough to check it there)
+    for counts, cfg in CONFIGS:
+        offs = torch.tensor(counts).cumsum(0).to(torch.int32)
+        experts = torch.repeat_interleave(torch.arange(E), torch.tensor(counts))
+        for dt, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+            x = torch.randn(sum(counts), K, generator=g).to(dt)
+            got = quant_grouped_mm(x, parts["qweight"], parts["scales"], parts.get("zeros"), offs, max(counts), cfg)
+            want = torch.einsum("rk,rnk->rn", x.float(), deq[experts])
+            err = float((got.float() - want).abs().max() / want.abs().max())
+            assert err < tol, (spec, counts, cfg, dt, err)
     # the swapped modules: a dense projection and a whole MoE layer, decode and pre-fill
     lin = QuantLinear(K, N, spec)
     for p, t in quantize(w[0], spec).items():

@@ -37,69 +37,219 @@ DEQUANT_ROWS = 256  # passes of at least this many tokens dequantize and use a G
 if triton is not None:
 
     @triton.jit
+    def _int8_values(w, dtype: tl.constexpr, CVT: tl.constexpr):
+        """int8 codes as the same integers in `dtype`. CVT 1 builds 2^23 + 128 + q as a float32 bit pattern
+        and subtracts the constant: integer and float adds only, no int-to-float conversion, whose throughput
+        is an eighth of an add's and would bound decode below the memory bandwidth."""
+        if CVT == 1:
+            u = (w.to(tl.int32) + 128) | 0x4B000000
+            return (u.to(tl.float32, bitcast=True) - 8388736.0).to(dtype)
+        else:
+            return w.to(tl.float32).to(dtype)
+
+    @triton.jit
+    def _nibble_values(n, dtype: tl.constexpr, CVT: tl.constexpr):
+        """int4 codes (0..15, int32) in `dtype`, plus `_nibble_offset`. CVT 1 ORs the code into the mantissa
+        of 128.0 (bf16) or 1024.0 (fp16), exact and conversion-free; the offset is taken out of the group's
+        zero term by the caller. float32 uses 2^23 and subtracts it (exact)."""
+        if CVT == 1 and dtype == tl.bfloat16:
+            return (n | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        elif CVT == 1 and dtype == tl.float16:
+            return (n | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+        elif CVT == 1:
+            return ((n | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0).to(dtype)
+        else:
+            return n.to(tl.float32).to(dtype)
+
+    @triton.jit
+    def _nibble_offset(dtype: tl.constexpr, CVT: tl.constexpr):
+        if CVT == 1 and dtype == tl.bfloat16:
+            return 128.0
+        elif CVT == 1 and dtype == tl.float16:
+            return 1024.0
+        else:
+            return 0.0
+
+    @triton.jit
+    def _dot_tile(
+        x_rows,
+        row_ok,
+        q_ptr,
+        s_ptr,
+        z_ptr,
+        e64,
+        cols,
+        col_ok,
+        N,
+        K,
+        k_lo,
+        k_hi,
+        INT4: tl.constexpr,
+        GROUP: tl.constexpr,
+        SUB: tl.constexpr,
+        CVT: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        """[BM, BN] sums of a tile of rows (tensor-core dots on the codes, exact in the activations' dtype)."""
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        dt = x_rows.dtype.element_ty
+        if INT4:
+            HALF: tl.constexpr = GROUP // 2
+            n_groups = K // GROUP
+            q_cols = q_ptr + e64 * N * (K // 2) + cols[:, None].to(tl.int64) * (K // 2)
+            sz_cols = e64 * N * n_groups + cols.to(tl.int64) * n_groups  # [BN]
+            j = tl.arange(0, HALF)
+            off = _nibble_offset(dt, CVT)
+            for g0 in range(k_lo // GROUP, k_hi // GROUP, SUB):
+                for s in tl.static_range(SUB):
+                    g = g0 + s
+                    ok = g < k_hi // GROUP
+                    byte = tl.load(q_cols + g * HALF + j[None, :], mask=col_ok[:, None] & ok, other=0).to(tl.int32)
+                    m = row_ok[:, None] & ok
+                    xe = tl.load(x_rows + g * GROUP + 2 * j[None, :], mask=m, other=0.0)  # [BM, G/2]
+                    xo = tl.load(x_rows + g * GROUP + 2 * j[None, :] + 1, mask=m, other=0.0)
+                    lo = _nibble_values(byte & 0xF, dt, CVT)  # [BN, G/2]
+                    hi = _nibble_values(byte >> 4, dt, CVT)
+                    part = tl.dot(xe, tl.trans(lo)) + tl.dot(xo, tl.trans(hi))  # [BM, BN]
+                    xsum = tl.sum(xe.to(tl.float32), axis=1) + tl.sum(xo.to(tl.float32), axis=1)  # [BM]
+                    scale = tl.load(s_ptr + sz_cols + g, mask=col_ok & ok, other=0.0).to(tl.float32)
+                    zero = tl.load(z_ptr + sz_cols + g, mask=col_ok & ok, other=0.0).to(tl.float32) - off * scale
+                    acc += part * scale[None, :] + xsum[:, None] * zero[None, :]
+        else:
+            BLOCK_K: tl.constexpr = SUB * 64
+            q_cols = q_ptr + e64 * N * K + cols[:, None].to(tl.int64) * K
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < k_hi
+                x = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
+                acc += tl.dot(x, tl.trans(_int8_values(w, dt, CVT)))  # [BM, BK] x [BK, BN]
+            acc = acc * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        return acc
+
+    @triton.jit
+    def _gemv_tile(
+        x_row,
+        q_ptr,
+        s_ptr,
+        z_ptr,
+        e64,
+        cols,
+        col_ok,
+        N,
+        K,
+        k_lo,
+        k_hi,
+        INT4: tl.constexpr,
+        GROUP: tl.constexpr,
+        SUB: tl.constexpr,
+        CVT: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        """[BN] sums for one row (batch-1 decode): float32 multiply-adds, no tensor-core tile of 16 rows to
+        fill, and the whole step's codes of a column in one contiguous load."""
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        if INT4:
+            HALF: tl.constexpr = GROUP // 2
+            n_groups = K // GROUP
+            q_cols = q_ptr + e64 * N * (K // 2) + cols[:, None].to(tl.int64) * (K // 2)
+            sz_cols = e64 * N * n_groups + cols.to(tl.int64) * n_groups  # [BN]
+            jb = tl.arange(0, SUB * HALF)
+            for g0 in range(k_lo // GROUP, k_hi // GROUP, SUB):
+                b = g0 * HALF + jb  # bytes of this step in the row
+                b_ok = b < (k_hi // 2)
+                byte = tl.load(q_cols + b[None, :], mask=col_ok[:, None] & b_ok[None, :], other=0).to(tl.int32)
+                xe = tl.load(x_row + 2 * b, mask=b_ok, other=0.0).to(tl.float32)  # [SUB * G/2]
+                xo = tl.load(x_row + 2 * b + 1, mask=b_ok, other=0.0).to(tl.float32)
+                lo = _nibble_values(byte & 0xF, tl.float32, CVT)  # [BN, SUB * G/2]
+                hi = _nibble_values(byte >> 4, tl.float32, CVT)
+                prod = lo * xe[None, :] + hi * xo[None, :]
+                part = tl.sum(tl.reshape(prod, (BLOCK_N, SUB, HALF)), axis=2)  # [BN, SUB]
+                xsum = tl.sum(tl.reshape(xe + xo, (SUB, HALF)), axis=1)  # [SUB]
+                gs = g0 + tl.arange(0, SUB)
+                m = col_ok[:, None] & (gs < k_hi // GROUP)[None, :]
+                scale = tl.load(s_ptr + sz_cols[:, None] + gs[None, :], mask=m, other=0.0).to(tl.float32)
+                zero = tl.load(z_ptr + sz_cols[:, None] + gs[None, :], mask=m, other=0.0).to(tl.float32)
+                acc += tl.sum(part * scale + xsum[None, :] * zero, axis=1)
+        else:
+            BLOCK_K: tl.constexpr = SUB * 64
+            q_cols = q_ptr + e64 * N * K + cols[:, None].to(tl.int64) * K
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < k_hi
+                x = tl.load(x_row + ks, mask=k_ok, other=0.0).to(tl.float32)  # [BK]
+                w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
+                acc += tl.sum(_int8_values(w, tl.float32, CVT) * x[None, :], axis=1)
+            acc = acc * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)
+        return acc
+
+    @triton.jit(do_not_specialize=["R", "K_PER", "n_split"])  # one compile for every row count and split
     def _quant_stream_kernel(
         x_ptr,  # [R, K] rows grouped by expert
         q_ptr,  # [E, N, K] int8, or [E, N, K / 2] uint8 (two int4 codes a byte)
         s_ptr,  # [E, N] float32 scales (int8), or [E, N, K / G] (int4)
         z_ptr,  # [E, N, K / G] int4 zeros (unused for int8)
         offs_ptr,  # [E] int32 end row of each expert's group
-        out_ptr,  # [R, N]
+        out_ptr,  # [R, N] in x's dtype; with n_split > 1, [n_split, R, N] float32 partial sums
+        R,
         N,
         K,
+        K_PER,  # elements of K per split (a multiple of the loop step)
+        n_split,  # programs sharing one output block along K (a runtime value: one compile serves every split)
         INT4: tl.constexpr,
         GROUP: tl.constexpr,  # int4 group size (elements); int8: unused
         SUB: tl.constexpr,  # int4: groups per loop step; int8: BLOCK_K = SUB * 64
-        BLOCK_M: tl.constexpr,
+        BLOCK_M: tl.constexpr,  # 1: one row per program, without tensor cores
         BLOCK_N: tl.constexpr,
+        CVT: tl.constexpr,  # how codes become floats (`_int8_values`, `_nibble_values`)
     ):
         e = tl.program_id(0)
         pid_n = tl.program_id(1)
-        pid_m = tl.program_id(2)
+        pid_m = tl.program_id(2) // n_split
+        split = tl.program_id(2) % n_split
         end = tl.load(offs_ptr + e)
         start = tl.load(offs_ptr + e - 1, mask=e > 0, other=0)
         row0 = start + pid_m * BLOCK_M
         if row0 < end:
-            rows = row0 + tl.arange(0, BLOCK_M)  # [BM]
-            row_ok = rows < end
+            k_lo = split * K_PER
+            k_hi = tl.minimum(K, k_lo + K_PER)
             cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
             col_ok = cols < N
             e64 = e.to(tl.int64)
-            x_rows = x_ptr + rows[:, None].to(tl.int64) * K
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            if INT4:
-                HALF: tl.constexpr = GROUP // 2
-                n_groups = K // GROUP
-                q_cols = q_ptr + e64 * N * (K // 2) + cols[:, None].to(tl.int64) * (K // 2)
-                sz_cols = e64 * N * n_groups + cols.to(tl.int64) * n_groups  # [BN]
-                j = tl.arange(0, HALF)
-                for g0 in range(0, n_groups, SUB):
-                    for s in tl.static_range(SUB):
-                        g = g0 + s
-                        ok = g < n_groups
-                        byte = tl.load(q_cols + g * HALF + j[None, :], mask=col_ok[:, None] & ok, other=0)
-                        byte = byte.to(tl.int32)
-                        m = row_ok[:, None] & ok
-                        xe = tl.load(x_rows + g * GROUP + 2 * j[None, :], mask=m, other=0.0)  # [BM, G/2]
-                        xo = tl.load(x_rows + g * GROUP + 2 * j[None, :] + 1, mask=m, other=0.0)
-                        lo = (byte & 0xF).to(tl.float32).to(xe.dtype)  # [BN, G/2]
-                        hi = (byte >> 4).to(tl.float32).to(xe.dtype)
-                        part = tl.dot(xe, tl.trans(lo)) + tl.dot(xo, tl.trans(hi))  # [BM, BN]
-                        xsum = tl.sum(xe.to(tl.float32), axis=1) + tl.sum(xo.to(tl.float32), axis=1)  # [BM]
-                        scale = tl.load(s_ptr + sz_cols + g, mask=col_ok & ok, other=0.0).to(tl.float32)
-                        zero = tl.load(z_ptr + sz_cols + g, mask=col_ok & ok, other=0.0).to(tl.float32)
-                        acc += part * scale[None, :] + xsum[:, None] * zero[None, :]
+            out = out_ptr + split.to(tl.int64) * R * N
+            if BLOCK_M == 1:
+                x_row = x_ptr + row0.to(tl.int64) * K
+                acc = _gemv_tile(
+                    x_row, q_ptr, s_ptr, z_ptr, e64, cols, col_ok, N, K, k_lo, k_hi, INT4, GROUP, SUB, CVT, BLOCK_N
+                )
+                tl.store(out + row0.to(tl.int64) * N + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
             else:
-                BLOCK_K: tl.constexpr = SUB * 64
-                q_cols = q_ptr + e64 * N * K + cols[:, None].to(tl.int64) * K
-                for k0 in range(0, K, BLOCK_K):
-                    ks = k0 + tl.arange(0, BLOCK_K)
-                    k_ok = ks < K
-                    x = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                    w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
-                    acc += tl.dot(x, tl.trans(w.to(tl.float32).to(x.dtype)))  # [BM, BK] x [BK, BN]
-                acc = acc * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            out = out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
-            tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+                rows = row0 + tl.arange(0, BLOCK_M)  # [BM]
+                row_ok = rows < end
+                x_rows = x_ptr + rows[:, None].to(tl.int64) * K
+                acc = _dot_tile(
+                    x_rows,
+                    row_ok,
+                    q_ptr,
+                    s_ptr,
+                    z_ptr,
+                    e64,
+                    cols,
+                    col_ok,
+                    N,
+                    K,
+                    k_lo,
+                    k_hi,
+                    INT4,
+                    GROUP,
+                    SUB,
+                    CVT,
+                    BLOCK_M,
+                    BLOCK_N,
+                )
+                dst = out + rows[:, None].to(tl.int64) * N + cols[None, :]
+                tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
     @triton.jit
     def _dequant_kernel(
@@ -112,40 +262,58 @@ if triton is not None:
         INT4: tl.constexpr,
         GROUP: tl.constexpr,
         BLOCK_R: tl.constexpr,
-        BLOCK_K: tl.constexpr,
+        BLOCK_K: tl.constexpr,  # int4: a multiple of GROUP
     ):
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
-        r_ok = r < M
         r64 = r.to(tl.int64)
+        k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
+        m = (r < M)[:, None] & (k < K)[None, :]
         if INT4:
+            NG: tl.constexpr = BLOCK_K // GROUP
             j = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)  # byte index in the row
-            m = r_ok[:, None] & (j[None, :] < K // 2)
-            byte = tl.load(q_ptr + r64[:, None] * (K // 2) + j[None, :], mask=m, other=0).to(tl.int32)
-            sz = r64[:, None] * (K // GROUP) + (2 * j[None, :]) // GROUP
-            scale = tl.load(s_ptr + sz, mask=m, other=0.0).to(tl.float32)
-            zero = tl.load(z_ptr + sz, mask=m, other=0.0).to(tl.float32)
-            dst = out_ptr + r64[:, None] * K + 2 * j[None, :]
-            kind = out_ptr.dtype.element_ty
-            tl.store(dst, ((byte & 0xF).to(tl.float32) * scale + zero).to(kind), mask=m)
-            tl.store(dst + 1, ((byte >> 4).to(tl.float32) * scale + zero).to(kind), mask=m)
+            mb = (r < M)[:, None] & (j < K // 2)[None, :]
+            byte = tl.load(q_ptr + r64[:, None] * (K // 2) + j[None, :], mask=mb, other=0).to(tl.int32)
+            codes = tl.interleave(byte & 0xF, byte >> 4).to(tl.float32)  # [BR, BK] in element order
+            g = tl.program_id(1) * NG + tl.arange(0, NG)
+            mg = (r < M)[:, None] & (g < K // GROUP)[None, :]
+            sz = r64[:, None] * (K // GROUP) + g[None, :]  # [BR, NG]
+            scale = tl.load(s_ptr + sz, mask=mg, other=0.0).to(tl.float32)
+            zero = tl.load(z_ptr + sz, mask=mg, other=0.0).to(tl.float32)
+            w = tl.reshape(codes, (BLOCK_R, NG, GROUP)) * scale[:, :, None] + zero[:, :, None]
+            w = tl.reshape(w, (BLOCK_R, BLOCK_K))
         else:
-            k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-            m = r_ok[:, None] & (k[None, :] < K)
             q = tl.load(q_ptr + r64[:, None] * K + k[None, :], mask=m, other=0).to(tl.float32)
-            scale = tl.load(s_ptr + r64, mask=r_ok, other=0.0).to(tl.float32)
-            tl.store(out_ptr + r64[:, None] * K + k[None, :], (q * scale[:, None]).to(out_ptr.dtype.element_ty), mask=m)
+            w = q * tl.load(s_ptr + r64, mask=r < M, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptr + r64[:, None] * K + k[None, :], w.to(out_ptr.dtype.element_ty), mask=m)
+
+
+SM_PROGRAMS = 528  # programs a decode pass aims for: four per SM of an H200 (132 SMs), for loads in flight
 
 
 def stream_config(rows: int, n: int, int4: bool) -> dict[str, int]:
-    """Tile settings of the streaming kernel. Decode reads weights only, so a program keeps about 16 KB of
-    codes in flight per loop step (the bf16 GEMV's lesson: wide K tiles and 4 stages); narrow outputs (the
-    attention projections, the MoE's w2) take narrower column blocks, for enough programs to fill the SMs."""
-    block_m = DECODE_ROWS if rows <= DECODE_ROWS else PREFILL_ROWS
-    if block_m == PREFILL_ROWS:
-        return {"BLOCK_M": block_m, "BLOCK_N": 64, "SUB": 1, "num_warps": 4, "num_stages": 3}
-    block_n = 64 if n >= 8192 else 32
-    sub = 4  # int4: 4 groups of 128 (16 KB a step at 64 columns); int8: 256-wide K tiles (16 KB)
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "SUB": sub, "num_warps": 4, "num_stages": 4}
+    """Tile settings of the streaming kernel (scripts/tune_quant_gemv.py). One-row passes take the
+    tensor-core-free GEMV tile; up to DECODE_ROWS rows a 16-row dot tile; longer passes 64-row tiles. SPLIT 0
+    means "as many K splits as it takes to reach about SM_PROGRAMS programs" (`_splits`)."""
+    if rows > DECODE_ROWS:
+        return {"BLOCK_M": PREFILL_ROWS, "BLOCK_N": 64, "SUB": 1, "SPLIT": 1, "CVT": 1, "num_warps": 4, "num_stages": 3}
+    block_m = 1 if rows == 1 else DECODE_ROWS
+    return {
+        "BLOCK_M": block_m,
+        "BLOCK_N": 64 if n >= 8192 else 32,
+        "SUB": 4,
+        "SPLIT": 0,
+        "CVT": 1,
+        "num_warps": 4,
+        "num_stages": 4,
+    }
+
+
+def _splits(cfg: dict[str, int], K: int, step: int, programs: int) -> int:
+    """The K splits of a pass: cfg's SPLIT, or (0) enough to reach SM_PROGRAMS programs, each split keeping
+    at least two loop steps."""
+    if cfg["SPLIT"] > 0:
+        return cfg["SPLIT"]
+    return max(1, min(triton.cdiv(SM_PROGRAMS, programs), K // (2 * step)))
 
 
 def quant_grouped_mm(
@@ -169,11 +337,19 @@ def quant_grouped_mm(
     cfg = stream_config(rows, N, int4)
     cfg.update(config or {})
     group = K // scales.shape[-1] if int4 else 64
-    out = torch.empty(R, N, device=x.device, dtype=x.dtype)
-    grid = (E, triton.cdiv(N, cfg["BLOCK_N"]), max(1, triton.cdiv(rows, cfg["BLOCK_M"])))
+    step = cfg["SUB"] * group
+    m_blocks = max(1, triton.cdiv(rows, cfg["BLOCK_M"]))
+    n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
+    split = _splits(cfg, K, step, min(E, R) * n_blocks * m_blocks)  # at most min(E, R) experts have rows
+    k_per = triton.cdiv(triton.cdiv(K, split), step) * step
+    split = triton.cdiv(K, k_per)
+    del cfg["SPLIT"]
+    shape, kind = ((R, N), x.dtype) if split == 1 else ((split, R, N), torch.float32)
+    out = torch.empty(shape, device=x.device, dtype=kind)
     z = zeros if zeros is not None else scales
-    _quant_stream_kernel[grid](x, qweight, scales, z, offs, out, N, K, INT4=int4, GROUP=group, **cfg)
-    return out
+    grid = (E, n_blocks, m_blocks * split)
+    _quant_stream_kernel[grid](x, qweight, scales, z, offs, out, R, N, K, k_per, split, INT4=int4, GROUP=group, **cfg)
+    return out if split == 1 else out.sum(0).to(x.dtype)
 
 
 def _gemm_serves(x: torch.Tensor, experts: int) -> bool:
@@ -194,7 +370,7 @@ def dequantize_stacked(
     K = qweight.shape[2] * (2 if int4 else 1)
     group = K // scales.shape[-1] if int4 else 1
     out = torch.empty(E, N, K, device=qweight.device, dtype=dtype)
-    block_r, block_k = 16, 256
+    block_r, block_k = 32, 256
     grid = (triton.cdiv(E * N, block_r), triton.cdiv(K, block_k))
     z = zeros if zeros is not None else scales
     _dequant_kernel[grid](qweight, scales, z, out, E * N, K, INT4=int4, GROUP=group, BLOCK_R=block_r, BLOCK_K=block_k)
