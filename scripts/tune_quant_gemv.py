@@ -139,11 +139,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="write every setting's rate here")
     ap.add_argument("--formats", default="int8,int4")
+    ap.add_argument("--cases", default="", help="only the cases whose name contains this (e.g. b1)")
+    ap.add_argument("--no-dequant", action="store_true", help="skip timing the pre-fill dequantize pass")
     args = ap.parse_args()
     for fmt in ("int8", "int4"):
         print(f"probe {fmt} bf16: {quant_mm_problem('cuda', torch.bfloat16, fmt) or 'ok'}", flush=True)
-    lines = dequant_rates()
-    out = [tune_case(fmt, *case) for fmt in args.formats.split(",") for case in CASES]
+    lines = [] if args.no_dequant else dequant_rates()
+    cases = [c for c in CASES if args.cases in c[0]]
+    out = [tune_case(fmt, *case) for fmt in args.formats.split(",") for case in cases]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cases": out, "dequantize": lines}, f, indent=1)

@@ -147,41 +147,43 @@ if triton is not None:
         CVT: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        """[BN] sums for one row (batch-1 decode): float32 multiply-adds, no tensor-core tile of 16 rows to
-        fill, and the whole step's codes of a column in one contiguous load."""
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        """[BN] sums for one row (batch-1 decode): float32 multiply-adds into a tile-shaped accumulator, summed
+        once at the end (a reduction across threads every step would cost more than the loads), and no
+        tensor-core tile of 16 rows to fill. int4 dequantizes in registers (code * scale + zero)."""
         if INT4:
             HALF: tl.constexpr = GROUP // 2
             n_groups = K // GROUP
-            q_cols = q_ptr + e64 * N * (K // 2) + cols[:, None].to(tl.int64) * (K // 2)
-            sz_cols = e64 * N * n_groups + cols.to(tl.int64) * n_groups  # [BN]
-            jb = tl.arange(0, SUB * HALF)
+            q_cols = q_ptr + e64 * N * (K // 2) + cols[:, None, None].to(tl.int64) * (K // 2)
+            sz_cols = e64 * N * n_groups + cols[:, None].to(tl.int64) * n_groups  # [BN, 1]
+            sub = tl.arange(0, SUB)
+            step = sub[:, None] * HALF + tl.arange(0, HALF)[None, :]  # [SUB, G/2] bytes of one step
+            acc3 = tl.zeros((BLOCK_N, SUB, HALF), dtype=tl.float32)
             for g0 in range(k_lo // GROUP, k_hi // GROUP, SUB):
-                b = g0 * HALF + jb  # bytes of this step in the row
+                b = g0 * HALF + step
                 b_ok = b < (k_hi // 2)
-                byte = tl.load(q_cols + b[None, :], mask=col_ok[:, None] & b_ok[None, :], other=0).to(tl.int32)
-                xe = tl.load(x_row + 2 * b, mask=b_ok, other=0.0).to(tl.float32)  # [SUB * G/2]
-                xo = tl.load(x_row + 2 * b + 1, mask=b_ok, other=0.0).to(tl.float32)
-                lo = _nibble_values(byte & 0xF, tl.float32, CVT)  # [BN, SUB * G/2]
-                hi = _nibble_values(byte >> 4, tl.float32, CVT)
-                prod = lo * xe[None, :] + hi * xo[None, :]
-                part = tl.sum(tl.reshape(prod, (BLOCK_N, SUB, HALF)), axis=2)  # [BN, SUB]
-                xsum = tl.sum(tl.reshape(xe + xo, (SUB, HALF)), axis=1)  # [SUB]
-                gs = g0 + tl.arange(0, SUB)
+                m3 = col_ok[:, None, None] & b_ok[None, :, :]
+                byte = tl.load(q_cols + b[None, :, :], mask=m3, other=0).to(tl.int32)  # [BN, SUB, G/2]
+                xe = tl.load(x_row + 2 * b, mask=b_ok, other=0.0).to(tl.float32)[None, :, :]  # [1, SUB, G/2]
+                xo = tl.load(x_row + 2 * b + 1, mask=b_ok, other=0.0).to(tl.float32)[None, :, :]
+                gs = g0 + sub
                 m = col_ok[:, None] & (gs < k_hi // GROUP)[None, :]
-                scale = tl.load(s_ptr + sz_cols[:, None] + gs[None, :], mask=m, other=0.0).to(tl.float32)
-                zero = tl.load(z_ptr + sz_cols[:, None] + gs[None, :], mask=m, other=0.0).to(tl.float32)
-                acc += tl.sum(part * scale + xsum[None, :] * zero, axis=1)
+                scale = tl.load(s_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)[:, :, None]
+                zero = tl.load(z_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)[:, :, None]
+                lo = _nibble_values(byte & 0xF, tl.float32, CVT) * scale + zero
+                hi = _nibble_values(byte >> 4, tl.float32, CVT) * scale + zero
+                acc3 += lo * xe + hi * xo
+            acc = tl.sum(tl.sum(acc3, axis=2), axis=1)
         else:
             BLOCK_K: tl.constexpr = SUB * 64
             q_cols = q_ptr + e64 * N * K + cols[:, None].to(tl.int64) * K
+            acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
             for k0 in range(k_lo, k_hi, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 k_ok = ks < k_hi
                 x = tl.load(x_row + ks, mask=k_ok, other=0.0).to(tl.float32)  # [BK]
                 w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
-                acc += tl.sum(_int8_values(w, tl.float32, CVT) * x[None, :], axis=1)
-            acc = acc * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)
+                acc2 += _int8_values(w, tl.float32, CVT) * x[None, :]
+            acc = tl.sum(acc2, axis=1) * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)
         return acc
 
     @triton.jit(do_not_specialize=["R", "K_PER", "n_split"])  # one compile for every row count and split
