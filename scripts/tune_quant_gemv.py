@@ -23,8 +23,8 @@ from mixchat.exec.quant_triton import dequantize_stacked, quant_grouped_mm, quan
 from mixchat.quant.format import quantize_int4, quantize_int8
 
 # BLOCK_N, SUB, num_warps, num_stages; each with both code conversions
-GEMV_TILES = [(16, 4, 4, 3), (32, 4, 4, 3), (32, 8, 4, 3), (64, 4, 4, 3), (64, 4, 8, 3), (64, 8, 8, 3), (128, 4, 8, 3)]
-DOT_TILES = [(32, 4, 4, 4), (64, 4, 4, 4), (64, 4, 8, 4), (64, 8, 8, 3), (128, 2, 8, 4)]
+GEMV_TILES = [(8, 4, 4, 3), (16, 2, 4, 3), (16, 4, 2, 3), (16, 4, 4, 3), (16, 8, 4, 3), (16, 4, 4, 4), (32, 4, 4, 3)]
+DOT_TILES = [(16, 4, 4, 4), (32, 4, 4, 4), (64, 4, 4, 4), (64, 4, 8, 4), (64, 8, 8, 3), (128, 2, 8, 4)]
 SPLITS = [1, 2, 4, 8]
 B8 = [0, 0, 1, 2, 3, 3, 4, 5, 5, 6, 6, 7, 1, 2, 4, 7]  # sixteen (token, expert) rows of an 8-token step
 CASES = [  # name, E, N, K, expert of each row, most rows per expert (the pass's token count)

@@ -104,7 +104,7 @@ if triton is not None:
             for g0 in range(k_lo // GROUP, k_hi // GROUP, SUB):
                 for s in tl.static_range(SUB):
                     g = g0 + s
-                    ok = g < k_hi // GROUP
+                    ok = g < n_groups
                     byte = tl.load(q_cols + g * HALF + j[None, :], mask=col_ok[:, None] & ok, other=0).to(tl.int32)
                     m = row_ok[:, None] & ok
                     xe = tl.load(x_rows + g * GROUP + 2 * j[None, :], mask=m, other=0.0)  # [BM, G/2]
@@ -121,7 +121,7 @@ if triton is not None:
             q_cols = q_ptr + e64 * N * K + cols[:, None].to(tl.int64) * K
             for k0 in range(k_lo, k_hi, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < k_hi
+                k_ok = ks < K  # a split's last step stops at the next split's start, or at K
                 x = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                 w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
                 acc += tl.dot(x, tl.trans(_int8_values(w, dt, CVT)))  # [BM, BK] x [BK, BN]
@@ -160,13 +160,13 @@ if triton is not None:
             acc3 = tl.zeros((BLOCK_N, SUB, HALF), dtype=tl.float32)
             for g0 in range(k_lo // GROUP, k_hi // GROUP, SUB):
                 b = g0 * HALF + step
-                b_ok = b < (k_hi // 2)
+                b_ok = b < K // 2
                 m3 = col_ok[:, None, None] & b_ok[None, :, :]
                 byte = tl.load(q_cols + b[None, :, :], mask=m3, other=0).to(tl.int32)  # [BN, SUB, G/2]
                 xe = tl.load(x_row + 2 * b, mask=b_ok, other=0.0).to(tl.float32)[None, :, :]  # [1, SUB, G/2]
                 xo = tl.load(x_row + 2 * b + 1, mask=b_ok, other=0.0).to(tl.float32)[None, :, :]
                 gs = g0 + sub
-                m = col_ok[:, None] & (gs < k_hi // GROUP)[None, :]
+                m = col_ok[:, None] & (gs < n_groups)[None, :]
                 scale = tl.load(s_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)[:, :, None]
                 zero = tl.load(z_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)[:, :, None]
                 lo = _nibble_values(byte & 0xF, tl.float32, CVT) * scale + zero
@@ -179,14 +179,14 @@ if triton is not None:
             acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
             for k0 in range(k_lo, k_hi, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < k_hi
+                k_ok = ks < K
                 x = tl.load(x_row + ks, mask=k_ok, other=0.0).to(tl.float32)  # [BK]
                 w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
                 acc2 += _int8_values(w, tl.float32, CVT) * x[None, :]
             acc = tl.sum(acc2, axis=1) * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)
         return acc
 
-    @triton.jit(do_not_specialize=["R", "K_PER", "n_split"])  # one compile for every row count and split
+    @triton.jit(do_not_specialize=["R", "n_split"])  # one compile for every row count and split
     def _quant_stream_kernel(
         x_ptr,  # [R, K] rows grouped by expert
         q_ptr,  # [E, N, K] int8, or [E, N, K / 2] uint8 (two int4 codes a byte)
@@ -197,7 +197,7 @@ if triton is not None:
         R,
         N,
         K,
-        K_PER,  # elements of K per split (a multiple of the loop step)
+        K_PER,  # elements of K per split: a multiple of the loop step, specialized, so loads stay vectorized
         n_split,  # programs sharing one output block along K (a runtime value: one compile serves every split)
         INT4: tl.constexpr,
         GROUP: tl.constexpr,  # int4 group size (elements); int8: unused
@@ -297,17 +297,11 @@ def stream_config(rows: int, n: int, int4: bool) -> dict[str, int]:
     tensor-core-free GEMV tile; up to DECODE_ROWS rows a 16-row dot tile; longer passes 64-row tiles. SPLIT 0
     means "as many K splits as it takes to reach about SM_PROGRAMS programs" (`_splits`)."""
     if rows > DECODE_ROWS:
-        return {"BLOCK_M": PREFILL_ROWS, "BLOCK_N": 64, "SUB": 1, "SPLIT": 1, "CVT": 1, "num_warps": 4, "num_stages": 3}
-    block_m = 1 if rows == 1 else DECODE_ROWS
-    return {
-        "BLOCK_M": block_m,
-        "BLOCK_N": 64 if n >= 8192 else 32,
-        "SUB": 4,
-        "SPLIT": 0,
-        "CVT": 1,
-        "num_warps": 4,
-        "num_stages": 4,
-    }
+        return {"BLOCK_M": PREFILL_ROWS, "BLOCK_N": 64, "SUB": 1, "SPLIT": 1, "CVT": 0, "num_warps": 4, "num_stages": 3}
+    if rows == 1:  # H200, Mixtral's shapes: 16-column blocks beat 32 and 64 for every matrix, both formats
+        return {"BLOCK_M": 1, "BLOCK_N": 16, "SUB": 4, "SPLIT": 0, "CVT": 0, "num_warps": 4, "num_stages": 3}
+    block_n = 64 if n >= 8192 else 32
+    return {"BLOCK_M": DECODE_ROWS, "BLOCK_N": block_n, "SUB": 4, "SPLIT": 0, "CVT": 0, "num_warps": 4, "num_stages": 4}
 
 
 def _splits(cfg: dict[str, int], K: int, step: int, programs: int) -> int:
