@@ -298,8 +298,11 @@ def stream_config(rows: int, n: int, int4: bool) -> dict[str, int]:
     means "as many K splits as it takes to reach about SM_PROGRAMS programs" (`_splits`)."""
     if rows > DECODE_ROWS:
         return {"BLOCK_M": PREFILL_ROWS, "BLOCK_N": 64, "SUB": 1, "SPLIT": 1, "CVT": 0, "num_warps": 4, "num_stages": 3}
-    if rows == 1:  # H200, Mixtral's shapes: 16-column blocks beat 32 and 64 for every matrix, both formats
-        return {"BLOCK_M": 1, "BLOCK_N": 16, "SUB": 4, "SPLIT": 0, "CVT": 0, "num_warps": 4, "num_stages": 3}
+    if rows == 1:  # tuned on an H200 with Mixtral's shapes (docs/benchmarks.md): 16-column blocks, no split
+        wide = n >= 8192  # the MoE's w1/w3 and the head; the narrow ones stream longer rows
+        cvt = int(not (int4 and wide))  # the exponent trick, but for int4's wide matrices (bound by their FMAs)
+        sub = 8 if not int4 and not wide else 4
+        return {"BLOCK_M": 1, "BLOCK_N": 16, "SUB": sub, "SPLIT": 1, "CVT": cvt, "num_warps": 4, "num_stages": 3}
     block_n = 64 if n >= 8192 else 32
     return {"BLOCK_M": DECODE_ROWS, "BLOCK_N": block_n, "SUB": 4, "SPLIT": 0, "CVT": 0, "num_warps": 4, "num_stages": 4}
 
