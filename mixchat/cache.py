@@ -3,8 +3,9 @@
 Each sequence ("row") owns C slots per layer. The token at absolute position p lives in slot p % C, with its
 key stored after RoPE: rotation already encodes where the token sits, so decode can attend over the slots in
 whatever order the wrap left them. For a sliding-window model C = W, so memory stops growing once a
-conversation passes W tokens. A full-attention model gets C = its maximum context; its buffer grows on
-demand up to C (slots never wrap there, so growing never moves a token), and going past C is an error.
+conversation passes W tokens. A full-attention model gets C = its maximum context, and going past C is an
+error. Either buffer starts small and grows on demand up to C: slots wrap only once a buffer holds all C, so
+growing never moves a token (a 7B model's 4,096-slot window costs 0.5 GB that a short chat never uses).
 A model whose layers have different windows (Ministral) gives each layer a buffer of its own size.
 
 The cache also plans each forward pass (`plan`): positions, which slots to write, and which cached slots a
@@ -117,7 +118,7 @@ class RollingCache:
         self.groups: list[_Group] = []
         for window, members in by_size.items():
             capacity = window if window is not None else limit
-            slots = capacity if window is not None else min(capacity, _INITIAL_GROWABLE_SLOTS)
+            slots = min(capacity, _INITIAL_GROWABLE_SLOTS)
             k, v = self._alloc(len(members), slots)
             self.groups.append(_Group(window, capacity, members, k, v))
         self._group_of = [0] * len(self.layers)  # local layer -> (group, index in the group)
@@ -161,23 +162,25 @@ class RollingCache:
 
     @property
     def slots(self) -> int:
-        """Slots allocated per row in the largest layer (equals capacity except for a still-growing
-        full-attention buffer)."""
+        """Slots allocated per row in the largest layer (equals capacity once the buffer has grown to it)."""
         return max(g.slots for g in self.groups)
 
     def _ensure_slots(self, needed: int) -> None:
-        """Grow the full-attention buffers to hold `needed` tokens (window buffers never grow)."""
+        """Grow the buffers to hold `needed` tokens, or their capacity (a window buffer then rolls)."""
         grew = False
         for g in self.groups:
-            if g.window is not None or needed <= g.slots:
+            if needed <= g.slots or g.slots == g.capacity:
                 continue
             new = g.slots
             while new < needed:
                 new *= 2
             new = min(new, g.capacity)
-            k, v = self._alloc(len(g.layers), new)
-            k[:, :, : g.slots] = g.k
-            v[:, :, : g.slots] = g.v
+            # Grown during a forward (inference mode) but written later outside it (undo, restore): keep
+            # the buffers ordinary tensors.
+            with torch.inference_mode(False), torch.no_grad():
+                k, v = self._alloc(len(g.layers), new)
+                k[:, :, : g.slots] = g.k
+                v[:, :, : g.slots] = g.v
             g.k, g.v = k, v
             grew = True
         if grew:
@@ -212,9 +215,8 @@ class RollingCache:
             raise ValueError("each sequence of a pass needs its own cache row")
         if any(n <= 0 for n in seqlens):
             raise ValueError("every sequence in a pass needs at least one token")
-        if self.window is None:
-            self.check_room(rows, seqlens)
-            self._ensure_slots(max(self.seen[r] + n for r, n in zip(rows, seqlens, strict=True)))
+        self.check_room(rows, seqlens)
+        self._ensure_slots(max(self.seen[r] + n for r, n in zip(rows, seqlens, strict=True)))
         layouts = [self._plan_group(g, rows, seqlens) for g in self.groups]
         if len(layouts) == 1:
             return layouts[0]
@@ -418,6 +420,7 @@ class RollingCache:
                 continue
             C = g.capacity
             first = max(point.seen, C)
+            # a buffer still growing holds nothing past its slots yet (the pass will grow it): nothing to save
             slots = [p % C for p in range(first, point.seen + min(n, C))]
             if slots:
                 idx = torch.tensor(slots, dtype=torch.long, device=self.device)

@@ -180,6 +180,34 @@ def test_full_attention_growable_buffer(full_model: Transformer, monkeypatch: py
         assert (logits - ref2[i]).abs().max() <= TOL
 
 
+def test_window_buffer_grows_then_rolls(mixtral_model: Transformer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window buffer starts small and grows to W before it first wraps: results match one pass through
+    growth and wraps, memory stops at W slots, and an undo point taken before a pass that both grows the
+    buffer and wraps it rolls back exactly."""
+    monkeypatch.setattr(cache_mod, "_INITIAL_GROWABLE_SLOTS", 2)
+    tokens = random_tokens(5 * W + 3, seed=11)
+    ref = one_pass_logits(mixtral_model, tokens)
+    engine = Engine(mixtral_model, None, chunk_size=64, eos_id=-1)
+    cache = engine.new_cache(1)
+    assert cache.slots == 2
+    a = mixtral_model.args
+    full_bytes = 2 * a.n_layers * W * a.n_kv_heads * a.head_dim * 4
+    sizes, pos = [], 0
+    for n in [1, 2, 3, 12, 1, 9, 2, 20, 1, 3, 20, 1, 8]:
+        piece = tokens[pos : pos + n]
+        if pos == 6:  # 6 tokens in 8 slots: this pass grows the buffer to 16 and wraps it
+            point = cache.undo_point(0, n)
+            engine.forward(cache, [0], [random_tokens(n, seed=12)])
+            cache.rollback(point)
+        logits = engine.forward(cache, [0], [piece])[0]
+        pos += n
+        sizes.append(cache.slots)
+        assert (logits - ref[pos - 1]).abs().max() <= TOL, f"after {pos} tokens (slots {cache.slots})"
+    assert pos == len(tokens)
+    assert sizes[0] == 2 and sizes[-1] == W and len(set(sizes)) >= 3
+    assert cache.nbytes == full_bytes
+
+
 @pytest.mark.parametrize("kind", ["mixtral", "full"])
 def test_snapshot_restore(kind: str) -> None:
     model = make_model(kind, max_context=256)

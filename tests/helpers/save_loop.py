@@ -51,6 +51,7 @@ def ids_for(tok: Tokenizer, n: int) -> tuple[list[int], list[int]]:
 
 
 def fill(conv: Conversation, n: int) -> None:
+    conv.cache._ensure_slots(WINDOW)  # the buffer as a forward over that many tokens would have grown it
     conv.cache.k[:, 0].fill_(float(n))
     conv.cache.v[:, 0].fill_(-float(n))
     conv.cache.seen[0] = seen_for(n)
