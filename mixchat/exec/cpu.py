@@ -180,17 +180,9 @@ class CpuRunner:
         for i, lw in enumerate(self._layers):
             layer_id = lw.layer_id
             lay = layout.for_layer(layer_id)  # its own window and slots (models with per-layer windows)
-            if trim and i == n - 1:
-                assert last is not None
-                x = self._attention_last(x, lw, layer_id, rot, lay, cache, last)  # [B, dim]
-                ffn_rows = None
-            elif decode is not None:
-                assert cache is not None  # decode reads the cache it plans on
-                x = self._attention_decode(x, lw, layer_id, rot, lay, cache, decode)
-                ffn_rows = None
-            else:
-                x = self._attention(x, lw, layer_id, rot, lay, cache)
-                ffn_rows = last if routing_last_only else None
+            trimmed = trim and i == n - 1  # the last layer, for the last tokens only: x becomes [B, dim]
+            x = self._attention(x, lw, layer_id, rot, lay, cache, last if trimmed else None, decode)
+            ffn_rows = last if routing_last_only and not trimmed else None
             x = self._feed_forward(x, lw, router_out, ffn_rows, decode)
         if last is not None and not trim:
             x = x.index_select(0, last)
@@ -211,57 +203,40 @@ class CpuRunner:
             self._buffers[B] = _DecodeBuffers(B, a.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.hidden)
         return self._buffers[B]
 
-    def _attention_decode(
-        self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
-        cache: KVStore, b: _DecodeBuffers,
-    ) -> torch.Tensor:  # fmt: skip
-        """`_attention` for one token per row, through the step's preallocated buffers."""
-        B = x.shape[0]
-        torch.mul(x, _rms_scale(x, self._eps), out=b.xn)
-        torch.mm(b.xn, lw.wqkv, out=b.qkv)  # [B, (H + 2 Hkv) * hd]
-        torch.mul(b.qk, rot, out=b.rotated)  # RoPE on q and k together
-        keys, values = cache.kv_for(layer_id, b.k, b.v, layout)  # copies k, v into the cache
-        out = attend(b.q, keys, values, layout)  # [B, H, hd]
-        return torch.addmm(x, out.view(B, -1), lw.wo)
-
     def _attention(
         self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
-        cache: KVStore | None,
-    ) -> torch.Tensor:  # fmt: skip
+        cache: KVStore | None, last: torch.Tensor | None = None, b: _DecodeBuffers | None = None,
+    ) -> torch.Tensor:  # [T, dim], or [B, dim] with `last`  # fmt: skip
+        """x + attention(norm(x)), the residual added by the output matmul. A decode step (`b`) runs one token
+        per row through its preallocated buffers; with `last` ([B] token indices) the queries, attention and
+        residual are computed for those tokens only, while every token's K/V still reaches the cache."""
         T = x.shape[0]
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = torch.mm(_rms_normalise(x, self._eps), lw.wqkv)  # [T, (H + 2 Hkv) * hd]
-        qk = apply_rotary(qkv[:, : (H + Hkv) * hd].view(T, H + Hkv, hd), rot)  # [T, H + Hkv, hd]
-        q, k = qk[:, :H], qk[:, H:]
-        v = qkv[:, (H + Hkv) * hd :].view(T, Hkv, hd)
+        xn = torch.mul(x, _rms_scale(x, self._eps), out=None if b is None else b.xn)  # [T, dim]
+        if b is not None:
+            torch.mm(xn, lw.wqkv, out=b.qkv)  # [B, (H + 2 Hkv) * hd]
+            torch.mul(b.qk, rot, out=b.rotated)  # RoPE on q and k together
+            q, k, v = b.q, b.k, b.v
+        else:
+            nq = H if last is None else 0  # query heads computed for every token
+            qkv = torch.mm(xn, lw.wqkv[:, (H - nq) * hd :])  # [T, (nq + 2 Hkv) * hd]
+            qk = apply_rotary(qkv[:, : (nq + Hkv) * hd].view(T, nq + Hkv, hd), rot)  # [T, nq + Hkv, hd]
+            q, k = qk[:, :nq], qk[:, nq:]
+            v = qkv[:, (nq + Hkv) * hd :].view(T, Hkv, hd)
+            if last is not None:
+                xq = torch.mm(xn.index_select(0, last), lw.wqkv[:, : H * hd])  # [B, H * hd]
+                q = apply_rotary(xq.view(-1, H, hd), rot.index_select(0, last))  # [B, H, hd]
+                x = x.index_select(0, last)  # [B, dim]
         keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
-        out = attend(q, keys, values, layout)  # [T, H, hd]
-        return torch.addmm(x, out.reshape(T, H * hd), lw.wo)  # residual added by the matmul
-
-    def _attention_last(
-        self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
-        cache: KVStore | None, last: torch.Tensor,
-    ) -> torch.Tensor:  # [B, dim]  # fmt: skip
-        """Attention for each sequence's last token only; K/V of every token still reach the cache."""
-        T = x.shape[0]
-        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        wq, wkv = lw.wqkv[:, : H * hd], lw.wqkv[:, H * hd :]
-        xn = _rms_normalise(x, self._eps)  # [T, dim]
-        kv = torch.mm(xn, wkv)  # [T, 2 Hkv hd]
-        k = apply_rotary(kv[:, : Hkv * hd].view(T, Hkv, hd), rot)
-        v = kv[:, Hkv * hd :].view(T, Hkv, hd)
-        B = last.shape[0]
-        q = apply_rotary(torch.mm(xn.index_select(0, last), wq).view(B, H, hd), rot.index_select(0, last))  # [B, H, hd]
-        keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
-        out = attend_last(q, keys, values, layout)  # [B, H, hd]
-        return torch.addmm(x.index_select(0, last), out.reshape(B, H * hd), lw.wo)
+        out = attend(q, keys, values, layout) if last is None else attend_last(q, keys, values, layout)
+        return torch.addmm(x, out.reshape(x.shape[0], H * hd), lw.wo)
 
     def _feed_forward(
         self, x: torch.Tensor, lw: _LayerWeights, router_out: list[Routing] | None, routing_rows: torch.Tensor | None,
         b: _DecodeBuffers | None,
     ) -> torch.Tensor:  # [T, dim]  # fmt: skip
         """x + FFN(norm(x)), updating x in place (it is this pass's own residual tensor)."""
-        xn = _rms_normalise(x, self._eps) if b is None else torch.mul(x, _rms_scale(x, self._eps), out=b.xn)
+        xn = torch.mul(x, _rms_scale(x, self._eps), out=None if b is None else b.xn)
         if lw.moe is None:
             h = torch.mm(xn, lw.w13)  # [T, 2 * hidden]
             return x.addmm_(_swiglu(h, self.hidden), lw.w2)
