@@ -50,7 +50,7 @@ class FusedBlock(TransformerBlock):
         if not (_inference(x, norm.weight) and ft.fused_norm_works(x.device.type, x.dtype)):
             return super().forward(x, rot, layout, cache, router_out)  # type: ignore[arg-type]
         a = self.attention(self.attention_norm(x), rot, layout, cache)  # type: ignore[arg-type]
-        h, xn = ft.add_rmsnorm(x, a, norm.weight, norm.eps)
+        h, xn = ft.add_norm(x, a, norm)
         return h + self.feed_forward(xn, router_out)
 
 
