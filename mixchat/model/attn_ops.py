@@ -38,29 +38,36 @@ def _packed_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Batc
     if len(set(seqlens)) == 1 and len(set(kv_lens)) == 1:
         # Equal-length sequences (training, same-length prompts): one batched call.
         B, tq, tk = len(seqlens), seqlens[0], kv_lens[0]
-        if _banded_pays(q, tq, tk, layout.window):
-            out = _banded_sdpa(q.view(B, tq, H, D), k.view(B, tk, Hkv, D), v.view(B, tk, Hkv, D), layout)
-            return out.reshape(T, H, D)
-        qb = q.view(B, tq, H, D).transpose(1, 2)
-        kb = k.view(B, tk, Hkv, D).transpose(1, 2)
-        vb = v.view(B, tk, Hkv, D).transpose(1, 2)
-        out = _sdpa(qb, kb, vb, layout.local_mask(tq, tk), causal_ok=tq == tk and layout.window is None)
-        return out.transpose(1, 2).reshape(T, H, D)
+        out = _batched_sdpa(q.view(B, tq, H, D), k.view(B, tk, Hkv, D), v.view(B, tk, Hkv, D), layout)
+        return out.reshape(T, H, D)
     outs = []
     qs = ks = 0
     for tq, tk in zip(seqlens, kv_lens, strict=True):
-        if _banded_pays(q, tq, tk, layout.window):
-            o = _banded_sdpa(q[None, qs : qs + tq], k[None, ks : ks + tk], v[None, ks : ks + tk], layout)[0]
-        else:
-            qi = q[qs : qs + tq].transpose(0, 1)[None]
-            ki = k[ks : ks + tk].transpose(0, 1)[None]
-            vi = v[ks : ks + tk].transpose(0, 1)[None]
-            o = _sdpa(qi, ki, vi, layout.local_mask(tq, tk), causal_ok=tq == tk and layout.window is None)[0]
-            o = o.transpose(0, 1)
-        outs.append(o)
+        outs.append(_batched_sdpa(q[None, qs : qs + tq], k[None, ks : ks + tk], v[None, ks : ks + tk], layout)[0])
         qs += tq
         ks += tk
     return torch.cat(outs, 0)
+
+
+def _batched_sdpa(
+    q: torch.Tensor,  # [B, tq, H, D], queries aligned to the end of the keys
+    k: torch.Tensor,  # [B, tk, Hkv, D]
+    v: torch.Tensor,
+    layout: BatchLayout,
+) -> torch.Tensor:  # [B, tq, H, D]
+    """Sequences of one length: query blocks over their windows where that pays, else one SDPA call, with
+    the causal kernel instead of a mask where the mask is plainly causal (a first chunk, no window)."""
+    tq, tk = q.shape[1], k.shape[1]
+    if _banded_pays(q, tq, tk, layout.window):
+        return _banded_sdpa(q, k, v, layout)
+    qb, kb, vb = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, t, D]
+    mask = layout.local_mask(tq, tk)
+    gqa = k.shape[2] != q.shape[2]
+    if mask is not None and tq == tk and layout.window is None:
+        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=gqa)
+    else:
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, enable_gqa=gqa)
+    return out.transpose(1, 2)
 
 
 def _banded_pays(q: torch.Tensor, tq: int, tk: int, window: int | None) -> bool:
@@ -143,15 +150,6 @@ def _decode_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Batc
         mask = live_mask(torch.tensor(layout.kv_lens, device=q.device), C)
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # [B, Hkv, g, D]
     return out.view(B, H, D)
-
-
-def _sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal_ok: bool
-) -> torch.Tensor:
-    gqa = k.shape[1] != q.shape[1]
-    if mask is not None and causal_ok:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 def attend_last(
