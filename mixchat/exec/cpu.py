@@ -23,6 +23,7 @@ a parameter changes (see `_refresh`). Training and the reference path use `Trans
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -109,15 +110,12 @@ class CpuRunner:
         `load_state_dict`); `full` passes (pre-fill) also compare the parameter objects and their storage,
         which catches `assign=True` loads and `.data` swaps, at a cost a decode step should not pay.
         """
-        if self._layers:
-            if full:
-                params = list(self.model.parameters())
-                same = len(params) == len(self._params) and all(
-                    a is b for a, b in zip(params, self._params, strict=True)
-                )
-                if same and [p.data_ptr() for p in params] == self._pointers and self._versions_now() == self._versions:
-                    return
-            elif self._versions_now() == self._versions:
+        if self._layers and self._versions_now() == self._versions:
+            if not full:
+                return
+            params = list(self.model.parameters())
+            same = [id(p) for p in params] == [id(p) for p in self._params]  # the same objects, in order
+            if same and [p.data_ptr() for p in params] == self._pointers:
                 return
         self._build()
 
@@ -288,17 +286,14 @@ class CpuRunner:
         n = xs.shape[0]
         hidden = self.hidden
         h = xs.new_empty(n, 2 * hidden)  # [T*k, w1 | w3]
-        groups = [(e, c) for e, c in enumerate(counts) if c]
-        start = 0
-        for e, c in groups:
-            torch.mm(xs[start : start + c], lw.w13s[e], out=h[start : start + c])
-            start += c
+        # (expert, first row, end row) of each expert that has pairs
+        groups = [(e, end - c, end) for e, (c, end) in enumerate(zip(counts, accumulate(counts), strict=True)) if c]
+        for e, a, b in groups:
+            torch.mm(xs[a:b], lw.w13s[e], out=h[a:b])
         act = F.silu(h[:, :hidden], inplace=True).mul_(h[:, hidden:])  # [T*k, hidden], rows 2 * hidden apart
         ys = torch.empty_like(xs)
-        start = 0
-        for e, c in groups:
-            torch.mm(act[start : start + c], lw.w2s[e], out=ys[start : start + c])
-            start += c
+        for e, a, b in groups:
+            torch.mm(act[a:b], lw.w2s[e], out=ys[a:b])
         ys.mul_(weights.reshape(-1).index_select(0, order)[:, None])
         return x.index_add_(0, token_of, ys)
 

@@ -88,23 +88,18 @@ def _fuse_qkv(attn: Attention) -> torch.Tensor:
     and the modules keep working (and saving) as before.
     """
     ws = [attn.wq.weight, attn.wk.weight, attn.wv.weight]
+    starts = [0, ws[0].shape[0], ws[0].shape[0] + ws[1].shape[0]]  # each weight's first row in the fused one
     fused = attn.__dict__.get("_fused_qkv")
-    if fused is not None:  # an earlier GraphDecoder of this model: reuse if the weights still point into it
-        start = 0
-        for w in ws:
-            same = w.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
-            if not same or w.data_ptr() != fused[start].data_ptr():
-                break
-            start += w.shape[0]
-        else:
-            return fused
+    # An earlier GraphDecoder of this model fused them: reuse it if the weights still point into it.
+    if fused is not None and all(
+        w.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr() and w.data_ptr() == fused[s].data_ptr()
+        for w, s in zip(ws, starts, strict=True)
+    ):
+        return fused
     with torch.no_grad():
         cat = torch.cat([w.data for w in ws])
-        start = 0
-        for w in ws:
-            n = w.shape[0]
-            w.data = cat[start : start + n]
-            start += n
+        for w, s in zip(ws, starts, strict=True):
+            w.data = cat[s : s + w.shape[0]]
     # Not a parameter or buffer: a plain attribute, so state dicts and saving do not see it twice.
     attn.__dict__["_fused_qkv"] = cat
     return cat
@@ -174,11 +169,8 @@ class GraphDecoder:
         when it holds the final norm and head (else with the residual stream)."""
         self.model = model
         self.args = model.args
-        self.layers: list[TransformerBlock]
-        if isinstance(model, StageModel):
-            self.layers = list(model.layers.values())  # type: ignore[arg-type]
-        else:
-            self.layers = list(model.layers)  # type: ignore[arg-type]
+        blocks = model.layers.values() if isinstance(model, StageModel) else model.layers
+        self.layers: list[TransformerBlock] = list(blocks)  # type: ignore[arg-type]
         self.embeddings = model.tok_embeddings  # None: a later pipeline stage, fed activations
         self.norm = model.norm  # None (and output None): an earlier pipeline stage, whose output is `h`
         self.output = model.output
@@ -354,9 +346,7 @@ class GraphDecoder:
         cap = self._graphs.get(key)
         host = self._staging(cap, len(rows))
         host[0] = torch.tensor(tokens) if tokens is not None else 0
-        host[1] = torch.tensor(layout.pos_list)
-        host[2] = torch.tensor(layout.slot_list)
-        host[3] = torch.tensor(layout.kv_lens)
+        host[1:] = torch.tensor([layout.pos_list, layout.slot_list, layout.kv_lens])
         if cap is None:
             cap = self._capture(cache, rows, host, traced, hidden)
             if not self.whole:
