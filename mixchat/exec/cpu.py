@@ -47,8 +47,8 @@ class _LayerWeights:
     wqkv: torch.Tensor  # [dim, (H + 2 Hkv) * hd]
     wo: torch.Tensor  # [H * hd, dim]
     gate: torch.Tensor | None  # [dim, E] (MoE only)
-    w13: torch.Tensor  # MoE: [E, dim, 2 * hidden]; dense: [dim, 2 * hidden]
-    w2: torch.Tensor  # MoE: [E, hidden, dim]; dense: [hidden, dim]
+    w13: torch.Tensor  # [E, dim, 2 * hidden] (a dense FFN: E = 1)
+    w2: torch.Tensor  # [E, hidden, dim]
     moe: MoeLayer | None  # the module, read for its current top-k
     layer_id: int  # global layer index (cache row of this layer)
     w13s: list[torch.Tensor]  # per expert views of w13 / w2: a list index is cheaper than a tensor select
@@ -132,23 +132,20 @@ class CpuRunner:
             fn = block.ffn_norm.weight[:, None]
             wqkv = torch.cat([at.wq.weight, at.wk.weight, at.wv.weight], 0).t() * an
             ff = block.feed_forward
-            if isinstance(ff, MoeLayer):
-                gate = (ff.gate.weight.t() * fn).contiguous()
-                w13 = torch.cat([ff.w1, ff.w3], 1).transpose(1, 2) * fn[None]  # [E, dim, 2 * hidden]
-                w2 = ff.w2.transpose(1, 2).contiguous()  # [E, hidden, dim]
-                moe: MoeLayer | None = ff
+            moe = ff if isinstance(ff, MoeLayer) else None
+            ws: list[torch.Tensor]  # w1, w3, w2 as [E, out, in]
+            if moe is not None:
+                ws = [moe.w1, moe.w3, moe.w2]
             else:
                 assert isinstance(ff, FeedForward)
-                gate = None
-                w13 = torch.cat([ff.w1.weight, ff.w3.weight], 0).t() * fn
-                w2 = ff.w2.weight.t().contiguous()
-                moe = None
-            w13 = w13.contiguous()
-            experts = range(w13.shape[0]) if moe is not None else range(0)
+                ws = [lin.weight[None] for lin in (ff.w1, ff.w3, ff.w2)]  # a dense FFN as one expert
+            w13 = (torch.cat(ws[:2], 1).transpose(1, 2) * fn[None]).contiguous()  # [E, dim, 2 * hidden]
+            w2 = ws[2].transpose(1, 2).contiguous()  # [E, hidden, dim]
+            gate = None if moe is None else (moe.gate.weight.t() * fn).contiguous()
             layers.append(
                 _LayerWeights(
                     wqkv.contiguous(), at.wo.weight.t().contiguous(), gate, w13, w2, moe, at.layer_id,
-                    [w13[e] for e in experts], [w2[e] for e in experts],
+                    list(w13), list(w2),
                 )
             )  # fmt: skip
         self._layers = layers
@@ -236,8 +233,8 @@ class CpuRunner:
         """x + FFN(norm(x)), updating x in place (it is this pass's own residual tensor)."""
         xn = torch.mul(x, _rms_scale(x, self._eps), out=None if b is None else b.xn)
         if lw.moe is None:
-            h = torch.mm(xn, lw.w13)  # [T, 2 * hidden]
-            return x.addmm_(_swiglu(h, self.hidden), lw.w2)
+            h = torch.mm(xn, lw.w13s[0])  # [T, 2 * hidden]
+            return x.addmm_(_swiglu(h, self.hidden), lw.w2s[0])
         assert lw.gate is not None
         k = lw.moe.k
         logits = torch.mm(xn, lw.gate)  # [T, E]

@@ -74,9 +74,7 @@ def stage_graph_fits(cache: RollingCache, layout: BatchLayout) -> bool:
     rows or over a subset (a micro-batch; each row set has its graph, see `GraphDecoder._key`).
 
     Subset steps once hit a device-side index assert on two H200s and ran eagerly: the graph read its row
-    ids from a tensor that nothing kept alive after capture, so the allocator handed that memory to the next
-    small tensor (another micro-batch's rows, token ids, activations) and the replay indexed the cache with
-    whatever was there. `_Captured.row_idx` now owns it."""
+    ids from a tensor that nothing kept alive after capture, which `_Captured.row_idx` now owns (see there)."""
     return layout.mode == "decode" and layout.row_ids is not None  # distinct rows: `RollingCache.plan` checks
 
 
@@ -256,21 +254,16 @@ class GraphDecoder:
         layers = self.layers
         first = layers[0].attention_norm
         x = ft.rmsnorm(h, first.weight, first.eps)
-        for li, layer in enumerate(layers):  # li: the cache's (local) layer index
-            attn = layer.attention
+        # The norm after each layer's feed-forward: the next layer's, the model's, or the stand-in at a stage's end
+        nexts = [b.attention_norm for b in layers[1:]] + [self.norm if self.norm is not None else layers[-1].ffn_norm]
+        for li, (layer, nxt) in enumerate(zip(layers, nexts, strict=True)):  # li: the cache's (local) layer index
             qkv = F.linear(x, self._qkv[li])  # [B, (H + 2 Hkv) hd]
-            q = qkv[:, : H * hd].view(B, H, hd)
-            k = qkv[:, H * hd : (H + Hkv) * hd].view(B, Hkv, hd)
-            v = qkv[:, (H + Hkv) * hd :].view(B, Hkv, hd)
+            q, k, v = (t.view(B, -1, hd) for t in qkv.split([H * hd, Hkv * hd, Hkv * hd], 1))  # [B, heads, hd]
             kc, vc = cache.k[li], cache.v[li]  # [Bc, S, Hkv, hd]
             q = ft.rope_store(q, k, v, cos_sin, kc.view(-1, Hkv, hd), vc.view(-1, Hkv, hd), slots)
             if layout.rows is not None:  # the served rows' buffers, dead slots masked by the live counts
                 kc, vc = kc.index_select(0, layout.rows), vc.index_select(0, layout.rows)
-            h, x = ft.add_norm(h, attn.wo(attend(q, kc, vc, layout).reshape(B, H * hd)), layer.ffn_norm)
-            if li + 1 < len(layers):
-                nxt = layers[li + 1].attention_norm
-            else:
-                nxt = self.norm if self.norm is not None else layer.ffn_norm  # the stand-in at a stage's end
+            h, x = ft.add_norm(h, layer.attention.wo(attend(q, kc, vc, layout).reshape(B, H * hd)), layer.ffn_norm)
             ff = layer.feed_forward
             if isinstance(ff, MoeLayer) and ft.route_fits(B, ff.k, ff.num_experts) and B <= MAX_ROWS:
                 logits = ff.gate(x)  # [B, E]
@@ -320,10 +313,8 @@ class GraphDecoder:
         current stream and appends each send's work to `fences`, which that next replay waits for on the
         stream first. Nothing here waits on the host, so the ranks' stages overlap across micro-batches.
         """
-        if self.embeddings is not None:
-            assert tokens is not None, "the first stage starts from token ids"
-        else:
-            assert hidden is not None, "a later stage starts from the previous stage's activations"
+        first = self.embeddings is not None
+        assert (tokens if first else hidden) is not None, "the first stage starts from tokens, a later one from h"
         return self._run(cache, layout, tokens, hidden, traced)
 
     def _key(self, cache: RollingCache, rows: Sequence[int], traced: bool) -> tuple:
