@@ -128,27 +128,33 @@ def _banded_sdpa(
 
 
 def _decode_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
-    """One query per sequence over its whole buffer; slots past a sequence's live count are masked.
-
-    The g query heads that share a KV head are passed as g queries of that head ([B, Hkv, g, D]): the
-    same arithmetic as GQA, without SDPA repeating K/V, which for one query costs more than the maths.
-    With one sequence the live slots are a prefix of the buffer, so a slice replaces the mask.
-    """
-    B, C, Hkv, D = k.shape
-    H = q.shape[1]
-    qb = q.reshape(B, Hkv, H // Hkv, D)
-    kb = k.transpose(1, 2)  # [B, Hkv, C, D]
-    vb = v.transpose(1, 2)
+    """One query per sequence over its whole buffer; slots past a sequence's live count are masked. With one
+    sequence the live slots are a prefix of the buffer, so a slice replaces the mask."""
+    B, C = k.shape[:2]
     mask = None
     if B == 1 and layout.device_live is None:
         n = layout.kv_lens[0]
         if n < C:
-            kb, vb = kb[:, :, :n], vb[:, :, :n]
+            k, v = k[:, :n], v[:, :n]
     elif layout.kv_padding == C:
         mask = layout.decode_mask()
     elif min(layout.kv_lens) < C:
         mask = live_mask(torch.tensor(layout.kv_lens, device=q.device), C)
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # [B, Hkv, g, D]
+    return _query_groups(q, k, v, mask)
+
+
+def _query_groups(
+    q: torch.Tensor,  # [B, H, D]: one query per sequence
+    k: torch.Tensor,  # [B, n, Hkv, D]
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,  # [B, 1, 1, n]
+) -> torch.Tensor:  # [B, H, D]
+    """SDPA with the g query heads that share a KV head passed as g queries of that head ([B, Hkv, g, D]):
+    the same arithmetic as GQA, without SDPA repeating K/V, which for one query costs more than the maths."""
+    B, H, D = q.shape
+    Hkv = k.shape[2]
+    qb = q.reshape(B, Hkv, H // Hkv, D)
+    out = F.scaled_dot_product_attention(qb, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)  # [B, Hkv, g, D]
     return out.view(B, H, D)
 
 
@@ -161,17 +167,12 @@ def attend_last(
     """Each sequence's last query over its visible keys (SDPA; used by the CPU runner's trimmed last layer).
 
     A last query sees the last `min(W, kv_len)` keys of its sequence, all of them, so a slice replaces the
-    mask; its g query heads per KV head are passed as g queries, as in decode.
+    mask; its query heads are grouped by KV head, as in decode.
     """
-    B, H, D = q.shape
-    Hkv = k.shape[1]
     outs = []
     ks = 0
     for b, tk in enumerate(layout.kv_lens):
         n = tk if layout.window is None else min(tk, layout.window)
-        kb = k[ks + tk - n : ks + tk].transpose(0, 1)[None]  # [1, Hkv, n, D]
-        vb = v[ks + tk - n : ks + tk].transpose(0, 1)[None]
-        qb = q[b].reshape(1, Hkv, H // Hkv, D)
-        outs.append(F.scaled_dot_product_attention(qb, kb, vb).reshape(1, H, D))
+        outs.append(_query_groups(q[b : b + 1], k[None, ks + tk - n : ks + tk], v[None, ks + tk - n : ks + tk]))
         ks += tk
-    return outs[0] if B == 1 else torch.cat(outs, 0)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
