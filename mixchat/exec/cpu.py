@@ -240,10 +240,8 @@ class CpuRunner:
         logits = torch.mm(xn, lw.gate)  # [T, E]
         experts, weights = top_k_routing(logits, k)  # [T, k] each
         if router_out is not None:
-            if routing_rows is None:
-                router_out.append(Routing(experts, weights, logits))
-            else:
-                router_out.append(Routing(*(t.index_select(0, routing_rows) for t in (experts, weights, logits))))
+            r = Routing(experts, weights, logits)
+            router_out.append(r if routing_rows is None else Routing(*(t.index_select(0, routing_rows) for t in r)))
         if x.shape[0] * k <= PAIR_LIMIT:
             return self._experts_by_pair(x, xn, lw, experts, weights, b)
         return self._experts_grouped(x, xn, lw, experts, weights)
