@@ -326,7 +326,7 @@ class RollingCache:
         kc, vc, flat_k, flat_v = self._layer_views(layer - self.layers.start)
         assert layout.slot_list is not None
         if layout.mode == "decode":
-            if len(layout.slot_list) == 1:  # one row: a slice assignment, no index tensor
+            if len(layout.slot_list) == 1 and layout.device_live is None:  # one host row: a slice, no index
                 s = layout.slot_list[0]
                 flat_k[s : s + 1] = k
                 flat_v[s : s + 1] = v

@@ -23,6 +23,7 @@ a parameter changes (see `_refresh`). Training and the reference path use `Trans
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,8 @@ class _LayerWeights:
     wqkv: torch.Tensor  # [dim, (H + 2 Hkv) * hd]
     wo: torch.Tensor  # [H * hd, dim]
     gate: torch.Tensor | None  # [dim, E] (MoE only)
-    w13: torch.Tensor  # MoE: [E, dim, 2 * hidden]; dense: [dim, 2 * hidden]
-    w2: torch.Tensor  # MoE: [E, hidden, dim]; dense: [hidden, dim]
+    w13: torch.Tensor  # [E, dim, 2 * hidden] (a dense FFN: E = 1)
+    w2: torch.Tensor  # [E, hidden, dim]
     moe: MoeLayer | None  # the module, read for its current top-k
     layer_id: int  # global layer index (cache row of this layer)
     w13s: list[torch.Tensor]  # per expert views of w13 / w2: a list index is cheaper than a tensor select
@@ -109,15 +110,12 @@ class CpuRunner:
         `load_state_dict`); `full` passes (pre-fill) also compare the parameter objects and their storage,
         which catches `assign=True` loads and `.data` swaps, at a cost a decode step should not pay.
         """
-        if self._layers:
-            if full:
-                params = list(self.model.parameters())
-                same = len(params) == len(self._params) and all(
-                    a is b for a, b in zip(params, self._params, strict=True)
-                )
-                if same and [p.data_ptr() for p in params] == self._pointers and self._versions_now() == self._versions:
-                    return
-            elif self._versions_now() == self._versions:
+        if self._layers and self._versions_now() == self._versions:
+            if not full:
+                return
+            params = list(self.model.parameters())
+            same = [id(p) for p in params] == [id(p) for p in self._params]  # the same objects, in order
+            if same and [p.data_ptr() for p in params] == self._pointers:
                 return
         self._build()
 
@@ -134,23 +132,20 @@ class CpuRunner:
             fn = block.ffn_norm.weight[:, None]
             wqkv = torch.cat([at.wq.weight, at.wk.weight, at.wv.weight], 0).t() * an
             ff = block.feed_forward
-            if isinstance(ff, MoeLayer):
-                gate = (ff.gate.weight.t() * fn).contiguous()
-                w13 = torch.cat([ff.w1, ff.w3], 1).transpose(1, 2) * fn[None]  # [E, dim, 2 * hidden]
-                w2 = ff.w2.transpose(1, 2).contiguous()  # [E, hidden, dim]
-                moe: MoeLayer | None = ff
+            moe = ff if isinstance(ff, MoeLayer) else None
+            ws: list[torch.Tensor]  # w1, w3, w2 as [E, out, in]
+            if moe is not None:
+                ws = [moe.w1, moe.w3, moe.w2]
             else:
                 assert isinstance(ff, FeedForward)
-                gate = None
-                w13 = torch.cat([ff.w1.weight, ff.w3.weight], 0).t() * fn
-                w2 = ff.w2.weight.t().contiguous()
-                moe = None
-            w13 = w13.contiguous()
-            experts = range(w13.shape[0]) if moe is not None else range(0)
+                ws = [lin.weight[None] for lin in (ff.w1, ff.w3, ff.w2)]  # a dense FFN as one expert
+            w13 = (torch.cat(ws[:2], 1).transpose(1, 2) * fn[None]).contiguous()  # [E, dim, 2 * hidden]
+            w2 = ws[2].transpose(1, 2).contiguous()  # [E, hidden, dim]
+            gate = None if moe is None else (moe.gate.weight.t() * fn).contiguous()
             layers.append(
                 _LayerWeights(
                     wqkv.contiguous(), at.wo.weight.t().contiguous(), gate, w13, w2, moe, at.layer_id,
-                    [w13[e] for e in experts], [w2[e] for e in experts],
+                    list(w13), list(w2),
                 )
             )  # fmt: skip
         self._layers = layers
@@ -180,17 +175,9 @@ class CpuRunner:
         for i, lw in enumerate(self._layers):
             layer_id = lw.layer_id
             lay = layout.for_layer(layer_id)  # its own window and slots (models with per-layer windows)
-            if trim and i == n - 1:
-                assert last is not None
-                x = self._attention_last(x, lw, layer_id, rot, lay, cache, last)  # [B, dim]
-                ffn_rows = None
-            elif decode is not None:
-                assert cache is not None  # decode reads the cache it plans on
-                x = self._attention_decode(x, lw, layer_id, rot, lay, cache, decode)
-                ffn_rows = None
-            else:
-                x = self._attention(x, lw, layer_id, rot, lay, cache)
-                ffn_rows = last if routing_last_only else None
+            trimmed = trim and i == n - 1  # the last layer, for the last tokens only: x becomes [B, dim]
+            x = self._attention(x, lw, layer_id, rot, lay, cache, last if trimmed else None, decode)
+            ffn_rows = last if routing_last_only and not trimmed else None
             x = self._feed_forward(x, lw, router_out, ffn_rows, decode)
         if last is not None and not trim:
             x = x.index_select(0, last)
@@ -211,69 +198,50 @@ class CpuRunner:
             self._buffers[B] = _DecodeBuffers(B, a.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.hidden)
         return self._buffers[B]
 
-    def _attention_decode(
-        self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
-        cache: KVStore, b: _DecodeBuffers,
-    ) -> torch.Tensor:  # fmt: skip
-        """`_attention` for one token per row, through the step's preallocated buffers."""
-        B = x.shape[0]
-        torch.mul(x, _rms_scale(x, self._eps), out=b.xn)
-        torch.mm(b.xn, lw.wqkv, out=b.qkv)  # [B, (H + 2 Hkv) * hd]
-        torch.mul(b.qk, rot, out=b.rotated)  # RoPE on q and k together
-        keys, values = cache.kv_for(layer_id, b.k, b.v, layout)  # copies k, v into the cache
-        out = attend(b.q, keys, values, layout)  # [B, H, hd]
-        return torch.addmm(x, out.view(B, -1), lw.wo)
-
     def _attention(
         self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
-        cache: KVStore | None,
-    ) -> torch.Tensor:  # fmt: skip
+        cache: KVStore | None, last: torch.Tensor | None = None, b: _DecodeBuffers | None = None,
+    ) -> torch.Tensor:  # [T, dim], or [B, dim] with `last`  # fmt: skip
+        """x + attention(norm(x)), the residual added by the output matmul. A decode step (`b`) runs one token
+        per row through its preallocated buffers; with `last` ([B] token indices) the queries, attention and
+        residual are computed for those tokens only, while every token's K/V still reaches the cache."""
         T = x.shape[0]
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = torch.mm(_rms_normalise(x, self._eps), lw.wqkv)  # [T, (H + 2 Hkv) * hd]
-        qk = apply_rotary(qkv[:, : (H + Hkv) * hd].view(T, H + Hkv, hd), rot)  # [T, H + Hkv, hd]
-        q, k = qk[:, :H], qk[:, H:]
-        v = qkv[:, (H + Hkv) * hd :].view(T, Hkv, hd)
+        xn = torch.mul(x, _rms_scale(x, self._eps), out=None if b is None else b.xn)  # [T, dim]
+        if b is not None:
+            torch.mm(xn, lw.wqkv, out=b.qkv)  # [B, (H + 2 Hkv) * hd]
+            torch.mul(b.qk, rot, out=b.rotated)  # RoPE on q and k together
+            q, k, v = b.q, b.k, b.v
+        else:
+            nq = H if last is None else 0  # query heads computed for every token
+            qkv = torch.mm(xn, lw.wqkv[:, (H - nq) * hd :])  # [T, (nq + 2 Hkv) * hd]
+            qk = apply_rotary(qkv[:, : (nq + Hkv) * hd].view(T, nq + Hkv, hd), rot)  # [T, nq + Hkv, hd]
+            q, k = qk[:, :nq], qk[:, nq:]
+            v = qkv[:, (nq + Hkv) * hd :].view(T, Hkv, hd)
+            if last is not None:
+                xq = torch.mm(xn.index_select(0, last), lw.wqkv[:, : H * hd])  # [B, H * hd]
+                q = apply_rotary(xq.view(-1, H, hd), rot.index_select(0, last))  # [B, H, hd]
+                x = x.index_select(0, last)  # [B, dim]
         keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
-        out = attend(q, keys, values, layout)  # [T, H, hd]
-        return torch.addmm(x, out.reshape(T, H * hd), lw.wo)  # residual added by the matmul
-
-    def _attention_last(
-        self, x: torch.Tensor, lw: _LayerWeights, layer_id: int, rot: torch.Tensor, layout: BatchLayout,
-        cache: KVStore | None, last: torch.Tensor,
-    ) -> torch.Tensor:  # [B, dim]  # fmt: skip
-        """Attention for each sequence's last token only; K/V of every token still reach the cache."""
-        T = x.shape[0]
-        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        wq, wkv = lw.wqkv[:, : H * hd], lw.wqkv[:, H * hd :]
-        xn = _rms_normalise(x, self._eps)  # [T, dim]
-        kv = torch.mm(xn, wkv)  # [T, 2 Hkv hd]
-        k = apply_rotary(kv[:, : Hkv * hd].view(T, Hkv, hd), rot)
-        v = kv[:, Hkv * hd :].view(T, Hkv, hd)
-        B = last.shape[0]
-        q = apply_rotary(torch.mm(xn.index_select(0, last), wq).view(B, H, hd), rot.index_select(0, last))  # [B, H, hd]
-        keys, values = (k, v) if cache is None else cache.kv_for(layer_id, k, v, layout)
-        out = attend_last(q, keys, values, layout)  # [B, H, hd]
-        return torch.addmm(x.index_select(0, last), out.reshape(B, H * hd), lw.wo)
+        out = attend(q, keys, values, layout) if last is None else attend_last(q, keys, values, layout)
+        return torch.addmm(x, out.reshape(x.shape[0], H * hd), lw.wo)
 
     def _feed_forward(
         self, x: torch.Tensor, lw: _LayerWeights, router_out: list[Routing] | None, routing_rows: torch.Tensor | None,
         b: _DecodeBuffers | None,
     ) -> torch.Tensor:  # [T, dim]  # fmt: skip
         """x + FFN(norm(x)), updating x in place (it is this pass's own residual tensor)."""
-        xn = _rms_normalise(x, self._eps) if b is None else torch.mul(x, _rms_scale(x, self._eps), out=b.xn)
+        xn = torch.mul(x, _rms_scale(x, self._eps), out=None if b is None else b.xn)
         if lw.moe is None:
-            h = torch.mm(xn, lw.w13)  # [T, 2 * hidden]
-            return x.addmm_(_swiglu(h, self.hidden), lw.w2)
+            h = torch.mm(xn, lw.w13s[0])  # [T, 2 * hidden]
+            return x.addmm_(_swiglu(h, self.hidden), lw.w2s[0])
         assert lw.gate is not None
         k = lw.moe.k
         logits = torch.mm(xn, lw.gate)  # [T, E]
         experts, weights = top_k_routing(logits, k)  # [T, k] each
         if router_out is not None:
-            if routing_rows is None:
-                router_out.append(Routing(experts, weights, logits))
-            else:
-                router_out.append(Routing(*(t.index_select(0, routing_rows) for t in (experts, weights, logits))))
+            r = Routing(experts, weights, logits)
+            router_out.append(r if routing_rows is None else Routing(*(t.index_select(0, routing_rows) for t in r)))
         if x.shape[0] * k <= PAIR_LIMIT:
             return self._experts_by_pair(x, xn, lw, experts, weights, b)
         return self._experts_grouped(x, xn, lw, experts, weights)
@@ -313,17 +281,14 @@ class CpuRunner:
         n = xs.shape[0]
         hidden = self.hidden
         h = xs.new_empty(n, 2 * hidden)  # [T*k, w1 | w3]
-        groups = [(e, c) for e, c in enumerate(counts) if c]
-        start = 0
-        for e, c in groups:
-            torch.mm(xs[start : start + c], lw.w13s[e], out=h[start : start + c])
-            start += c
+        # (expert, first row, end row) of each expert that has pairs
+        groups = [(e, end - c, end) for e, (c, end) in enumerate(zip(counts, accumulate(counts), strict=True)) if c]
+        for e, a, b in groups:
+            torch.mm(xs[a:b], lw.w13s[e], out=h[a:b])
         act = F.silu(h[:, :hidden], inplace=True).mul_(h[:, hidden:])  # [T*k, hidden], rows 2 * hidden apart
         ys = torch.empty_like(xs)
-        start = 0
-        for e, c in groups:
-            torch.mm(act[start : start + c], lw.w2s[e], out=ys[start : start + c])
-            start += c
+        for e, a, b in groups:
+            torch.mm(act[a:b], lw.w2s[e], out=ys[a:b])
         ys.mul_(weights.reshape(-1).index_select(0, order)[:, None])
         return x.index_add_(0, token_of, ys)
 

@@ -15,13 +15,12 @@ plain torch and say False on any failure, and callers then keep the unfused path
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
 
-from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv, tl, triton  # triton: None where it is off
-from mixchat.model.layers import top_k_routing
+from mixchat.exec.moe_triton import expert_gemv, launch_expert_gemv, mismatch, tl, triton, triton_probe
+from mixchat.model.layers import RMSNorm, top_k_routing
 from mixchat.model.rope import Rotary, apply_rotary
 
 ROUTE_MAX_ASSIGN = 128  # token-expert assignments `route_topk` takes in its single program (16 tokens x 8)
@@ -172,57 +171,6 @@ if triton is not None:
         tl.store(offs_ptr + e, ends, mask=e_ok)
 
     @triton.jit
-    def _expert_swiglu_kernel(
-        x_ptr,  # [T, K] token rows (not grouped)
-        tok_ptr,  # [R] int32 token of each grouped row
-        w1_ptr,  # [E, N, K]
-        w3_ptr,  # [E, N, K]
-        offs_ptr,  # [E] int32 end row of each expert's group
-        out_ptr,  # [R, N] grouped rows
-        N,
-        K,
-        stride_x,
-        stride_w1e,
-        stride_w1n,
-        stride_w3e,
-        stride_w3n,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-    ):
-        e = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        end = tl.load(offs_ptr + e)
-        start = tl.load(offs_ptr + e - 1, mask=e > 0, other=0)
-        if end > start:  # an expert nobody chose returns before reading its weights
-            rows = start + tl.arange(0, BLOCK_M)
-            row_ok = rows < end
-            toks = tl.load(tok_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_ok = cols < N
-            acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            w1_base = w1_ptr + e.to(tl.int64) * stride_w1e
-            w3_base = w3_ptr + e.to(tl.int64) * stride_w3e
-            for k0 in range(0, K, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < K
-                xmask = row_ok[:, None] & k_ok[None, :]
-                x = tl.load(x_ptr + toks[:, None] * stride_x + ks[None, :], mask=xmask, other=0.0)
-                wmask = col_ok[:, None] & k_ok[None, :]
-                w1 = tl.load(w1_base + cols[:, None] * stride_w1n + ks[None, :], mask=wmask, other=0.0)
-                w3 = tl.load(w3_base + cols[:, None] * stride_w3n + ks[None, :], mask=wmask, other=0.0)
-                acc1 += tl.dot(x, tl.trans(w1))
-                acc3 += tl.dot(x, tl.trans(w3))
-            dt = out_ptr.dtype.element_ty
-            # Round where torch does: the two GEMV outputs, silu's output, then the product.
-            a1 = acc1.to(dt).to(tl.float32)
-            g = (a1 / (1.0 + tl.exp(-a1))).to(dt).to(tl.float32)
-            a3 = acc3.to(dt).to(tl.float32)
-            out = out_ptr + rows[:, None] * N + cols[None, :]
-            tl.store(out, (g * a3).to(dt), mask=row_ok[:, None] & col_ok[None, :])
-
-    @triton.jit
     def _combine_add_rmsnorm_kernel(
         h_ptr,  # [T, D] residual stream
         ys_ptr,  # [T*K, D] expert outputs in sorted (grouped) order
@@ -282,6 +230,11 @@ def add_rmsnorm(
         HAS_DELTA=delta is not None, BLOCK=block, num_warps=_norm_warps(block),
     )  # fmt: skip
     return (h if delta is None else h_new.view(h.shape)), x.view(h.shape)
+
+
+def add_norm(h: torch.Tensor, delta: torch.Tensor, norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """`add_rmsnorm` with a norm module's weight and eps: a block's residual add and the norm after it."""
+    return add_rmsnorm(h, delta, norm.weight, norm.eps)
 
 
 def rmsnorm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -376,20 +329,10 @@ def expert_gemv_swiglu(
     expert's w1 and w3, gathers its rows through `token_of` and applies the SwiGLU in registers.
     """
     # x: [T, K]; w1, w3: [E, N, K] (rows contiguous); offs: [E] int32; token_of: [R] int32 -> [R, N]
-    R = token_of.shape[0]
-    E, N, K = w1.shape
-    assert w1.stride(2) == 1 and w3.stride(2) == 1 and x.stride(1) == 1
-    out = torch.empty(R, N, device=x.device, dtype=x.dtype)
     # Two weight tiles per program, so a narrow column block; long K steps and 4 stages measured best on an
     # H200 with Mixtral's shapes (scripts/tune_expert_gemv.py: 4.0 TB/s at batch 1, 4.4 at batch 8).
     cfg = {"BLOCK_N": 32, "BLOCK_K": 256, "num_warps": 4, "num_stages": 4, **(config or {})}
-    grid = (E, triton.cdiv(N, cfg["BLOCK_N"]))
-    _expert_swiglu_kernel[grid](
-        x, token_of, w1, w3, offs, out, N, K, x.stride(0),
-        w1.stride(0), w1.stride(1), w3.stride(0), w3.stride(1),
-        BLOCK_M=MAX_ROWS, **cfg,
-    )  # fmt: skip
-    return out
+    return launch_expert_gemv(x, w1, offs, cfg, w3, token_of)
 
 
 def combine_add_rmsnorm(
@@ -412,80 +355,65 @@ def combine_add_rmsnorm(
     return h_new, x
 
 
-# ---- probes ------------------------------------------------------------------------------------------------
-def _close(got: torch.Tensor, want: torch.Tensor, tol: float) -> bool:
-    return bool(((got.float() - want.float()).abs().max() <= tol * (1.0 + want.float().abs().max())).item())
-
-
+# ---- probes (see `moe_triton.triton_probe`) -----------------------------------------------------------------
 def _ref_norm(h: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     hf = h.float()
     return (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).type_as(h) * w
 
 
-@functools.cache
-def fused_norm_works(device_type: str, dtype: torch.dtype) -> bool:
-    """Run `add_rmsnorm` once on a small problem and compare with the torch computation."""
-    if triton is None:
-        return False
-    try:
-        dev = torch.device(device_type)
-        g = torch.Generator(device="cpu").manual_seed(0)
-        h = torch.randn(3, 96, generator=g).to(dev, dtype)
-        d = torch.randn(3, 96, generator=g).to(dev, dtype)
-        w = (1 + 0.1 * torch.randn(96, generator=g)).to(dev, dtype)
-        h_new, x = add_rmsnorm(h, d, w, 1e-5)
-        tol = 1e-5 if dtype == torch.float32 else 2e-2
-        return _close(h_new, h + d, tol) and _close(x, _ref_norm(h + d, w, 1e-5), tol)
-    except Exception:  # any failure (compiler, driver, unsupported dtype) means "do not use it"
-        return False
+@triton_probe
+def fused_norm_works(dev: torch.device, dtype: torch.dtype) -> str | None:
+    """`add_rmsnorm` once on a small problem, against the torch computation."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    h = torch.randn(3, 96, generator=g).to(dev, dtype)
+    d = torch.randn(3, 96, generator=g).to(dev, dtype)
+    w = (1 + 0.1 * torch.randn(96, generator=g)).to(dev, dtype)
+    h_new, x = add_rmsnorm(h, d, w, 1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    return mismatch("add", h_new, h + d, tol) or mismatch("rmsnorm", x, _ref_norm(h + d, w, 1e-5), tol)
 
 
-@functools.cache
-def fused_decode_works(device_type: str, dtype: torch.dtype) -> bool:
+@triton_probe
+def fused_decode_works(dev: torch.device, dtype: torch.dtype) -> str | None:
     """All decode kernels, once each on a small problem (an expert with no token included), against torch."""
-    if triton is None or not fused_norm_works(device_type, dtype):
-        return False
-    try:
-        dev = torch.device(device_type)
-        g = torch.Generator(device="cpu").manual_seed(1)
-        tol = 1e-4 if dtype == torch.float32 else 3e-2
-        # rope_store
-        B, H, Hkv, hd, S = 2, 4, 2, 16, 5
-        q, k, v = (torch.randn(B, n, hd, generator=g).to(dev, dtype) for n in (H, Hkv, Hkv))
-        rot = Rotary(hd, 10000.0).rotation(torch.tensor([3, 70], device=dev))
-        kc = torch.zeros(B * S, Hkv, hd, device=dev, dtype=dtype)
-        vc = torch.zeros_like(kc)
-        slots = torch.tensor([1, 7], device=dev)
-        qr = rope_store(q, k, v, torch.view_as_real(rot), kc, vc, slots)
-        ok = _close(qr, apply_rotary(q, rot), tol) and _close(kc[slots], apply_rotary(k, rot), tol)
-        ok = ok and bool(torch.equal(vc[slots], v))
-        # route_topk + expert kernels + combine
-        T, E, kk, D, F = 3, 8, 2, 32, 48
-        logits = torch.randn(T, E, generator=g).to(dev, dtype)
-        r = route_topk(logits, kk)
-        experts, weights = top_k_routing(logits, kk)
-        ok = ok and bool(torch.equal(r.experts, experts))
-        ok = ok and _close(r.weights, weights, 1e-5)
-        counts = torch.bincount(experts.reshape(-1), minlength=E)
-        ok = ok and bool(torch.equal(r.offs.long().cpu(), counts.cumsum(0).cpu()))
-        x = torch.randn(T, D, generator=g).to(dev, dtype)
-        w1, w3, w2 = ((0.2 * torch.randn(E, *s, generator=g)).to(dev, dtype) for s in ((F, D), (F, D), (D, F)))
-        hs = expert_gemv_swiglu(x, w1, w3, r.offs, r.token_of)
-        order = torch.argsort(experts.reshape(-1), stable=True)
-        xs = x.index_select(0, order // kk)
-        ex_sorted = experts.reshape(-1)[order]
-        want_h = torch.stack([
-            torch.nn.functional.silu(w1[e] @ xs[i]) * (w3[e] @ xs[i]) for i, e in enumerate(ex_sorted.tolist())
-        ])  # fmt: skip
-        ok = ok and _close(hs, want_h, tol)
-        ys = expert_gemv(hs, w2, r.offs)
-        hres = torch.randn(T, D, generator=g).to(dev, dtype)
-        wn = (1 + 0.1 * torch.randn(D, generator=g)).to(dev, dtype)
-        h_new, xn = combine_add_rmsnorm(hres, ys, r, wn, 1e-5)
-        moe = torch.zeros_like(x).index_add_(
-            0, order // kk, ys * r.weights.reshape(-1)[order][:, None].to(dtype)
-        )  # fmt: skip
-        ok = ok and _close(h_new, hres + moe, tol) and _close(xn, _ref_norm(hres + moe, wn, 1e-5), tol)
-        return ok
-    except Exception:  # any failure (compiler, driver, unsupported dtype) means "do not use it"
-        return False
+    if not fused_norm_works(dev.type, dtype):
+        return "the norm kernel fails its probe"
+    g = torch.Generator(device="cpu").manual_seed(1)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    # rope_store
+    B, H, Hkv, hd, S = 2, 4, 2, 16, 5
+    q, k, v = (torch.randn(B, n, hd, generator=g).to(dev, dtype) for n in (H, Hkv, Hkv))
+    rot = Rotary(hd, 10000.0).rotation(torch.tensor([3, 70], device=dev))
+    kc = torch.zeros(B * S, Hkv, hd, device=dev, dtype=dtype)
+    vc = torch.zeros_like(kc)
+    slots = torch.tensor([1, 7], device=dev)
+    qr = rope_store(q, k, v, torch.view_as_real(rot), kc, vc, slots)
+    problem = mismatch("rope_store q", qr, apply_rotary(q, rot), tol)
+    problem = problem or mismatch("rope_store k", kc[slots], apply_rotary(k, rot), tol)
+    problem = problem or mismatch("rope_store v", vc[slots], v, 0.0)
+    # route_topk + expert kernels + combine
+    T, E, kk, D, F = 3, 8, 2, 32, 48
+    logits = torch.randn(T, E, generator=g).to(dev, dtype)
+    r = route_topk(logits, kk)
+    experts, weights = top_k_routing(logits, kk)
+    counts = torch.bincount(experts.reshape(-1), minlength=E)
+    if not (torch.equal(r.experts, experts) and torch.equal(r.offs.long().cpu(), counts.cumsum(0).cpu())):
+        problem = problem or "route_topk: other experts or groups than top_k_routing"
+    problem = problem or mismatch("route_topk weights", r.weights, weights, 1e-5)
+    x = torch.randn(T, D, generator=g).to(dev, dtype)
+    w1, w3, w2 = ((0.2 * torch.randn(E, *s, generator=g)).to(dev, dtype) for s in ((F, D), (F, D), (D, F)))
+    hs = expert_gemv_swiglu(x, w1, w3, r.offs, r.token_of)
+    order = torch.argsort(experts.reshape(-1), stable=True)
+    xs = x.index_select(0, order // kk)
+    ex_sorted = experts.reshape(-1)[order]
+    want_h = torch.stack([
+        torch.nn.functional.silu(w1[e] @ xs[i]) * (w3[e] @ xs[i]) for i, e in enumerate(ex_sorted.tolist())
+    ])  # fmt: skip
+    problem = problem or mismatch("expert_gemv_swiglu", hs, want_h, tol)
+    ys = expert_gemv(hs, w2, r.offs)
+    hres = torch.randn(T, D, generator=g).to(dev, dtype)
+    wn = (1 + 0.1 * torch.randn(D, generator=g)).to(dev, dtype)
+    h_new, xn = combine_add_rmsnorm(hres, ys, r, wn, 1e-5)
+    moe = torch.zeros_like(x).index_add_(0, order // kk, ys * r.weights.reshape(-1)[order][:, None].to(dtype))
+    problem = problem or mismatch("combine", h_new, hres + moe, tol)
+    return problem or mismatch("combine norm", xn, _ref_norm(hres + moe, wn, 1e-5), tol)

@@ -38,20 +38,10 @@ class FusedRMSNorm(RMSNorm):
 class FusedBlock(TransformerBlock):
     """The residual add and the FFN norm in one Triton kernel."""
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rot: torch.Tensor,
-        layout: BatchLayout,
-        cache: object,
-        router_out: list[Routing] | None,
-    ) -> torch.Tensor:
-        norm = self.ffn_norm
-        if not (_inference(x, norm.weight) and ft.fused_norm_works(x.device.type, x.dtype)):
-            return super().forward(x, rot, layout, cache, router_out)  # type: ignore[arg-type]
-        a = self.attention(self.attention_norm(x), rot, layout, cache)  # type: ignore[arg-type]
-        h, xn = ft.add_rmsnorm(x, a, norm.weight, norm.eps)
-        return h + self.feed_forward(xn, router_out)
+    def add_norm(self, x: torch.Tensor, delta: torch.Tensor, norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        if _inference(x, norm.weight) and ft.fused_norm_works(x.device.type, x.dtype):
+            return ft.add_norm(x, delta, norm)
+        return super().add_norm(x, delta, norm)
 
 
 class GroupedMoe(MoeLayer):

@@ -41,8 +41,9 @@ from mixchat.exec.moe_grouped import grouped_mm_works, grouped_moe_forward
 from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
 from mixchat.flags import Flags, flags
 from mixchat.model.attention import Attention
+from mixchat.model.attn_ops import attend
 from mixchat.model.layers import MoeLayer, Routing
-from mixchat.model.layout import BatchLayout, live_mask
+from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel
 from mixchat.model.transformer import Transformer, TransformerBlock
 from mixchat.quant.modules import is_quantized
@@ -73,9 +74,7 @@ def stage_graph_fits(cache: RollingCache, layout: BatchLayout) -> bool:
     rows or over a subset (a micro-batch; each row set has its graph, see `GraphDecoder._key`).
 
     Subset steps once hit a device-side index assert on two H200s and ran eagerly: the graph read its row
-    ids from a tensor that nothing kept alive after capture, so the allocator handed that memory to the next
-    small tensor (another micro-batch's rows, token ids, activations) and the replay indexed the cache with
-    whatever was there. `_Captured.row_idx` now owns it."""
+    ids from a tensor that nothing kept alive after capture, which `_Captured.row_idx` now owns (see there)."""
     return layout.mode == "decode" and layout.row_ids is not None  # distinct rows: `RollingCache.plan` checks
 
 
@@ -87,23 +86,18 @@ def _fuse_qkv(attn: Attention) -> torch.Tensor:
     and the modules keep working (and saving) as before.
     """
     ws = [attn.wq.weight, attn.wk.weight, attn.wv.weight]
+    starts = [0, ws[0].shape[0], ws[0].shape[0] + ws[1].shape[0]]  # each weight's first row in the fused one
     fused = attn.__dict__.get("_fused_qkv")
-    if fused is not None:  # an earlier GraphDecoder of this model: reuse if the weights still point into it
-        start = 0
-        for w in ws:
-            same = w.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
-            if not same or w.data_ptr() != fused[start].data_ptr():
-                break
-            start += w.shape[0]
-        else:
-            return fused
+    # An earlier GraphDecoder of this model fused them: reuse it if the weights still point into it.
+    if fused is not None and all(
+        w.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr() and w.data_ptr() == fused[s].data_ptr()
+        for w, s in zip(ws, starts, strict=True)
+    ):
+        return fused
     with torch.no_grad():
         cat = torch.cat([w.data for w in ws])
-        start = 0
-        for w in ws:
-            n = w.shape[0]
-            w.data = cat[start : start + n]
-            start += n
+        for w, s in zip(ws, starts, strict=True):
+            w.data = cat[s : s + w.shape[0]]
     # Not a parameter or buffer: a plain attribute, so state dicts and saving do not see it twice.
     attn.__dict__["_fused_qkv"] = cat
     return cat
@@ -141,50 +135,6 @@ class _EagerReplay:
                 a.copy_(b)
 
 
-def _attend_buffer(
-    q: torch.Tensor,  # [B, H, hd]
-    kc: torch.Tensor,  # [Bc, S, Hkv, hd]: one layer's whole rolling buffer
-    vc: torch.Tensor,
-    row_idx: torch.Tensor | None,  # [B] the rows this step serves, or None for every row in order
-    mask: torch.Tensor,  # [B, 1, 1, S]
-) -> torch.Tensor:  # [B, H * hd]
-    """One query per row over that row's whole buffer, with the dead slots masked. SDPA rather than xformers:
-    xformers' padded-keys bias carries its sizes as Python integers, fixed when it is built, which a graph
-    replayed at every position cannot have."""
-    if row_idx is not None:
-        kc, vc = kc.index_select(0, row_idx), vc.index_select(0, row_idx)
-    B, H, hd = q.shape
-    out = F.scaled_dot_product_attention(
-        q[:, :, None, :],  # [B, H, 1, hd]
-        kc.transpose(1, 2),  # [B, Hkv, S, hd]
-        vc.transpose(1, 2),
-        attn_mask=mask,
-        enable_gqa=kc.shape[2] != H,
-    )  # [B, H, 1, hd]
-    return out.reshape(B, H * hd)
-
-
-class _StaticKV:
-    """The cache as a decode step inside a graph sees it: K/V written at device-side flat slots, and each
-    served row's whole buffer returned (dead slots are masked by the layout's live counts)."""
-
-    def __init__(self, cache: RollingCache, slots: torch.Tensor, row_idx: torch.Tensor | None) -> None:
-        self.cache = cache
-        self.slots = slots  # [B] flat slot (row * S + slot) of each row's new token
-        self.row_idx = row_idx  # [B] rows served, or None for every row in order
-
-    def kv_for(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        li = layer - self.cache.layers.start
-        kc, vc = self.cache.k[li], self.cache.v[li]  # [Bc, S, Hkv, hd]
-        kc.view(-1, *k.shape[1:]).index_copy_(0, self.slots, k)
-        vc.view(-1, *v.shape[1:]).index_copy_(0, self.slots, v)
-        if self.row_idx is None:
-            return kc, vc
-        return kc.index_select(0, self.row_idx), vc.index_select(0, self.row_idx)
-
-
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph | _EagerReplay
@@ -217,11 +167,8 @@ class GraphDecoder:
         when it holds the final norm and head (else with the residual stream)."""
         self.model = model
         self.args = model.args
-        self.layers: list[TransformerBlock]
-        if isinstance(model, StageModel):
-            self.layers = list(model.layers.values())  # type: ignore[arg-type]
-        else:
-            self.layers = list(model.layers)  # type: ignore[arg-type]
+        blocks = model.layers.values() if isinstance(model, StageModel) else model.layers
+        self.layers: list[TransformerBlock] = list(blocks)  # type: ignore[arg-type]
         self.embeddings = model.tok_embeddings  # None: a later pipeline stage, fed activations
         self.norm = model.norm  # None (and output None): an earlier pipeline stage, whose output is `h`
         self.output = model.output
@@ -254,10 +201,26 @@ class GraphDecoder:
     ) -> torch.Tensor:
         """One decode token per row. Every shape here depends only on B and the cache's slot count.
 
+        The layout carries the positions, flat slots, rows and live counts as device tensors
+        (`BatchLayout.device_live`; its host lists are placeholders), by which the cache's own `kv_for` writes
+        and reads and the attention masks dead slots, so no host integer is baked into the graph. Without the
+        fused kernels the step is the model's own forward fed from the static buffers: nothing here
+        re-implements the maths.
+
         Returns [B, vocab] float32 logits when the model holds the head, else the residual stream [B, D]."""
+        B, S = inputs.shape[1], cache.slots
+        layout = BatchLayout(
+            mode="decode", seqlens=[1] * B, kv_lens=[S] * B, window=cache.window, device=inputs.device,
+            pos_list=[0] * B, rows=row_idx, slot_list=[0] * B, all_rows=row_idx is None, kv_padding=S,
+            device_live=inputs[3], _positions=inputs[1], _write_dst=inputs[2],
+        )  # fmt: skip
+        model = self.model
         if self.fused:
-            return self._step_fused(cache, row_idx, inputs, router_out, hidden)
-        return self._step_modules(cache, row_idx, inputs, router_out, hidden)
+            return self._step_fused(cache, layout, self._front(inputs, hidden), router_out)
+        if isinstance(model, Transformer):
+            return model(inputs[0], layout, cache, router_out)  # [B, vocab]
+        h = model.run_layers(self._front(inputs, hidden), layout, cache, router_out)
+        return h if model.output is None else model.head(h, layout, last_only=False)
 
     def _front(self, inputs: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
         """The residual stream entering the first layer here: embedded tokens, or the previous stage's `h`."""
@@ -266,42 +229,11 @@ class GraphDecoder:
         assert hidden is not None, "a stage without the embeddings starts from the previous stage's activations"
         return hidden
 
-    def _step_modules(
-        self,
-        cache: RollingCache,
-        row_idx: torch.Tensor | None,
-        inputs: torch.Tensor,
-        router_out: list[Routing] | None,
-        hidden: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The step as the model's own forward (the fallback of `_step_fused`), fed from the static buffers.
-
-        Nothing here re-implements the maths: the layout carries the positions and live counts as device
-        tensors (`BatchLayout.device_live`) and `_StaticKV` writes and reads the cache by device-side slots,
-        so the modules' forward has no host integer that would be baked into a graph."""
-        B, S = inputs.shape[1], cache.slots
-        layout = BatchLayout(
-            mode="decode", seqlens=[1] * B, kv_lens=[S] * B, window=cache.window,
-            device=inputs.device, pos_list=[0] * B, all_rows=row_idx is None, kv_padding=S,
-            device_live=inputs[3], _positions=inputs[1],
-        )  # fmt: skip
-        kv = _StaticKV(cache, inputs[2], row_idx)
-        model = self.model
-        if isinstance(model, Transformer):
-            return model(inputs[0], layout, kv, router_out)  # [B, vocab]
-        h = self._front(inputs, hidden)
-        h = model.run_layers(h, layout, kv, router_out)
-        return h if model.output is None else model.head(h, layout, last_only=False)
-
     def _step_fused(
-        self,
-        cache: RollingCache,
-        row_idx: torch.Tensor | None,
-        inputs: torch.Tensor,
-        router_out: list[Routing] | None,
-        hidden: torch.Tensor | None = None,
+        self, cache: RollingCache, layout: BatchLayout, h: torch.Tensor, router_out: list[Routing] | None
     ) -> torch.Tensor:
-        """The step with the fused kernels: per Mixtral layer, the launches are
+        """The step with the fused kernels (`h`: [B, D] entering the first layer): per Mixtral layer, the
+        launches are
 
         qkv GEMV, rope_store, SDPA, wo GEMV, add_rmsnorm, gate GEMV, route_topk, expert_gemv_swiglu,
         expert_gemv (w2), combine_add_rmsnorm (MoE sum + residual + the next layer's attention norm).
@@ -313,31 +245,25 @@ class GraphDecoder:
         last combine here still normalises (with this layer's ffn norm weight, a stand-in) and that `x` is
         dropped: a [B, D] write, cheaper than a second kernel variant.
         """
-        model, args = self.model, self.args
-        positions, slots, live = inputs[1], inputs[2], inputs[3]  # each [B]
-        B = inputs.shape[1]
-        S = cache.slots
+        args = self.args
+        B = h.shape[0]
         H, Hkv, hd = args.n_heads, args.n_kv_heads, args.head_dim
-        h = self._front(inputs, hidden)  # [B, D]
-        cos_sin = torch.view_as_real(model.rotary.rotation(positions))  # [B, 1, hd/2, 2] float32, all layers
-        mask = live_mask(live, S)  # [B, 1, 1, S]
+        cos_sin = torch.view_as_real(self.model.rotary.rotation(layout.positions))  # [B, 1, hd/2, 2] float32
+        slots = layout.write_dst  # [B] flat slot of each row's new token
+        assert slots is not None
         layers = self.layers
         first = layers[0].attention_norm
         x = ft.rmsnorm(h, first.weight, first.eps)
-        for li, layer in enumerate(layers):  # li: the cache's (local) layer index
-            attn = layer.attention
+        # The norm after each layer's feed-forward: the next layer's, the model's, or the stand-in at a stage's end
+        nexts = [b.attention_norm for b in layers[1:]] + [self.norm if self.norm is not None else layers[-1].ffn_norm]
+        for li, (layer, nxt) in enumerate(zip(layers, nexts, strict=True)):  # li: the cache's (local) layer index
             qkv = F.linear(x, self._qkv[li])  # [B, (H + 2 Hkv) hd]
-            q = qkv[:, : H * hd].view(B, H, hd)
-            k = qkv[:, H * hd : (H + Hkv) * hd].view(B, Hkv, hd)
-            v = qkv[:, (H + Hkv) * hd :].view(B, Hkv, hd)
+            q, k, v = (t.view(B, -1, hd) for t in qkv.split([H * hd, Hkv * hd, Hkv * hd], 1))  # [B, heads, hd]
             kc, vc = cache.k[li], cache.v[li]  # [Bc, S, Hkv, hd]
             q = ft.rope_store(q, k, v, cos_sin, kc.view(-1, Hkv, hd), vc.view(-1, Hkv, hd), slots)
-            norm = layer.ffn_norm
-            h, x = ft.add_rmsnorm(h, attn.wo(_attend_buffer(q, kc, vc, row_idx, mask)), norm.weight, norm.eps)
-            if li + 1 < len(layers):
-                nxt = layers[li + 1].attention_norm
-            else:
-                nxt = self.norm if self.norm is not None else layer.ffn_norm  # the stand-in at a stage's end
+            if layout.rows is not None:  # the served rows' buffers, dead slots masked by the live counts
+                kc, vc = kc.index_select(0, layout.rows), vc.index_select(0, layout.rows)
+            h, x = ft.add_norm(h, layer.attention.wo(attend(q, kc, vc, layout).reshape(B, H * hd)), layer.ffn_norm)
             ff = layer.feed_forward
             if isinstance(ff, MoeLayer) and ft.route_fits(B, ff.k, ff.num_experts) and B <= MAX_ROWS:
                 logits = ff.gate(x)  # [B, E]
@@ -349,7 +275,7 @@ class GraphDecoder:
                 h, x = ft.combine_add_rmsnorm(h, ys, routed, nxt.weight, nxt.eps)
             else:
                 delta = grouped_moe_forward(ff, x, router_out) if isinstance(ff, MoeLayer) else ff(x)
-                h, x = ft.add_rmsnorm(h, delta, nxt.weight, nxt.eps)
+                h, x = ft.add_norm(h, delta, nxt)
         if self.output is None:
             return h  # [B, D]
         return self.output(x).float()  # [B, vocab]
@@ -387,10 +313,8 @@ class GraphDecoder:
         current stream and appends each send's work to `fences`, which that next replay waits for on the
         stream first. Nothing here waits on the host, so the ranks' stages overlap across micro-batches.
         """
-        if self.embeddings is not None:
-            assert tokens is not None, "the first stage starts from token ids"
-        else:
-            assert hidden is not None, "a later stage starts from the previous stage's activations"
+        first = self.embeddings is not None
+        assert (tokens if first else hidden) is not None, "the first stage starts from tokens, a later one from h"
         return self._run(cache, layout, tokens, hidden, traced)
 
     def _key(self, cache: RollingCache, rows: Sequence[int], traced: bool) -> tuple:
@@ -413,9 +337,7 @@ class GraphDecoder:
         cap = self._graphs.get(key)
         host = self._staging(cap, len(rows))
         host[0] = torch.tensor(tokens) if tokens is not None else 0
-        host[1] = torch.tensor(layout.pos_list)
-        host[2] = torch.tensor(layout.slot_list)
-        host[3] = torch.tensor(layout.kv_lens)
+        host[1:] = torch.tensor([layout.pos_list, layout.slot_list, layout.kv_lens])
         if cap is None:
             cap = self._capture(cache, rows, host, traced, hidden)
             if not self.whole:
@@ -452,30 +374,24 @@ class GraphDecoder:
     def _staging(self, cap: _Captured | None, B: int) -> torch.Tensor:
         """The pinned [4, B] host buffer this step's inputs are copied from.
 
-        A whole model shares one per batch size (see `_pinned_for`). A pipeline rank queues steps without
-        reading anything back in between (rank 0 submits every micro-batch before collecting any; the other
-        ranks never read back at all), so a copy may still wait in the stream behind the previous
-        micro-batch's receive when the host fills the next step: each stage graph keeps its own buffer, and
-        an event says when its last copy has run (long since, in practice: that graph's previous step had to
-        come back round before this one could be issued)."""
-        if self.whole:
-            return self._pinned_for(B)
-        if cap is None:
-            buf = torch.empty(4, B, dtype=torch.long)
-            return buf if self.model.device.type != "cuda" else buf.pin_memory()
-        if cap.copied is not None:
-            cap.copied.synchronize()
-        assert cap.host is not None
-        return cap.host
-
-    def _pinned_for(self, B: int) -> torch.Tensor:
-        # One staging buffer per batch size; reusing it is safe because the copy that reads it is queued
-        # before the next step's host code can run past the caller's read of the sampled token.
-        buf = self._pinned.get(B)
+        A whole model shares one per batch size: reusing it is safe because the copy that reads it is queued
+        before the next step's host code can run past the caller's read of the sampled token. A pipeline
+        rank queues steps without reading anything back in between (rank 0 submits every micro-batch before
+        collecting any; the other ranks never read back at all), so a copy may still wait in the stream
+        behind the previous micro-batch's receive when the host fills the next step: each stage graph keeps
+        its own buffer, and an event says when its last copy has run (long since, in practice: that graph's
+        previous step had to come back round before this one could be issued)."""
+        if cap is not None and not self.whole:
+            if cap.copied is not None:
+                cap.copied.synchronize()
+            assert cap.host is not None
+            return cap.host
+        buf = self._pinned.get(B) if self.whole else None
         if buf is None:
             buf = torch.empty(4, B, dtype=torch.long)
             buf = buf if self.model.device.type != "cuda" else buf.pin_memory()
-            self._pinned[B] = buf
+            if self.whole:
+                self._pinned[B] = buf
         return buf
 
     def _capture(
@@ -486,25 +402,30 @@ class GraphDecoder:
         if hidden is not None:
             hidden = hidden.contiguous()
         row_idx = None if rows == list(range(cache.batch)) else torch.tensor(rows, device=cache.device)
-        if self.eager:
-            return self._run_eagerly(cache, row_idx, inputs, traced, hidden)
+
+        def run(routing: list[Routing]) -> torch.Tensor:
+            return self._step(cache, row_idx, inputs, routing if traced else None, hidden)
+
+        routing: list[Routing] = []
+        if self.eager:  # no graph: the first run's results become the static buffers
+            out = run(routing)
+            routing, stacked = self._stack(routing)
+            return _Captured(_EagerReplay(run, out, routing), inputs, out, routing, hidden, stacked, row_idx=row_idx)
         # Warm-up runs on a side stream (cuBLAS and the allocator settle there), then capture. The warm-up
         # writes this step's own K/V into this step's own slots, which the replay below writes again.
         stream = torch.cuda.Stream(cache.device)
         stream.wait_stream(torch.cuda.current_stream(cache.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._step(cache, row_idx, inputs, [] if traced else None, hidden)
+                run([])
         torch.cuda.current_stream(cache.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        routing: list[Routing] = []
-        stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         # A pipeline rank captures while its NCCL work may be in flight: "thread_local" lets the process
         # group's watchdog thread query that work's events meanwhile (in "global" mode a query from another
         # thread during a capture invalidates it). The one-GPU path keeps torch's default.
         mode = "global" if self.whole else "thread_local"
         with torch.cuda.graph(graph, capture_error_mode=mode):
-            out = self._step(cache, row_idx, inputs, routing if traced else None, hidden)
+            out = run(routing)
             routing, stacked = self._stack(routing)
         graph.replay()
         return _Captured(graph, inputs, out, routing, hidden, stacked, row_idx=row_idx)
@@ -521,21 +442,3 @@ class GraphDecoder:
             torch.stack([r.logits for r in routing]),  # [L, B, E]
         )
         return [Routing(stacked[0][i], stacked[1][i], stacked[2][i]) for i in range(len(routing))], stacked
-
-    def _run_eagerly(
-        self,
-        cache: RollingCache,
-        row_idx: torch.Tensor | None,
-        inputs: torch.Tensor,
-        traced: bool,
-        hidden: torch.Tensor | None,
-    ) -> _Captured:
-        """`_capture` without a graph: the first run's results become the static buffers."""
-
-        def run(routing: list[Routing]) -> torch.Tensor:
-            return self._step(cache, row_idx, inputs, routing if traced else None, hidden)
-
-        routing: list[Routing] = []
-        out = run(routing)
-        routing, stacked = self._stack(routing)
-        return _Captured(_EagerReplay(run, out, routing), inputs, out, routing, hidden, stacked, row_idx=row_idx)

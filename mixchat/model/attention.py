@@ -47,10 +47,7 @@ class Attention(nn.Module):
         q = apply_rotary(q, rot)
         k = apply_rotary(k, rot)
         layout = layout.for_layer(self.layer_id)  # its own window and slots (models with per-layer windows)
-        if cache is None:
-            keys, values = k, v
-        else:
-            keys, values = cache.kv_for(self.layer_id, k, v, layout)
+        keys, values = (k, v) if cache is None else cache.kv_for(self.layer_id, k, v, layout)
         out = self.attend(q, keys, values, layout)  # [T, H, hd]
         return self.wo(out.reshape(T, self.n_heads * self.head_dim))
 

@@ -38,29 +38,36 @@ def _packed_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Batc
     if len(set(seqlens)) == 1 and len(set(kv_lens)) == 1:
         # Equal-length sequences (training, same-length prompts): one batched call.
         B, tq, tk = len(seqlens), seqlens[0], kv_lens[0]
-        if _banded_pays(q, tq, tk, layout.window):
-            out = _banded_sdpa(q.view(B, tq, H, D), k.view(B, tk, Hkv, D), v.view(B, tk, Hkv, D), layout)
-            return out.reshape(T, H, D)
-        qb = q.view(B, tq, H, D).transpose(1, 2)
-        kb = k.view(B, tk, Hkv, D).transpose(1, 2)
-        vb = v.view(B, tk, Hkv, D).transpose(1, 2)
-        out = _sdpa(qb, kb, vb, layout.local_mask(tq, tk), causal_ok=tq == tk and layout.window is None)
-        return out.transpose(1, 2).reshape(T, H, D)
+        out = _batched_sdpa(q.view(B, tq, H, D), k.view(B, tk, Hkv, D), v.view(B, tk, Hkv, D), layout)
+        return out.reshape(T, H, D)
     outs = []
     qs = ks = 0
     for tq, tk in zip(seqlens, kv_lens, strict=True):
-        if _banded_pays(q, tq, tk, layout.window):
-            o = _banded_sdpa(q[None, qs : qs + tq], k[None, ks : ks + tk], v[None, ks : ks + tk], layout)[0]
-        else:
-            qi = q[qs : qs + tq].transpose(0, 1)[None]
-            ki = k[ks : ks + tk].transpose(0, 1)[None]
-            vi = v[ks : ks + tk].transpose(0, 1)[None]
-            o = _sdpa(qi, ki, vi, layout.local_mask(tq, tk), causal_ok=tq == tk and layout.window is None)[0]
-            o = o.transpose(0, 1)
-        outs.append(o)
+        outs.append(_batched_sdpa(q[None, qs : qs + tq], k[None, ks : ks + tk], v[None, ks : ks + tk], layout)[0])
         qs += tq
         ks += tk
     return torch.cat(outs, 0)
+
+
+def _batched_sdpa(
+    q: torch.Tensor,  # [B, tq, H, D], queries aligned to the end of the keys
+    k: torch.Tensor,  # [B, tk, Hkv, D]
+    v: torch.Tensor,
+    layout: BatchLayout,
+) -> torch.Tensor:  # [B, tq, H, D]
+    """Sequences of one length: query blocks over their windows where that pays, else one SDPA call, with
+    the causal kernel instead of a mask where the mask is plainly causal (a first chunk, no window)."""
+    tq, tk = q.shape[1], k.shape[1]
+    if _banded_pays(q, tq, tk, layout.window):
+        return _banded_sdpa(q, k, v, layout)
+    qb, kb, vb = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, t, D]
+    mask = layout.local_mask(tq, tk)
+    gqa = k.shape[2] != q.shape[2]
+    if mask is not None and tq == tk and layout.window is None:
+        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=gqa)
+    else:
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, enable_gqa=gqa)
+    return out.transpose(1, 2)
 
 
 def _banded_pays(q: torch.Tensor, tq: int, tk: int, window: int | None) -> bool:
@@ -121,37 +128,34 @@ def _banded_sdpa(
 
 
 def _decode_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
-    """One query per sequence over its whole buffer; slots past a sequence's live count are masked.
-
-    The g query heads that share a KV head are passed as g queries of that head ([B, Hkv, g, D]): the
-    same arithmetic as GQA, without SDPA repeating K/V, which for one query costs more than the maths.
-    With one sequence the live slots are a prefix of the buffer, so a slice replaces the mask.
-    """
-    B, C, Hkv, D = k.shape
-    H = q.shape[1]
-    qb = q.reshape(B, Hkv, H // Hkv, D)
-    kb = k.transpose(1, 2)  # [B, Hkv, C, D]
-    vb = v.transpose(1, 2)
+    """One query per sequence over its whole buffer; slots past a sequence's live count are masked. With one
+    sequence the live slots are a prefix of the buffer, so a slice replaces the mask."""
+    B, C = k.shape[:2]
     mask = None
     if B == 1 and layout.device_live is None:
         n = layout.kv_lens[0]
         if n < C:
-            kb, vb = kb[:, :, :n], vb[:, :, :n]
+            k, v = k[:, :n], v[:, :n]
     elif layout.kv_padding == C:
         mask = layout.decode_mask()
     elif min(layout.kv_lens) < C:
         mask = live_mask(torch.tensor(layout.kv_lens, device=q.device), C)
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # [B, Hkv, g, D]
+    return _query_groups(q, k, v, mask)
+
+
+def _query_groups(
+    q: torch.Tensor,  # [B, H, D]: one query per sequence
+    k: torch.Tensor,  # [B, n, Hkv, D]
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,  # [B, 1, 1, n]
+) -> torch.Tensor:  # [B, H, D]
+    """SDPA with the g query heads that share a KV head passed as g queries of that head ([B, Hkv, g, D]):
+    the same arithmetic as GQA, without SDPA repeating K/V, which for one query costs more than the maths."""
+    B, H, D = q.shape
+    Hkv = k.shape[2]
+    qb = q.reshape(B, Hkv, H // Hkv, D)
+    out = F.scaled_dot_product_attention(qb, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)  # [B, Hkv, g, D]
     return out.view(B, H, D)
-
-
-def _sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal_ok: bool
-) -> torch.Tensor:
-    gqa = k.shape[1] != q.shape[1]
-    if mask is not None and causal_ok:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 def attend_last(
@@ -163,17 +167,12 @@ def attend_last(
     """Each sequence's last query over its visible keys (SDPA; used by the CPU runner's trimmed last layer).
 
     A last query sees the last `min(W, kv_len)` keys of its sequence, all of them, so a slice replaces the
-    mask; its g query heads per KV head are passed as g queries, as in decode.
+    mask; its query heads are grouped by KV head, as in decode.
     """
-    B, H, D = q.shape
-    Hkv = k.shape[1]
     outs = []
     ks = 0
     for b, tk in enumerate(layout.kv_lens):
         n = tk if layout.window is None else min(tk, layout.window)
-        kb = k[ks + tk - n : ks + tk].transpose(0, 1)[None]  # [1, Hkv, n, D]
-        vb = v[ks + tk - n : ks + tk].transpose(0, 1)[None]
-        qb = q[b].reshape(1, Hkv, H // Hkv, D)
-        outs.append(F.scaled_dot_product_attention(qb, kb, vb).reshape(1, H, D))
+        outs.append(_query_groups(q[b : b + 1], k[None, ks + tk - n : ks + tk], v[None, ks + tk - n : ks + tk]))
         ks += tk
-    return outs[0] if B == 1 else torch.cat(outs, 0)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 0)

@@ -42,7 +42,8 @@ class BatchLayout:
     all_rows: bool = False  # decode: the pass covers every cache row in order (no gather needed)
     kv_padding: int | None = None  # decode: slots per cache row (keys are padded to this length)
     # Decode inside a captured graph: [B] live key counts on the device, rewritten before each replay. The
-    # mask is then built from them, and `kv_lens` (host integers, fixed at capture) is not read for it.
+    # mask is then built from them and the cache writes at `write_dst` (a device tensor given with them): the
+    # host integers (`kv_lens`, `slot_list`, `pos_list`, fixed at capture) are not read for either.
     device_live: torch.Tensor | None = None
     # Per-layer windows: the layout of each (global) layer, None when every layer uses this one.
     per_layer: list[BatchLayout] | None = field(default=None, repr=False)

@@ -32,9 +32,13 @@ class TransformerBlock(nn.Module):
         cache: KVStore | None,
         router_out: list[Routing] | None,
     ) -> torch.Tensor:
-        a = self.attention(self.attention_norm(x), rot, layout, cache)
-        h = x + a
-        return h + self.feed_forward(self.ffn_norm(h), router_out)
+        h, xn = self.add_norm(x, self.attention(self.attention_norm(x), rot, layout, cache), self.ffn_norm)
+        return h + self.feed_forward(xn, router_out)
+
+    def add_norm(self, x: torch.Tensor, delta: torch.Tensor, norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + delta, norm(x + delta)): the residual add and the norm after it, one kernel on a GPU."""
+        h = x + delta
+        return h, norm(h)
 
 
 class Transformer(nn.Module):
