@@ -155,7 +155,7 @@ def _query_groups(
     Hkv = k.shape[2]
     qb = q.reshape(B, Hkv, H // Hkv, D)
     out = F.scaled_dot_product_attention(qb, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)  # [B, Hkv, g, D]
-    return out.view(B, H, D)
+    return out.reshape(B, H, D)  # a view where SDPA returned it contiguous (CUDA kernels may not)
 
 
 def attend_last(
