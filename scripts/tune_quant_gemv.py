@@ -20,7 +20,7 @@ import torch
 from tune_expert_gemv import timed  # this folder is on the path when the script runs
 
 from mixchat.exec.quant_triton import dequantize_stacked, quant_grouped_mm, quant_mm_problem, stream_config
-from mixchat.quant.format import quantize_int4, quantize_int8
+from mixchat.quant.format import dequantize, quantize_int4, quantize_int8
 
 # BLOCK_N, SUB, num_warps, num_stages; each with both code conversions
 GEMV_TILES = [(8, 4, 4, 3), (16, 2, 4, 3), (16, 4, 2, 3), (16, 4, 4, 3), (16, 8, 4, 3), (16, 4, 4, 4), (32, 4, 4, 3)]
@@ -119,8 +119,6 @@ def tune_case(fmt: str, name: str, E: int, N: int, K: int, experts: list[int], m
 
 
 def _deq(p: dict[str, torch.Tensor], e: int) -> torch.Tensor:
-    from mixchat.quant.format import dequantize
-
     return dequantize({k: v[e] for k, v in p.items()})
 
 
