@@ -15,20 +15,28 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+from collections.abc import Callable
 
 import torch
 from tune_expert_gemv import timed  # this folder is on the path when the script runs
 
-from mixchat.exec.quant_triton import dequantize_stacked, quant_grouped_mm, quant_mm_problem, stream_config
+from mixchat.exec.quant_triton import (
+    dequantize_stacked,
+    quant_grouped_mm,
+    quant_mm_problem,
+    quant_swiglu,
+    stream_config,
+)
 from mixchat.quant.format import dequantize, quantize_int4, quantize_int8
 
-# BLOCK_N, SUB, num_warps, num_stages; each with both code conversions
-GEMV_TILES = [(8, 4, 4, 3), (16, 2, 4, 3), (16, 4, 2, 3), (16, 4, 4, 3), (16, 8, 4, 3), (16, 4, 4, 4), (32, 4, 4, 3)]
+# BLOCK_N, SUB, num_warps, num_stages; each with every code conversion
+GEMV_TILES = [(8, 4, 4, 3), (16, 2, 4, 3), (16, 4, 4, 3), (16, 8, 4, 3), (32, 4, 4, 3)]
 DOT_TILES = [(16, 4, 4, 4), (32, 4, 4, 4), (64, 4, 4, 4), (64, 4, 8, 4), (64, 8, 8, 3), (128, 2, 8, 4)]
 SPLITS = [1, 2, 4, 8]
 B8 = [0, 0, 1, 2, 3, 3, 4, 5, 5, 6, 6, 7, 1, 2, 4, 7]  # sixteen (token, expert) rows of an 8-token step
 CASES = [  # name, E, N, K, expert of each row, most rows per expert (the pass's token count)
     ("moe w1 b1", 8, 14336, 4096, [2, 5], 1),
+    ("moe w13 b1", 8, 14336, 4096, [2, 5], 1),  # the fused step's SwiGLU pass (w1 and w3: here one matrix twice)
     ("moe w2 b1", 8, 4096, 14336, [2, 5], 1),
     ("wq/wo b1", 1, 4096, 4096, [0], 1),
     ("wk/wv b1", 1, 1024, 4096, [0], 1),
@@ -66,8 +74,8 @@ def settings(max_rows: int) -> list[dict[str, int]]:
     out = []
     tiles = GEMV_TILES if max_rows == 1 else DOT_TILES
     for bn, sub, warps, stages in tiles:
-        for cvt in (0, 1):
-            for split in SPLITS:
+        for cvt in (0, 1, 2) if max_rows == 1 else (0, 1):  # 2: the one-row tile's lean conversion
+            for split in SPLITS if max_rows > 1 else SPLITS[:1]:  # one-row passes never gained from a split
                 out.append(
                     {"BLOCK_M": 1 if max_rows == 1 else 16, "BLOCK_N": bn, "SUB": sub, "CVT": cvt, "SPLIT": split}
                     | {"num_warps": warps, "num_stages": stages}
@@ -88,8 +96,18 @@ def tune_case(fmt: str, name: str, E: int, N: int, K: int, experts: list[int], m
     nbytes = sum(t[e].numel() * t.element_size() for t in p.values() for e in used)
     want = torch.cat([x[offs[e] - counts[e] : offs[e]].float() @ _deq(p, e).t() for e in used])
 
+    if "w13" in name:  # rows are tokens here; the reference is silu(w x) * (w x)
+        nbytes *= 2
+        want = torch.nn.functional.silu(want) * want
+        w = (p["qweight"], p["scales"], p.get("zeros"))
+        tok = torch.arange(len(experts), dtype=torch.int32, device="cuda")
+
     def rate(cfg: dict[str, int] | None) -> float | None:
-        run = functools.partial(quant_grouped_mm, x, p["qweight"], p["scales"], p.get("zeros"), offs, max_rows, cfg)
+        run: Callable[[], torch.Tensor]
+        if "w13" in name:
+            run = functools.partial(quant_swiglu, x, w, w, offs, tok, max_rows, cfg)
+        else:
+            run = functools.partial(quant_grouped_mm, x, p["qweight"], p["scales"], p.get("zeros"), offs, max_rows, cfg)
         try:
             got = run().float()
             if float((got - want).abs().max() / want.abs().max()) > 2e-2:

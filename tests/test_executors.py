@@ -123,6 +123,15 @@ QUANT_EXECUTORS = (
         )
         for f in ("int8", "int4")
     ]
+    + [  # the fused graph step (eager) over the quantized kernels: fused q/k/v codes, one SwiGLU launch
+        pytest.param(
+            in_worker("fused", [sys.executable], {"TRITON_INTERPRET": "1"}, f),
+            f,
+            id=f"fused-triton-interpreter-{f}",
+            marks=_needs("triton"),
+        )
+        for f in ("int8", "int4")
+    ]
     + [
         pytest.param(
             in_worker("pipeline", TORCHRUN, PIPELINE_ENV, f),

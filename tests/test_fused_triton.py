@@ -167,8 +167,9 @@ for kind in ("mixtral", "mistral", "full"):
         torch.testing.assert_close(caches[1].v, caches[0].v, rtol=1e-5, atol=1e-5)
     # wq/wk/wv now view one fused weight; a second decoder reuses it instead of copying
     attn = model.layers[0].attention
-    assert fused._qkv[0].data_ptr() == attn.wq.weight.data_ptr()
-    assert GraphDecoder(model, fused=True)._qkv[0].data_ptr() == fused._qkv[0].data_ptr()
+    assert fused._qkv[0]["weight"].data_ptr() == attn.wq.weight.data_ptr()
+    assert attn.wv.weight.data_ptr() == fused._qkv[0]["weight"][-attn.wv.weight.shape[0]].data_ptr()
+    assert GraphDecoder(model, fused=True)._qkv[0]["weight"].data_ptr() == fused._qkv[0]["weight"].data_ptr()
 print("ok")
 """
 

@@ -197,6 +197,7 @@ def test_cpu_quant_moe_matches_dequantize_then_float32(spec: QuantSpec, tokens: 
 _TRITON = """
 import torch
 from mixchat.exec.quant_triton import DEQUANT_ROWS, PREFILL_ROWS, dequantize_stacked, quant_grouped_mm, quant_mm_problem
+from mixchat.exec.quant_triton import quant_swiglu
 from mixchat.exec.quant_gpu import TritonQuantLinear, TritonQuantMoe
 from mixchat.model.layers import MoeLayer
 from mixchat.quant.format import dequantize, make_spec, quantize
@@ -210,6 +211,8 @@ CONFIGS = [  # rows per expert, tile settings (None: the defaults)
     ([2, 0, 3], {"SPLIT": 2, "SUB": 1}),
     ([2, 0, 3], {"CVT": 0}),
     ([1, 1, 1], {"BLOCK_M": 1, "SPLIT": 2, "SUB": 1, "CVT": 0}),
+    ([1, 0, 1], {"CVT": 2}),  # the lean GEMV (`_gemv_lean`), whole and split
+    ([0, 1, 1], {"CVT": 2, "SPLIT": 2, "SUB": 1}),
 ]
 for spec in (make_spec("int8"), make_spec("int4", 32), make_spec("int4", 128)):
     assert quant_mm_problem("cpu", torch.float32, spec.format) is None, spec
@@ -243,6 +246,17 @@ for spec in (make_spec("int8"), make_spec("int4", 32), make_spec("int4", 128)):
             want = torch.einsum("rk,rnk->rn", x.float(), deq[experts])
             err = float((got.float() - want).abs().max() / want.abs().max())
             assert err < tol, (spec, counts, cfg, dt, err)
+        # the SwiGLU pass of the fused decode step: w1 and w3 (the parts reversed over experts) in one launch,
+        # its rows gathered from 2 tokens through token_of (grouped rows need not follow token order)
+        w3 = tuple(parts[p].flip(0) if p in parts else None for p in ("qweight", "scales", "zeros"))
+        xt = torch.randn(2, K, generator=g)
+        token_of = torch.arange(sum(counts), dtype=torch.int32).flip(0) % 2
+        w1 = (parts["qweight"], parts["scales"], parts.get("zeros"))
+        got = quant_swiglu(xt, w1, w3, offs, token_of, max(counts), cfg)
+        xs = xt[token_of.long()]
+        a1 = torch.einsum("rk,rnk->rn", xs, deq[experts])
+        a3 = torch.einsum("rk,rnk->rn", xs, deq.flip(0)[experts])
+        torch.testing.assert_close(got, torch.nn.functional.silu(a1) * a3, rtol=1e-4, atol=1e-4)
     # the swapped modules: a dense projection and a whole MoE layer, decode and pre-fill
     lin = QuantLinear(K, N, spec)
     for p, t in quantize(w[0], spec).items():

@@ -39,6 +39,8 @@ from mixchat.cache import RollingCache
 from mixchat.exec import fused_triton as ft
 from mixchat.exec.moe_grouped import grouped_mm_works, grouped_moe_forward
 from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
+from mixchat.exec.quant_gpu import TritonQuantLinear, TritonQuantMoe, quant_linear
+from mixchat.exec.quant_triton import Stored, quant_grouped_mm, quant_mm_works, quant_swiglu
 from mixchat.flags import Flags, flags
 from mixchat.model.attention import Attention
 from mixchat.model.attn_ops import attend
@@ -46,7 +48,7 @@ from mixchat.model.layers import MoeLayer, Routing
 from mixchat.model.layout import BatchLayout
 from mixchat.model.stage import StageModel
 from mixchat.model.transformer import Transformer, TransformerBlock
-from mixchat.quant.modules import is_quantized
+from mixchat.quant.modules import QuantLinear, QuantMoe
 
 MAX_GRAPHS = 8  # captured graphs kept (each holds a small private memory pool)
 
@@ -78,29 +80,56 @@ def stage_graph_fits(cache: RollingCache, layout: BatchLayout) -> bool:
     return layout.mode == "decode" and layout.row_ids is not None  # distinct rows: `RollingCache.plan` checks
 
 
-def _fuse_qkv(attn: Attention) -> torch.Tensor:
-    """One [(H + 2 Hkv) hd, D] weight for q, k and v, so a decode step reads x once and launches one GEMV.
+def _fuse_qkv(attn: Attention) -> dict[str, torch.Tensor]:
+    """wq, wk and wv as one [(H + 2 Hkv) hd, D] matrix, so a decode step reads x once and launches one GEMV:
+    {"weight": ...} for full-precision projections, their stored parts (codes, scales) for quantized ones.
 
-    A separate concatenated copy would cost Mixtral 8x7B 1.6 GB (32 layers x 50 MB), so instead wq, wk and
-    wv are re-pointed at row slices of the new tensor and their old storage is freed: memory stays the same
-    and the modules keep working (and saving) as before.
+    A separate concatenated copy would cost Mixtral 8x7B 1.6 GB in bf16 (32 layers x 50 MB), so instead
+    each projection's tensors are re-pointed at row slices of the new ones and their old storage is freed:
+    memory stays the same and the modules keep working as before.
     """
-    ws = [attn.wq.weight, attn.wk.weight, attn.wv.weight]
-    starts = [0, ws[0].shape[0], ws[0].shape[0] + ws[1].shape[0]]  # each weight's first row in the fused one
-    fused = attn.__dict__.get("_fused_qkv")
+    mods = [attn.wq, attn.wk, attn.wv]
+    names = list(mods[0].stored()) if isinstance(mods[0], QuantLinear) else ["weight"]
+    fused: dict[str, torch.Tensor] | None = attn.__dict__.get("_fused_qkv")
     # An earlier GraphDecoder of this model fused them: reuse it if the weights still point into it.
-    if fused is not None and all(
-        w.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr() and w.data_ptr() == fused[s].data_ptr()
-        for w, s in zip(ws, starts, strict=True)
-    ):
+    if fused is not None and all(_views_of(fused[n], [getattr(m, n) for m in mods]) for n in names):
         return fused
+    fused = {}
     with torch.no_grad():
-        cat = torch.cat([w.data for w in ws])
-        for w, s in zip(ws, starts, strict=True):
-            w.data = cat[s : s + w.shape[0]]
+        for name in names:
+            cat = torch.cat([getattr(m, name).data for m in mods])
+            start = 0
+            for m in mods:
+                rows = getattr(m, name).shape[0]
+                if name == "weight":
+                    m.weight.data = cat[start : start + rows]
+                else:  # a buffer
+                    setattr(m, name, cat[start : start + rows])
+                start += rows
+            fused[name] = cat
     # Not a parameter or buffer: a plain attribute, so state dicts and saving do not see it twice.
-    attn.__dict__["_fused_qkv"] = cat
-    return cat
+    attn.__dict__["_fused_qkv"] = fused
+    return fused
+
+
+def _views_of(whole: torch.Tensor, parts: list[torch.Tensor]) -> bool:
+    """Whether `parts` are consecutive row slices of `whole`, in order."""
+    start = 0
+    for p in parts:
+        same = p.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr()
+        if not same or p.data_ptr() != whole[start].data_ptr():
+            return False
+        start += p.shape[0]
+    return True
+
+
+def _fused_serves(model: Transformer | StageModel) -> bool:
+    """Whether the fused step can read this model's weights: full precision, or quantized with the Triton
+    modules in place (`quant_gpu.py`), whose kernels passed their probe."""
+    quant = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantMoe))]
+    if any(type(m) not in (TritonQuantLinear, TritonQuantMoe) for m in quant):
+        return False
+    return all(quant_mm_works(model.device.type, model.dtype, f) for f in {m.format for m in quant})
 
 
 def decoder_wanted(model: Transformer | StageModel, settings: Flags | None = None) -> bool:
@@ -155,6 +184,28 @@ class _Captured:
     copied: torch.cuda.Event | None = None  # recorded after each copy from `host` (CUDA stages only)
 
 
+def _project(x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """x times a fused projection (`_fuse_qkv`): full precision, or by the quantized kernel."""
+    return F.linear(x, weights["weight"]) if "weight" in weights else quant_linear(x, weights)
+
+
+def _experts(ff: MoeLayer, x: torch.Tensor, routed: ft.Routed) -> torch.Tensor:
+    """The chosen experts' outputs for a decode step ([B*k, D], rows grouped by expert): two launches, the
+    SwiGLU half reading w1 and w3 together, then w2, on full-precision or quantized experts."""
+    if isinstance(ff, QuantMoe):
+        rows = x.shape[0]  # no expert gets more rows than the step has tokens
+        w1, w2, w3 = (_stored(ff, w) for w in ("w1", "w2", "w3"))
+        hidden = quant_swiglu(x, w1, w3, routed.offs, routed.token_of, max_rows=rows)  # [B*k, F]
+        return quant_grouped_mm(hidden, *w2, routed.offs, max_rows=rows)
+    hidden = ft.expert_gemv_swiglu(x, ff.w1, ff.w3, routed.offs, routed.token_of)  # [B*k, F]
+    return expert_gemv(hidden, ff.w2, routed.offs)
+
+
+def _stored(ff: QuantMoe, which: str) -> Stored:
+    parts = ff.stored(which)
+    return parts["qweight"], parts["scales"], parts.get("zeros")
+
+
 class GraphDecoder:
     def __init__(
         self, model: Transformer | StageModel, fused: bool | None = None, settings: Flags | None = None
@@ -179,9 +230,9 @@ class GraphDecoder:
         self._pinned: dict[int, torch.Tensor] = {}
         if fused is None:
             fused = model.device.type == "cuda" and settings.fused and ft.fused_decode_works("cuda", model.dtype)
-            fused = fused and not is_quantized(model)  # the fused step reads full-precision weights
+            fused = fused and _fused_serves(model)
         self.fused = fused
-        self._qkv: list[torch.Tensor] = [_fuse_qkv(layer.attention) for layer in self.layers] if fused else []
+        self._qkv = [_fuse_qkv(layer.attention) for layer in self.layers] if fused else []
 
     @property
     def experts_per_token(self) -> int | None:
@@ -257,7 +308,7 @@ class GraphDecoder:
         # The norm after each layer's feed-forward: the next layer's, the model's, or the stand-in at a stage's end
         nexts = [b.attention_norm for b in layers[1:]] + [self.norm if self.norm is not None else layers[-1].ffn_norm]
         for li, (layer, nxt) in enumerate(zip(layers, nexts, strict=True)):  # li: the cache's (local) layer index
-            qkv = F.linear(x, self._qkv[li])  # [B, (H + 2 Hkv) hd]
+            qkv = _project(x, self._qkv[li])  # [B, (H + 2 Hkv) hd]
             q, k, v = (t.view(B, -1, hd) for t in qkv.split([H * hd, Hkv * hd, Hkv * hd], 1))  # [B, heads, hd]
             kc, vc = cache.k[li], cache.v[li]  # [Bc, S, Hkv, hd]
             q = ft.rope_store(q, k, v, cos_sin, kc.view(-1, Hkv, hd), vc.view(-1, Hkv, hd), slots)
@@ -270,8 +321,7 @@ class GraphDecoder:
                 routed = ft.route_topk(logits, ff.k)
                 if router_out is not None:
                     router_out.append(Routing(routed.experts, routed.weights, logits))
-                hidden_ff = ft.expert_gemv_swiglu(x, ff.w1, ff.w3, routed.offs, routed.token_of)  # [B*k, F]
-                ys = expert_gemv(hidden_ff, ff.w2, routed.offs)  # [B*k, D] grouped by expert
+                ys = _experts(ff, x, routed)  # [B*k, D] grouped by expert
                 h, x = ft.combine_add_rmsnorm(h, ys, routed, nxt.weight, nxt.eps)
             else:
                 delta = grouped_moe_forward(ff, x, router_out) if isinstance(ff, MoeLayer) else ff(x)

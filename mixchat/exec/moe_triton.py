@@ -33,6 +33,14 @@ MAX_ROWS = 16  # rows per expert the kernel takes in one tile (a decode step of 
 if triton is not None:
 
     @triton.jit
+    def swiglu_rounded(acc1, acc3, dt: tl.constexpr):
+        """silu(a1) * a3 from float32 sums, rounded to `dt` where torch rounds: the two matmul outputs,
+        silu's output, then the product (the caller casts the result)."""
+        a1 = acc1.to(dt).to(tl.float32)
+        g = (a1 / (1.0 + tl.exp(-a1))).to(dt).to(tl.float32)
+        return g * acc3.to(dt).to(tl.float32)
+
+    @triton.jit
     def _expert_gemv_kernel(
         x_ptr,  # [T, K] rows: grouped by expert, or with SWIGLU token rows gathered through tok_ptr
         tok_ptr,  # [R] int32 token of each grouped row (SWIGLU only)
@@ -82,10 +90,7 @@ if triton is not None:
             dt = out_ptr.dtype.element_ty
             out = out_ptr + rows[:, None] * N + cols[None, :]
             if SWIGLU:
-                # Round where torch does: the two GEMV outputs, silu's output, then the product.
-                a1 = acc1.to(dt).to(tl.float32)
-                g = (a1 / (1.0 + tl.exp(-a1))).to(dt).to(tl.float32)
-                acc1 = g * acc3.to(dt).to(tl.float32)
+                acc1 = swiglu_rounded(acc1, acc3, dt)
             tl.store(out, acc1.to(dt), mask=row_ok[:, None] & col_ok[None, :])
 
 

@@ -20,16 +20,21 @@ def _usable(x: torch.Tensor, fmt: str) -> bool:
     return not torch.is_grad_enabled() and quant_mm_works(x.device.type, x.dtype, fmt)
 
 
+def quant_linear(x: torch.Tensor, stored: dict[str, torch.Tensor]) -> torch.Tensor:
+    """x W^T by the kernel, W given by its stored parts ([N, K(/2)] codes and their scales)."""
+    lead = x.shape[:-1]
+    q = stored["qweight"]
+    K = q.shape[1] * (2 if q.dtype == torch.uint8 else 1)
+    zeros = stored["zeros"][None] if "zeros" in stored else None
+    y = quant_grouped_mm(x.reshape(-1, K), q[None], stored["scales"][None], zeros, None)
+    return y.reshape(*lead, q.shape[0])
+
+
 class TritonQuantLinear(QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _usable(x, self.format):
             return super().forward(x)
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        offs = torch.full((1,), x2.shape[0], dtype=torch.int32, device=x.device)
-        zeros = self.zeros[None] if self.format == "int4" else None
-        y = quant_grouped_mm(x2, self.qweight[None], self.scales[None], zeros, offs)
-        return y.reshape(*lead, self.out_features)
+        return quant_linear(x, self.stored())
 
 
 class TritonQuantMoe(QuantMoe):

@@ -35,6 +35,7 @@ PREFILL_ROWS = 64  # row tile of the streaming kernel on longer passes
 DEQUANT_ROWS = 256  # passes of at least this many tokens dequantize and use a GEMM
 
 if triton is not None:
+    from mixchat.exec.moe_triton import swiglu_rounded  # shared with the full-precision expert kernel
 
     @triton.jit
     def _int8_values(w, dtype: tl.constexpr, CVT: tl.constexpr):
@@ -149,7 +150,13 @@ if triton is not None:
     ):
         """[BN] sums for one row (batch-1 decode): float32 multiply-adds into a tile-shaped accumulator, summed
         once at the end (a reduction across threads every step would cost more than the loads), and no
-        tensor-core tile of 16 rows to fill. int4 dequantizes in registers (code * scale + zero)."""
+        tensor-core tile of 16 rows to fill. int4 dequantizes in registers (code * scale + zero).
+
+        CVT 2 (`_gemv_lean`) spends fewer instructions a weight, for passes bound by them rather than by the
+        loads (int4 above all)."""
+        if CVT == 2:
+            args = (x_row, q_ptr, s_ptr, z_ptr, e64, cols, col_ok, N, K, k_lo, k_hi)
+            return _gemv_lean(*args, INT4, GROUP, SUB, BLOCK_N)
         if INT4:
             HALF: tl.constexpr = GROUP // 2
             n_groups = K // GROUP
@@ -186,6 +193,74 @@ if triton is not None:
             acc = tl.sum(acc2, axis=1) * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)
         return acc
 
+    @triton.jit
+    def _gemv_lean(
+        x_row,
+        q_ptr,
+        s_ptr,
+        z_ptr,
+        e64,
+        cols,
+        col_ok,
+        N,
+        K,
+        k_lo,
+        k_hi,
+        INT4: tl.constexpr,
+        GROUP: tl.constexpr,
+        SUB: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        """`_gemv_tile` with codes turned into floats by bit operations alone: a code c of b bits is moved
+        into the top of a float32 mantissa of 1.0, giving v = 1 + c / 2^b exactly (one shift and one
+        and-or), and the 1 is taken out afterwards with the sum of x: sum(c x) = 2^b (sum(v x) - sum(x)).
+        int4 also sums each group's products before scaling (one multiply-add a weight, not two) and loads
+        x contiguously, splitting it into the even and odd elements the two nibbles of a byte hold."""
+        if INT4:
+            HALF: tl.constexpr = GROUP // 2
+            n_groups = K // GROUP
+            q_cols = q_ptr + e64 * N * (K // 2) + cols[:, None, None].to(tl.int64) * (K // 2)
+            sz_cols = e64 * N * n_groups + cols[:, None].to(tl.int64) * n_groups  # [BN, 1]
+            sub = tl.arange(0, SUB)
+            step = sub[:, None] * HALF + tl.arange(0, HALF)[None, :]  # [SUB, G/2] bytes of one step
+            elems = sub[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [SUB, G] elements of one step
+            acc2 = tl.zeros((BLOCK_N, SUB), dtype=tl.float32)
+            for g0 in range(k_lo // GROUP, k_hi // GROUP, SUB):
+                b = g0 * HALF + step
+                m3 = col_ok[:, None, None] & (b < K // 2)[None, :, :]
+                byte = tl.load(q_cols + b[None, :, :], mask=m3, other=0).to(tl.int32)  # [BN, SUB, G/2]
+                el = g0 * GROUP + elems
+                xg = tl.load(x_row + el, mask=el < K, other=0.0).to(tl.float32)  # [SUB, G]
+                xe, xo = tl.split(tl.reshape(xg, (SUB, HALF, 2)))  # [SUB, G/2] each
+                lo = (((byte << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)  # 1 + c / 16
+                hi = (((byte << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+                part = tl.sum(lo * xe[None, :, :] + hi * xo[None, :, :], axis=2)  # [BN, SUB]
+                xsum = tl.sum(xe + xo, axis=1)[None, :]  # [1, SUB]
+                gs = g0 + sub
+                m = col_ok[:, None] & (gs < n_groups)[None, :]
+                scale = tl.load(s_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)
+                zero = tl.load(z_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)
+                acc2 += (16.0 * scale) * (part - xsum) + zero * xsum
+            return tl.sum(acc2, axis=1)
+        else:
+            BLOCK_K: tl.constexpr = SUB * 64
+            q_cols = q_ptr + e64 * N * K + cols[:, None].to(tl.int64) * K
+            acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            xs = tl.zeros((BLOCK_K,), dtype=tl.float32)
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < K
+                x = tl.load(x_row + ks, mask=k_ok, other=0.0).to(tl.float32)  # [BK]
+                w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
+                # The code's byte, its sign bit flipped (u = q + 128), under the mantissa of 1.0: 1 + u / 256
+                v = (((w << 15) & 0x7F8000) ^ 0x3FC00000).to(tl.float32, bitcast=True)
+                acc2 += v * x[None, :]
+                xs += x
+            # sum(q x) = sum(u x) - 128 sum(x) = 256 (sum(v x) - sum(x)) - 128 sum(x)
+            xsum = tl.sum(xs, axis=0)
+            acc = 256.0 * tl.sum(acc2, axis=1) - 384.0 * xsum
+            return acc * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)
+
     @triton.jit(do_not_specialize=["R", "n_split"])  # one compile for every row count and split
     def _quant_stream_kernel(
         x_ptr,  # [R, K] rows grouped by expert
@@ -194,6 +269,10 @@ if triton is not None:
         z_ptr,  # [E, N, K / G] int4 zeros (unused for int8)
         offs_ptr,  # [E] int32 end row of each expert's group
         out_ptr,  # [R, N] in x's dtype; with n_split > 1, [n_split, R, N] float32 partial sums
+        tok_ptr,  # [R] int32 row of x each grouped row reads (SWIGLU only)
+        q3_ptr,  # w3's codes, scales and zeros, laid out as w1's (SWIGLU only)
+        s3_ptr,
+        z3_ptr,
         R,
         N,
         K,
@@ -204,14 +283,20 @@ if triton is not None:
         SUB: tl.constexpr,  # int4: groups per loop step; int8: BLOCK_K = SUB * 64
         BLOCK_M: tl.constexpr,  # 1: one row per program, without tensor cores
         BLOCK_N: tl.constexpr,
-        CVT: tl.constexpr,  # how codes become floats (`_int8_values`, `_nibble_values`)
+        CVT: tl.constexpr,  # how codes become floats (`_int8_values`, `_nibble_values`; 2: `_gemv_lean`)
+        SWIGLU: tl.constexpr,  # out = silu(w1 x) * (w3 x) over x's rows gathered through tok_ptr (no split)
+        DENSE: tl.constexpr,  # one matrix and no offs: every row is the only expert's
     ):
         e = tl.program_id(0)
         pid_n = tl.program_id(1)
         pid_m = tl.program_id(2) // n_split
         split = tl.program_id(2) % n_split
-        end = tl.load(offs_ptr + e)
-        start = tl.load(offs_ptr + e - 1, mask=e > 0, other=0)
+        if DENSE:
+            start = 0
+            end = R
+        else:
+            end = tl.load(offs_ptr + e)
+            start = tl.load(offs_ptr + e - 1, mask=e > 0, other=0)
         row0 = start + pid_m * BLOCK_M
         if row0 < end:
             k_lo = split * K_PER
@@ -220,38 +305,37 @@ if triton is not None:
             col_ok = cols < N
             e64 = e.to(tl.int64)
             out = out_ptr + split.to(tl.int64) * R * N
+            dt = out_ptr.dtype.element_ty
             if BLOCK_M == 1:
-                x_row = x_ptr + row0.to(tl.int64) * K
+                tok = tl.load(tok_ptr + row0) if SWIGLU else row0
+                x_row = x_ptr + tok.to(tl.int64) * K
                 acc = _gemv_tile(
                     x_row, q_ptr, s_ptr, z_ptr, e64, cols, col_ok, N, K, k_lo, k_hi, INT4, GROUP, SUB, CVT, BLOCK_N
                 )
-                tl.store(out + row0.to(tl.int64) * N + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
+                if SWIGLU:
+                    acc3 = _gemv_tile(
+                        x_row, q3_ptr, s3_ptr, z3_ptr, e64, cols, col_ok, N, K, k_lo, k_hi, INT4, GROUP, SUB, CVT,
+                        BLOCK_N,
+                    )  # fmt: skip
+                    acc = swiglu_rounded(acc, acc3, dt)
+                tl.store(out + row0.to(tl.int64) * N + cols, acc.to(dt), mask=col_ok)
             else:
                 rows = row0 + tl.arange(0, BLOCK_M)  # [BM]
                 row_ok = rows < end
-                x_rows = x_ptr + rows[:, None].to(tl.int64) * K
+                toks = tl.load(tok_ptr + rows, mask=row_ok, other=0) if SWIGLU else rows
+                x_rows = x_ptr + toks[:, None].to(tl.int64) * K
                 acc = _dot_tile(
-                    x_rows,
-                    row_ok,
-                    q_ptr,
-                    s_ptr,
-                    z_ptr,
-                    e64,
-                    cols,
-                    col_ok,
-                    N,
-                    K,
-                    k_lo,
-                    k_hi,
-                    INT4,
-                    GROUP,
-                    SUB,
-                    CVT,
-                    BLOCK_M,
-                    BLOCK_N,
-                )
+                    x_rows, row_ok, q_ptr, s_ptr, z_ptr, e64, cols, col_ok, N, K, k_lo, k_hi, INT4, GROUP, SUB, CVT,
+                    BLOCK_M, BLOCK_N,
+                )  # fmt: skip
+                if SWIGLU:
+                    acc3 = _dot_tile(
+                        x_rows, row_ok, q3_ptr, s3_ptr, z3_ptr, e64, cols, col_ok, N, K, k_lo, k_hi, INT4, GROUP, SUB,
+                        CVT, BLOCK_M, BLOCK_N,
+                    )  # fmt: skip
+                    acc = swiglu_rounded(acc, acc3, dt)
                 dst = out + rows[:, None].to(tl.int64) * N + cols[None, :]
-                tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+                tl.store(dst, acc.to(dt), mask=row_ok[:, None] & col_ok[None, :])
 
     @triton.jit
     def _dequant_kernel(
@@ -315,26 +399,62 @@ def _splits(cfg: dict[str, int], K: int, step: int, programs: int) -> int:
     return max(1, min(triton.cdiv(SM_PROGRAMS, programs), K // (2 * step)))
 
 
+Stored = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # qweight, scales, zeros (int4) of one matrix
+
+
 def quant_grouped_mm(
     x: torch.Tensor,  # [R, K] rows grouped by expert
     qweight: torch.Tensor,  # [E, N, K] int8 or [E, N, K / 2] uint8
     scales: torch.Tensor,  # [E, N] or [E, N, K / G]
     zeros: torch.Tensor | None,  # [E, N, K / G] (int4) or None
-    offs: torch.Tensor,  # [E] int32 cumulative row ends
+    offs: torch.Tensor | None,  # [E] int32 cumulative row ends; None: E = 1, every row its (no offs to fill)
     max_rows: int | None = None,  # most rows any expert can have (default R)
     config: dict[str, int] | None = None,  # the streaming kernel's tiles (scripts/tune_quant_gemv.py)
 ) -> torch.Tensor:  # [R, N] in x's dtype
     """out[r] = dequant(w[e(r)]) @ x[r] for rows grouped by expert, from the stored codes."""
-    R, K = x.shape
-    E, N = qweight.shape[:2]
-    int4 = qweight.dtype == torch.uint8
+    R, E = x.shape[0], qweight.shape[0]
     rows = R if max_rows is None else max_rows
     x = x.contiguous()
     if rows >= DEQUANT_ROWS and config is None and _gemm_serves(x, E):
         w = dequantize_stacked(qweight, scales, zeros, x.dtype)  # [E, N, K]
         return F.linear(x, w[0]) if E == 1 else torch._grouped_mm(x, w.transpose(1, 2), offs=offs)
+    return _stream(x, (qweight, scales, zeros), offs, R, rows, config)
+
+
+def quant_swiglu(
+    x: torch.Tensor,  # [T, K] tokens
+    w1: Stored,  # [E, F, K(/2)] codes and their scales
+    w3: Stored,
+    offs: torch.Tensor,  # [E] int32 cumulative row ends
+    token_of: torch.Tensor,  # [R] int32 token of each row grouped by expert
+    max_rows: int,  # most rows any expert can have
+    config: dict[str, int] | None = None,
+) -> torch.Tensor:  # [R, F] in x's dtype
+    """silu(w1[e(r)] x[token_of[r]]) * (w3[e(r)] x[token_of[r]]): the MoE's first half in one pass, reading
+    each chosen expert's w1 and w3 codes once (the fused decode step's, `graphs.py`)."""
+    return _stream(x.contiguous(), w1, offs, token_of.shape[0], max_rows, config, w3=w3, token_of=token_of)
+
+
+def _stream(
+    x: torch.Tensor,
+    w: Stored,
+    offs: torch.Tensor | None,
+    R: int,  # output rows
+    rows: int,
+    config: dict[str, int] | None,
+    w3: Stored | None = None,
+    token_of: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The streaming kernel's launch: tiles from `stream_config`, K split where that fills the GPU (never
+    with SWIGLU, whose nonlinearity needs whole sums)."""
+    qweight, scales, zeros = w
+    K = x.shape[1]
+    E, N = qweight.shape[:2]
+    int4 = qweight.dtype == torch.uint8
     cfg = stream_config(rows, N, int4)
     cfg.update(config or {})
+    if w3 is not None:
+        cfg["SPLIT"] = 1
     group = K // scales.shape[-1] if int4 else 64
     step = cfg["SUB"] * group
     m_blocks = max(1, triton.cdiv(rows, cfg["BLOCK_M"]))
@@ -346,8 +466,13 @@ def quant_grouped_mm(
     shape, kind = ((R, N), x.dtype) if split == 1 else ((split, R, N), torch.float32)
     out = torch.empty(shape, device=x.device, dtype=kind)
     z = zeros if zeros is not None else scales
+    q3, s3, z3 = w3 if w3 is not None else w
     grid = (E, n_blocks, m_blocks * split)
-    _quant_stream_kernel[grid](x, qweight, scales, z, offs, out, R, N, K, k_per, split, INT4=int4, GROUP=group, **cfg)
+    _quant_stream_kernel[grid](
+        x, qweight, scales, z, x if offs is None else offs, out, x if token_of is None else token_of,
+        q3, s3, z if z3 is None else z3, R, N, K, k_per, split,
+        INT4=int4, GROUP=group, SWIGLU=w3 is not None, DENSE=offs is None, **cfg,
+    )  # fmt: skip
     return out if split == 1 else out.sum(0).to(x.dtype)
 
 

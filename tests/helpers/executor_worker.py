@@ -2,7 +2,7 @@
 
     executor_worker.py EXECUTOR CKPT OUT.safetensors [QUANT]
 
-EXECUTOR is `fused` (the fused graph step; the caller sets TRITON_INTERPRET=1), `quant-triton` (the Triton
+EXECUTOR is `fused` (the fused graph step, over quantized weights too; the caller sets TRITON_INTERPRET=1), `quant-triton` (the Triton
 modules of quantized weights, in the interpreter too) or `pipeline` (rank 0 of a two-rank gloo job, started
 under torchrun). QUANT (int8, int4) loads the checkpoint quantized.
 """
@@ -41,10 +41,12 @@ def main() -> int:
         engine = Engine(model, None, chunk_size=CHUNK, eos_id=-1, executor=ModuleExecutor(model))
         save_file(run_schedule(engine), str(out))
         return 0
-    if which == "fused":
-        rt = load_runtime(ckpt, device="cpu", dtype="float32", chunk_size=CHUNK)
-        decoder = GraphDecoder(rt.model, fused=True, settings=Flags(cuda_graphs="eager"))
-        engine = Engine(rt.model, None, chunk_size=CHUNK, eos_id=-1, executor=GraphExecutor(rt.model, decoder))
+    if which == "fused":  # quantized: over the Triton modules' kernels, as on a GPU
+        model = build_model(inspect_folder(ckpt), "cpu", torch.float32, spec)
+        if spec is not None:
+            install_gpu_quant_modules(model, any_device=True)
+        decoder = GraphDecoder(model, fused=True, settings=Flags(cuda_graphs="eager"))
+        engine = Engine(model, None, chunk_size=CHUNK, eos_id=-1, executor=GraphExecutor(model, decoder))
         save_file(run_schedule(engine), str(out))
         return 0
 
