@@ -45,6 +45,7 @@ CASES = [  # name, E, N, K, expert of each row, most rows per expert (the pass's
     ("moe w2 b8", 8, 4096, 14336, B8, 8),
     ("wq/wo b8", 1, 4096, 4096, [0] * 8, 8),
     ("wk/wv b8", 1, 1024, 4096, [0] * 8, 8),
+    ("moe w13 b8", 8, 14336, 4096, B8, 8),
 ]
 
 
@@ -70,16 +71,17 @@ def stored(E: int, N: int, K: int, fmt: str) -> dict[str, torch.Tensor]:
     return {k: torch.stack(v) for k, v in parts.items()}
 
 
-def settings(max_rows: int) -> list[dict[str, int]]:
+def settings(
+    max_rows: int, tiles: list[tuple[int, ...]] | None, cvts: list[int] | None, block_m: int | None = None
+) -> list[dict[str, int]]:
     out = []
-    tiles = GEMV_TILES if max_rows == 1 else DOT_TILES
-    for bn, sub, warps, stages in tiles:
-        for cvt in (0, 1, 2) if max_rows == 1 else (0, 1):  # 2: the one-row tile's lean conversion
-            for split in SPLITS if max_rows > 1 else SPLITS[:1]:  # one-row passes never gained from a split
-                out.append(
-                    {"BLOCK_M": 1 if max_rows == 1 else 16, "BLOCK_N": bn, "SUB": sub, "CVT": cvt, "SPLIT": split}
-                    | {"num_warps": warps, "num_stages": stages}
-                )
+    grid: list[tuple[int, ...]] = tiles or list(GEMV_TILES if max_rows == 1 else DOT_TILES)
+    cvts = cvts or ([0, 1, 2] if max_rows == 1 else [0, 1])  # 2: the one-row tile's lean conversion
+    for bn, sub, warps, stages in grid:
+        for cvt in cvts:
+            for split in SPLITS if max_rows > 1 or block_m else SPLITS[:1]:  # one-row GEMVs never gained from one
+                tile = {"BLOCK_M": block_m or (1 if max_rows == 1 else 16), "BLOCK_N": bn, "SUB": sub}
+                out.append(tile | {"CVT": cvt, "SPLIT": split, "num_warps": warps, "num_stages": stages})
     return out
 
 
@@ -87,7 +89,18 @@ def label(cfg: dict[str, int]) -> str:
     return "M{BLOCK_M} N{BLOCK_N} S{SUB} c{CVT} k{SPLIT} w{num_warps} s{num_stages}".format(**cfg)
 
 
-def tune_case(fmt: str, name: str, E: int, N: int, K: int, experts: list[int], max_rows: int) -> dict:
+def tune_case(
+    fmt: str,
+    name: str,
+    E: int,
+    N: int,
+    K: int,
+    experts: list[int],
+    max_rows: int,
+    tiles: list[tuple[int, ...]] | None = None,
+    cvts: list[int] | None = None,
+    block_m: int | None = None,
+) -> dict:
     p = stored(E, N, K, fmt)
     counts = torch.bincount(torch.tensor(experts), minlength=E)
     offs = counts.cumsum(0).to(torch.int32).cuda()
@@ -117,10 +130,10 @@ def tune_case(fmt: str, name: str, E: int, N: int, K: int, experts: list[int], m
             return None
 
     default = rate(None)
-    results = [(rate(cfg), cfg) for cfg in settings(max_rows)]
+    results = [(rate(cfg), cfg) for cfg in settings(max_rows, tiles, cvts, block_m)]
     ok = sorted(((r, c) for r, c in results if r is not None), key=lambda rc: -rc[0])
     best = ok[0] if ok else (None, None)
-    d = stream_config(max_rows, N, fmt == "int4")
+    d = stream_config(max_rows, N, K, fmt == "int4")
     print(
         f"{fmt} {name} ({nbytes / 2**20:.0f} MiB): default {default or 0:.2f} TB/s ({d}); "
         f"best {best[0] or 0:.2f} ({label(best[1]) if best[1] else '-'}); next "
@@ -157,12 +170,17 @@ def main() -> None:
     ap.add_argument("--formats", default="int8,int4")
     ap.add_argument("--cases", default="", help="only the cases whose name contains this (e.g. b1)")
     ap.add_argument("--no-dequant", action="store_true", help="skip timing the pre-fill dequantize pass")
+    ap.add_argument("--tiles", default="", help="BLOCK_N:SUB:warps:stages,... instead of the built-in grid")
+    ap.add_argument("--cvts", default="", help="code conversions to try, e.g. 1,2")
+    ap.add_argument("--block-m", type=int, help="row tile to try (16: the dot tile, at batch 1 too)")
     args = ap.parse_args()
+    tiles = [tuple(int(v) for v in t.split(":")) for t in args.tiles.split(",") if t] or None
+    cvts = [int(c) for c in args.cvts.split(",") if c] or None
     for fmt in ("int8", "int4"):
         print(f"probe {fmt} bf16: {quant_mm_problem('cuda', torch.bfloat16, fmt) or 'ok'}", flush=True)
     lines = [] if args.no_dequant else dequant_rates()
     cases = [c for c in CASES if args.cases in c[0]]
-    out = [tune_case(fmt, *case) for fmt in args.formats.split(",") for case in cases]
+    out = [tune_case(fmt, *case, tiles, cvts, args.block_m) for fmt in args.formats.split(",") for case in cases]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cases": out, "dequantize": lines}, f, indent=1)

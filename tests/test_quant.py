@@ -213,6 +213,7 @@ CONFIGS = [  # rows per expert, tile settings (None: the defaults)
     ([1, 1, 1], {"BLOCK_M": 1, "SPLIT": 2, "SUB": 1, "CVT": 0}),
     ([1, 0, 1], {"CVT": 2}),  # the lean GEMV (`_gemv_lean`), whole and split
     ([0, 1, 1], {"CVT": 2, "SPLIT": 2, "SUB": 1}),
+    ([1, 0, 1], {"BLOCK_M": 16, "SPLIT": 2, "SUB": 1}),  # one row in the dot tile (int8's big matrices)
 ]
 for spec in (make_spec("int8"), make_spec("int4", 32), make_spec("int4", 128)):
     assert quant_mm_problem("cpu", torch.float32, spec.format) is None, spec

@@ -376,19 +376,28 @@ if triton is not None:
 SM_PROGRAMS = 528  # programs a decode pass aims for: four per SM of an H200 (132 SMs), for loads in flight
 
 
-def stream_config(rows: int, n: int, int4: bool) -> dict[str, int]:
-    """Tile settings of the streaming kernel (scripts/tune_quant_gemv.py). One-row passes take the
-    tensor-core-free GEMV tile; up to DECODE_ROWS rows a 16-row dot tile; longer passes 64-row tiles. SPLIT 0
-    means "as many K splits as it takes to reach about SM_PROGRAMS programs" (`_splits`)."""
+def stream_config(rows: int, n: int, k: int, int4: bool) -> dict[str, int]:
+    """Tile settings of the streaming kernel for a pass of `rows` rows per expert through an [n, k] matrix,
+    tuned on an H200 with Mixtral's shapes (scripts/tune_quant_gemv.py, docs/gpu/session7/). One-row passes
+    take the tensor-core-free GEMV tile; up to DECODE_ROWS rows a 16-row dot tile; longer passes 64-row
+    tiles. SPLIT 0 means "as many K splits as it takes to reach about SM_PROGRAMS programs" (`_splits`)."""
     if rows > DECODE_ROWS:
         return {"BLOCK_M": PREFILL_ROWS, "BLOCK_N": 64, "SUB": 1, "SPLIT": 1, "CVT": 0, "num_warps": 4, "num_stages": 3}
-    if rows == 1:  # tuned on an H200 with Mixtral's shapes (docs/benchmarks.md): 16-column blocks, no split
-        wide = n >= 8192  # the MoE's w1/w3 and the head; the narrow ones stream longer rows
-        cvt = int(not (int4 and wide))  # the exponent trick, but for int4's wide matrices (bound by their FMAs)
-        sub = 8 if not int4 and not wide else 4
-        return {"BLOCK_M": 1, "BLOCK_N": 16, "SUB": sub, "SPLIT": 1, "CVT": cvt, "num_warps": 4, "num_stages": 3}
-    block_n = 64 if n >= 8192 else 32
-    return {"BLOCK_M": DECODE_ROWS, "BLOCK_N": block_n, "SUB": 4, "SPLIT": 0, "CVT": 0, "num_warps": 4, "num_stages": 4}
+    wide, long = n >= 8192, k >= 8192  # the MoE's w1/w3 and the head; the MoE's w2
+    if rows == 1 and int4:  # the lean tile (sums per group): 1.4-1.9 TB/s against 1.0-1.3 for the others
+        block_n, sub = (32, 4) if wide else (32, 8) if long else (16, 16)
+        return {"BLOCK_M": 1, "BLOCK_N": block_n, "SUB": sub, "SPLIT": 1, "CVT": 2, "num_warps": 4, "num_stages": 3}
+    if rows == 1 and wide:  # int8's big matrices: the dot tile, one row of 16 filled, at 3.2-3.6 TB/s against 2.6-2.8
+        return {"BLOCK_M": DECODE_ROWS, "BLOCK_N": 128, "SUB": 2, "SPLIT": 1, "CVT": 0, "num_warps": 8, "num_stages": 4}
+    if rows == 1 and long:
+        return {"BLOCK_M": DECODE_ROWS, "BLOCK_N": 32, "SUB": 4, "SPLIT": 2, "CVT": 0, "num_warps": 4, "num_stages": 4}
+    if rows == 1:  # int8's attention projections: the GEMV tile, streaming long rows in narrow blocks
+        return {"BLOCK_M": 1, "BLOCK_N": 8, "SUB": 16, "SPLIT": 1, "CVT": 1, "num_warps": 4, "num_stages": 3}
+    if long:  # w2 at batch 8: 4.05 TB/s against 3.81 for 32-column tiles
+        return {"BLOCK_M": DECODE_ROWS, "BLOCK_N": 128, "SUB": 2, "SPLIT": 0, "CVT": 0, "num_warps": 8, "num_stages": 4}
+    block_n, split = (64, 0) if wide else (32, 1)
+    cfg = {"BLOCK_M": DECODE_ROWS, "BLOCK_N": block_n, "SUB": 4, "SPLIT": split, "CVT": 0}
+    return cfg | {"num_warps": 4, "num_stages": 4}
 
 
 def _splits(cfg: dict[str, int], K: int, step: int, programs: int) -> int:
@@ -451,7 +460,7 @@ def _stream(
     K = x.shape[1]
     E, N = qweight.shape[:2]
     int4 = qweight.dtype == torch.uint8
-    cfg = stream_config(rows, N, int4)
+    cfg = stream_config(rows, N, K, int4)
     cfg.update(config or {})
     if w3 is not None:
         cfg["SPLIT"] = 1
@@ -503,8 +512,8 @@ def dequantize_stacked(
 
 def quant_mm_problem(device_type: str, dtype: torch.dtype, fmt: str) -> str | None:
     """What is wrong with the kernels here (None: both ways match the dequantized weights). Runs a small
-    problem with an empty expert through the streaming kernel (decode and pre-fill tiles) and through the
-    dequantize-then-GEMM way."""
+    problem with an empty expert through the streaming kernel (the one-row, decode and pre-fill tiles) and
+    through the dequantize-then-GEMM way."""
     if triton is None:
         return "triton is not installed"
     from mixchat.quant.format import dequantize, quantize_int4, quantize_int8
@@ -521,7 +530,7 @@ def quant_mm_problem(device_type: str, dtype: torch.dtype, fmt: str) -> str | No
             parts = {"qweight": q, "scales": s, "zeros": z}
         wf = dequantize(parts)
         dp = {k: v.to(dev) for k, v in parts.items()}
-        for counts in ([2, 0, 3], [70, 0, 5], [DEQUANT_ROWS, 0, 9]):
+        for counts in ([1, 0, 1], [2, 0, 3], [70, 0, 5], [DEQUANT_ROWS, 0, 9]):  # each way and tile
             x = torch.randn(sum(counts), 256, generator=g)
             offs = torch.tensor(counts).cumsum(0).to(torch.int32)
             got = quant_grouped_mm(x.to(dev, dtype), dp["qweight"], dp["scales"], dp.get("zeros"), offs.to(dev))
