@@ -72,11 +72,12 @@ def stored(E: int, N: int, K: int, fmt: str) -> dict[str, torch.Tensor]:
 
 
 def settings(
-    max_rows: int, tiles: list[tuple[int, ...]] | None, cvts: list[int] | None, block_m: int | None = None
+    fmt: str, max_rows: int, tiles: list[tuple[int, ...]] | None, cvts: list[int] | None, block_m: int | None = None
 ) -> list[dict[str, int]]:
     out = []
     grid: list[tuple[int, ...]] = tiles or list(GEMV_TILES if max_rows == 1 else DOT_TILES)
-    cvts = cvts or ([0, 1, 2] if max_rows == 1 else [0, 1])  # 2: the one-row tile's lean conversion
+    one_way = max_rows == 1 and fmt == "int4" and not block_m  # int4's GEMV tile unpacks its codes one way
+    cvts = cvts or ([1] if one_way else [0, 1])
     for bn, sub, warps, stages in grid:
         for cvt in cvts:
             for split in SPLITS if max_rows > 1 or block_m else SPLITS[:1]:  # one-row GEMVs never gained from one
@@ -130,7 +131,7 @@ def tune_case(
             return None
 
     default = rate(None)
-    results = [(rate(cfg), cfg) for cfg in settings(max_rows, tiles, cvts, block_m)]
+    results = [(rate(cfg), cfg) for cfg in settings(fmt, max_rows, tiles, cvts, block_m)]
     ok = sorted(((r, c) for r, c in results if r is not None), key=lambda rc: -rc[0])
     best = ok[0] if ok else (None, None)
     d = stream_config(max_rows, N, K, fmt == "int4")

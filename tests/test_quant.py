@@ -211,8 +211,7 @@ CONFIGS = [  # rows per expert, tile settings (None: the defaults)
     ([2, 0, 3], {"SPLIT": 2, "SUB": 1}),
     ([2, 0, 3], {"CVT": 0}),
     ([1, 1, 1], {"BLOCK_M": 1, "SPLIT": 2, "SUB": 1, "CVT": 0}),
-    ([1, 0, 1], {"CVT": 2}),  # the lean GEMV (`_gemv_lean`), whole and split
-    ([0, 1, 1], {"CVT": 2, "SPLIT": 2, "SUB": 1}),
+    ([0, 1, 1], {"SPLIT": 2, "SUB": 1}),  # the one-row tile split over K with its default conversion
     ([1, 0, 1], {"BLOCK_M": 16, "SPLIT": 2, "SUB": 1}),  # one row in the dot tile (int8's big matrices)
 ]
 for spec in (make_spec("int8"), make_spec("int4", 32), make_spec("int4", 128)):

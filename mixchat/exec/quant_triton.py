@@ -148,74 +148,15 @@ if triton is not None:
         CVT: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        """[BN] sums for one row (batch-1 decode): float32 multiply-adds into a tile-shaped accumulator, summed
-        once at the end (a reduction across threads every step would cost more than the loads), and no
-        tensor-core tile of 16 rows to fill. int4 dequantizes in registers (code * scale + zero).
+        """[BN] sums for one row (batch-1 decode), without a tensor-core tile of 16 rows to fill.
 
-        CVT 2 (`_gemv_lean`) spends fewer instructions a weight, for passes bound by them rather than by the
-        loads (int4 above all)."""
-        if CVT == 2:
-            args = (x_row, q_ptr, s_ptr, z_ptr, e64, cols, col_ok, N, K, k_lo, k_hi)
-            return _gemv_lean(*args, INT4, GROUP, SUB, BLOCK_N)
-        if INT4:
-            HALF: tl.constexpr = GROUP // 2
-            n_groups = K // GROUP
-            q_cols = q_ptr + e64 * N * (K // 2) + cols[:, None, None].to(tl.int64) * (K // 2)
-            sz_cols = e64 * N * n_groups + cols[:, None].to(tl.int64) * n_groups  # [BN, 1]
-            sub = tl.arange(0, SUB)
-            step = sub[:, None] * HALF + tl.arange(0, HALF)[None, :]  # [SUB, G/2] bytes of one step
-            acc3 = tl.zeros((BLOCK_N, SUB, HALF), dtype=tl.float32)
-            for g0 in range(k_lo // GROUP, k_hi // GROUP, SUB):
-                b = g0 * HALF + step
-                b_ok = b < K // 2
-                m3 = col_ok[:, None, None] & b_ok[None, :, :]
-                byte = tl.load(q_cols + b[None, :, :], mask=m3, other=0).to(tl.int32)  # [BN, SUB, G/2]
-                xe = tl.load(x_row + 2 * b, mask=b_ok, other=0.0).to(tl.float32)[None, :, :]  # [1, SUB, G/2]
-                xo = tl.load(x_row + 2 * b + 1, mask=b_ok, other=0.0).to(tl.float32)[None, :, :]
-                gs = g0 + sub
-                m = col_ok[:, None] & (gs < n_groups)[None, :]
-                scale = tl.load(s_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)[:, :, None]
-                zero = tl.load(z_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)[:, :, None]
-                lo = _nibble_values(byte & 0xF, tl.float32, CVT) * scale + zero
-                hi = _nibble_values(byte >> 4, tl.float32, CVT) * scale + zero
-                acc3 += lo * xe + hi * xo
-            acc = tl.sum(tl.sum(acc3, axis=2), axis=1)
-        else:
-            BLOCK_K: tl.constexpr = SUB * 64
-            q_cols = q_ptr + e64 * N * K + cols[:, None].to(tl.int64) * K
-            acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-            for k0 in range(k_lo, k_hi, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < K
-                x = tl.load(x_row + ks, mask=k_ok, other=0.0).to(tl.float32)  # [BK]
-                w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
-                acc2 += _int8_values(w, tl.float32, CVT) * x[None, :]
-            acc = tl.sum(acc2, axis=1) * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)
-        return acc
-
-    @triton.jit
-    def _gemv_lean(
-        x_row,
-        q_ptr,
-        s_ptr,
-        z_ptr,
-        e64,
-        cols,
-        col_ok,
-        N,
-        K,
-        k_lo,
-        k_hi,
-        INT4: tl.constexpr,
-        GROUP: tl.constexpr,
-        SUB: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
-        """`_gemv_tile` with codes turned into floats by bit operations alone: a code c of b bits is moved
-        into the top of a float32 mantissa of 1.0, giving v = 1 + c / 2^b exactly (one shift and one
-        and-or), and the 1 is taken out afterwards with the sum of x: sum(c x) = 2^b (sum(v x) - sum(x)).
-        int4 also sums each group's products before scaling (one multiply-add a weight, not two) and loads
-        x contiguously, splitting it into the even and odd elements the two nibbles of a byte hold."""
+        int8: float32 multiply-adds into a tile-shaped accumulator, summed once at the end (a reduction
+        across threads every step would cost more than the loads). int4 is bound by the instructions that
+        unpack its codes, so it spends as few as it can (about four a weight, against six or seven for
+        dequantizing each weight): a code c moves into the top of the mantissa of 1.0 by a shift and an
+        and-or, giving v = 1 + c / 16 exactly with no conversion; each group's sum of v x is taken before its
+        scale, and the 1 comes out with the group's sum of x: sum(c x) = 16 (sum(v x) - sum(x)). x is loaded
+        contiguously and split into the even and odd elements that a byte's two nibbles hold."""
         if INT4:
             HALF: tl.constexpr = GROUP // 2
             n_groups = K // GROUP
@@ -241,25 +182,19 @@ if triton is not None:
                 scale = tl.load(s_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)
                 zero = tl.load(z_ptr + sz_cols + gs[None, :], mask=m, other=0.0).to(tl.float32)
                 acc2 += (16.0 * scale) * (part - xsum) + zero * xsum
-            return tl.sum(acc2, axis=1)
+            acc = tl.sum(acc2, axis=1)
         else:
             BLOCK_K: tl.constexpr = SUB * 64
             q_cols = q_ptr + e64 * N * K + cols[:, None].to(tl.int64) * K
             acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-            xs = tl.zeros((BLOCK_K,), dtype=tl.float32)
             for k0 in range(k_lo, k_hi, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 k_ok = ks < K
                 x = tl.load(x_row + ks, mask=k_ok, other=0.0).to(tl.float32)  # [BK]
-                w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
-                # The code's byte, its sign bit flipped (u = q + 128), under the mantissa of 1.0: 1 + u / 256
-                v = (((w << 15) & 0x7F8000) ^ 0x3FC00000).to(tl.float32, bitcast=True)
-                acc2 += v * x[None, :]
-                xs += x
-            # sum(q x) = sum(u x) - 128 sum(x) = 256 (sum(v x) - sum(x)) - 128 sum(x)
-            xsum = tl.sum(xs, axis=0)
-            acc = 256.0 * tl.sum(acc2, axis=1) - 384.0 * xsum
-            return acc * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)
+                w = tl.load(q_cols + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
+                acc2 += _int8_values(w, tl.float32, CVT) * x[None, :]
+            acc = tl.sum(acc2, axis=1) * tl.load(s_ptr + e64 * N + cols, mask=col_ok, other=0.0).to(tl.float32)
+        return acc
 
     @triton.jit(do_not_specialize=["R", "n_split"])  # one compile for every row count and split
     def _quant_stream_kernel(
@@ -283,7 +218,7 @@ if triton is not None:
         SUB: tl.constexpr,  # int4: groups per loop step; int8: BLOCK_K = SUB * 64
         BLOCK_M: tl.constexpr,  # 1: one row per program, without tensor cores
         BLOCK_N: tl.constexpr,
-        CVT: tl.constexpr,  # how codes become floats (`_int8_values`, `_nibble_values`; 2: `_gemv_lean`)
+        CVT: tl.constexpr,  # how codes become floats (`_int8_values`, `_nibble_values`; not the int4 GEMV's)
         SWIGLU: tl.constexpr,  # out = silu(w1 x) * (w3 x) over x's rows gathered through tok_ptr (no split)
         DENSE: tl.constexpr,  # one matrix and no offs: every row is the only expert's
     ):
@@ -384,9 +319,9 @@ def stream_config(rows: int, n: int, k: int, int4: bool) -> dict[str, int]:
     if rows > DECODE_ROWS:
         return {"BLOCK_M": PREFILL_ROWS, "BLOCK_N": 64, "SUB": 1, "SPLIT": 1, "CVT": 0, "num_warps": 4, "num_stages": 3}
     wide, long = n >= 8192, k >= 8192  # the MoE's w1/w3 and the head; the MoE's w2
-    if rows == 1 and int4:  # the lean tile (sums per group): 1.4-1.9 TB/s against 1.0-1.3 for the others
+    if rows == 1 and int4:  # the GEMV tile, summing per group: 1.4-1.9 TB/s against 1.0-1.3 dequantizing each weight
         block_n, sub = (32, 4) if wide else (32, 8) if long else (16, 16)
-        return {"BLOCK_M": 1, "BLOCK_N": block_n, "SUB": sub, "SPLIT": 1, "CVT": 2, "num_warps": 4, "num_stages": 3}
+        return {"BLOCK_M": 1, "BLOCK_N": block_n, "SUB": sub, "SPLIT": 1, "CVT": 1, "num_warps": 4, "num_stages": 3}
     if rows == 1 and wide:  # int8's big matrices: the dot tile, one row of 16 filled, at 3.2-3.6 TB/s against 2.6-2.8
         return {"BLOCK_M": DECODE_ROWS, "BLOCK_N": 128, "SUB": 2, "SPLIT": 1, "CVT": 0, "num_warps": 8, "num_stages": 4}
     if rows == 1 and long:

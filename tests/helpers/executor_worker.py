@@ -2,9 +2,9 @@
 
     executor_worker.py EXECUTOR CKPT OUT.safetensors [QUANT]
 
-EXECUTOR is `fused` (the fused graph step, over quantized weights too; the caller sets TRITON_INTERPRET=1), `quant-triton` (the Triton
-modules of quantized weights, in the interpreter too) or `pipeline` (rank 0 of a two-rank gloo job, started
-under torchrun). QUANT (int8, int4) loads the checkpoint quantized.
+EXECUTOR is `fused` (the fused graph step, over quantized weights too; the caller sets TRITON_INTERPRET=1),
+`quant-triton` (the Triton modules of quantized weights, in the interpreter too) or `pipeline` (rank 0 of a
+two-rank gloo job, started under torchrun). QUANT (int8, int4) loads the checkpoint quantized.
 """
 
 from __future__ import annotations
@@ -28,7 +28,18 @@ from mixchat.exec.quant_gpu import install_gpu_quant_modules
 from mixchat.flags import Flags, flags
 from mixchat.loader import build_model, inspect_folder
 from mixchat.quant.format import make_spec
+from mixchat.quant.modules import QuantLinear
 from mixchat.runtime import load_runtime
+
+
+def _interpreted_quant_modules(model: torch.nn.Module) -> None:
+    """The Triton modules, as a GPU gets them, but for the output head: its 32,000 columns are a thousand
+    programs a pass, which Triton's interpreter runs one by one (nine tenths of these runs' time). The head's
+    kernel path is the dense projection of tests/test_quant.py's interpreter test."""
+    assert install_gpu_quant_modules(model, any_device=True) == ["TritonQuantLinear", "TritonQuantMoe"]
+    head = getattr(model, "output", None)
+    if isinstance(head, QuantLinear):
+        head.__class__ = QuantLinear
 
 
 def main() -> int:
@@ -37,14 +48,14 @@ def main() -> int:
     spec = make_spec(quant) if quant else None
     if which == "quant-triton":
         model = build_model(inspect_folder(ckpt), "cpu", torch.float32, spec)
-        assert install_gpu_quant_modules(model, any_device=True) == ["TritonQuantLinear", "TritonQuantMoe"]
+        _interpreted_quant_modules(model)
         engine = Engine(model, None, chunk_size=CHUNK, eos_id=-1, executor=ModuleExecutor(model))
         save_file(run_schedule(engine), str(out))
         return 0
     if which == "fused":  # quantized: over the Triton modules' kernels, as on a GPU
         model = build_model(inspect_folder(ckpt), "cpu", torch.float32, spec)
         if spec is not None:
-            install_gpu_quant_modules(model, any_device=True)
+            _interpreted_quant_modules(model)
         decoder = GraphDecoder(model, fused=True, settings=Flags(cuda_graphs="eager"))
         engine = Engine(model, None, chunk_size=CHUNK, eos_id=-1, executor=GraphExecutor(model, decoder))
         save_file(run_schedule(engine), str(out))
