@@ -47,6 +47,17 @@ def env() -> dict[str, str]:
     }
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """The one-process references run on one thread, as each rank does (OMP_NUM_THREADS=1 in `env`): float32
+    matmuls split over two threads round apart at the 1e-5 level on some CPUs (1.16e-5 seen), which is the
+    tolerance here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt"))
