@@ -287,7 +287,8 @@ class GraphDecoder:
         launches are
 
         qkv GEMV, rope_store, SDPA, wo GEMV, add_rmsnorm, gate GEMV, route_topk, expert_gemv_swiglu,
-        expert_gemv (w2), combine_add_rmsnorm (MoE sum + residual + the next layer's attention norm).
+        expert_gemv (w2), combine_add_rmsnorm (MoE sum + residual + the next layer's attention norm); with
+        quantized weights the GEMVs are `quant_triton`'s kernel on the codes (`_project`, `_experts`).
 
         The residual stream `h` and its normalised copy `x` come out of one kernel at each of the two adds,
         so no norm runs on its own except the first layer's here. At the end of a stage that does not hold

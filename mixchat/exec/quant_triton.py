@@ -10,7 +10,8 @@ is the case E = 1. Two ways, by the size of the pass:
   streams the codes of its column block once for all its rows, dequantizing nothing: int8 codes and int4
   nibbles are exact in bf16, so the dot runs on the codes and the scales are applied to the float32 sums
   (int8: one scale per column at the end; int4: per group, y = scale * (x . codes) + zero * sum(x)). Decode
-  is bound by the bytes read, so the tiles are wide in K (many loads in flight per program).
+  is bound by the bytes read, so the tiles are wide in K (many loads in flight per program). The fused
+  decode step's SwiGLU pass (`quant_swiglu`) is the same kernel reading w1 and w3 in one program.
 - **Dequantize, then GEMM** (long pre-fill passes, at least `DEQUANT_ROWS` tokens): a pass that long is
   bound by arithmetic, and re-reading codes per row tile in a hand-written GEMM loses to the tensor-core
   GEMMs; so one matrix at a time is dequantized to the activations' dtype (reading the codes once, writing
