@@ -177,6 +177,7 @@ _STAGES = """
 import os, sys
 import torch
 import conftest
+from mixchat.exec.graphs import GraphDecoder
 from conftest import W, make_model, random_tokens
 
 sys.path.insert(0, os.path.join(os.path.dirname(conftest.__file__), "helpers"))
@@ -187,6 +188,16 @@ for kind in ("mixtral", "mistral"):
     model = make_model(kind, max_context=512)
     prompts = [random_tokens(n, seed=n) for n in (W // 2, 2 * W + 3, 5)]
     check_split_step(model, prompts, W, fused=True, world=2)
+# quantized stages: the fused step over their codes (fused q/k/v codes, the SwiGLU pass), as on GPU ranks
+from mixchat.exec.quant_gpu import install_gpu_quant_modules
+from mixchat.quant.format import make_spec
+from mixchat.shapes import random_model_on
+for fmt in ("int8", "int4"):
+    spec = make_spec(fmt)
+    model = random_model_on(conftest.make_args("mixtral", W, 512), torch.device("cpu"), torch.float32, 0, spec)
+    assert install_gpu_quant_modules(model, any_device=True) == ["TritonQuantLinear", "TritonQuantMoe"]
+    assert GraphDecoder(model).fused is False and GraphDecoder(model, fused=True)._qkv[0].keys() >= {"qweight"}
+    check_split_step(model, prompts, W, fused=True, world=2, spec=spec)
 print("ok")
 """
 

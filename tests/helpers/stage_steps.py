@@ -16,27 +16,43 @@ from conftest import graph_step_inputs
 from mixchat.cache import RollingCache
 from mixchat.distributed.partition import stage_part
 from mixchat.exec.graphs import GraphDecoder
+from mixchat.exec.quant_gpu import install_gpu_quant_modules
 from mixchat.model.layers import Routing
 from mixchat.model.stage import StageModel
 from mixchat.model.transformer import Transformer
+from mixchat.quant.format import QuantSpec
+from mixchat.quant.modules import quantize_modules
 
 
-def split(model: Transformer, world: int) -> list[StageModel]:
-    """The stages a pipeline of `world` ranks would build, holding copies of `model`'s weights."""
+def split(model: Transformer, world: int, spec: QuantSpec | None = None) -> list[StageModel]:
+    """The stages a pipeline of `world` ranks would build, holding copies of `model`'s weights (its codes and
+    scales where `spec` says the model is quantized; the stages then get the Triton modules, as `model`
+    should have)."""
     full = model.state_dict()
     stages = []
     for rank in range(world):
-        stage = StageModel(model.args, stage_part(model.args.n_layers, world, rank))
+        with torch.device("meta"):
+            stage = StageModel(model.args, stage_part(model.args.n_layers, world, rank))
+        quantize_modules(stage, spec or QuantSpec())
+        stage = stage.to_empty(device="cpu")
         own = stage.state_dict()
         stage.load_state_dict({name: full[name] for name in own}, strict=True)
+        if spec is not None and spec.quantized:
+            install_gpu_quant_modules(stage, any_device=True)
         stages.append(stage.eval().requires_grad_(False))
     return stages
 
 
 def check_split_step(
-    model: Transformer, prompts: list[list[int]], window: int, fused: bool, world: int = 2, atol: float = 1e-5
+    model: Transformer,
+    prompts: list[list[int]],
+    window: int,
+    fused: bool,
+    world: int = 2,
+    atol: float = 1e-5,
+    spec: QuantSpec | None = None,
 ) -> None:
-    stages = split(model, world)
+    stages = split(model, world, spec)
     whole = GraphDecoder(model, fused=fused)
     parts = [GraphDecoder(s, fused=fused) for s in stages]
     assert whole.whole and not any(p.whole for p in parts)
