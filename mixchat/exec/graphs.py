@@ -39,8 +39,8 @@ from mixchat.cache import RollingCache
 from mixchat.exec import fused_triton as ft
 from mixchat.exec.moe_grouped import grouped_mm_works, grouped_moe_forward
 from mixchat.exec.moe_triton import MAX_ROWS, expert_gemv, expert_gemv_works
-from mixchat.exec.quant_gpu import TritonQuantLinear, TritonQuantMoe, quant_linear
-from mixchat.exec.quant_triton import Stored, quant_grouped_mm, quant_mm_works, quant_swiglu
+from mixchat.exec.quant_gpu import TritonQuantLinear, TritonQuantMoe, expert_parts, quant_linear
+from mixchat.exec.quant_triton import quant_grouped_mm, quant_mm_works, quant_swiglu
 from mixchat.flags import Flags, flags
 from mixchat.model.attention import Attention
 from mixchat.model.attn_ops import attend
@@ -194,16 +194,11 @@ def _experts(ff: MoeLayer, x: torch.Tensor, routed: ft.Routed) -> torch.Tensor:
     SwiGLU half reading w1 and w3 together, then w2, on full-precision or quantized experts."""
     if isinstance(ff, QuantMoe):
         rows = x.shape[0]  # no expert gets more rows than the step has tokens
-        w1, w2, w3 = (_stored(ff, w) for w in ("w1", "w2", "w3"))
+        w1, w2, w3 = (expert_parts(ff, w) for w in ("w1", "w2", "w3"))
         hidden = quant_swiglu(x, w1, w3, routed.offs, routed.token_of, max_rows=rows)  # [B*k, F]
         return quant_grouped_mm(hidden, *w2, routed.offs, max_rows=rows)
     hidden = ft.expert_gemv_swiglu(x, ff.w1, ff.w3, routed.offs, routed.token_of)  # [B*k, F]
     return expert_gemv(hidden, ff.w2, routed.offs)
-
-
-def _stored(ff: QuantMoe, which: str) -> Stored:
-    parts = ff.stored(which)
-    return parts["qweight"], parts["scales"], parts.get("zeros")
 
 
 class GraphDecoder:

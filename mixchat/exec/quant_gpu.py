@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mixchat.exec.moe_grouped import grouped_moe_forward
-from mixchat.exec.quant_triton import quant_grouped_mm, quant_mm_works
+from mixchat.exec.quant_triton import Stored, quant_grouped_mm, quant_mm_works
 from mixchat.model.layers import Routing
 from mixchat.quant.modules import QuantLinear, QuantMoe
 
@@ -44,10 +44,15 @@ class TritonQuantMoe(QuantMoe):
         rows = x.shape[0]  # no expert gets more rows than the pass has tokens
 
         def mm(xs: torch.Tensor, which: str, offs: torch.Tensor) -> torch.Tensor:
-            s = self.stored(which)
-            return quant_grouped_mm(xs, s["qweight"], s["scales"], s.get("zeros"), offs, max_rows=rows)
+            return quant_grouped_mm(xs, *expert_parts(self, which), offs, max_rows=rows)
 
         return grouped_moe_forward(self, x, router_out, quant_mm=mm)
+
+
+def expert_parts(moe: QuantMoe, which: str) -> Stored:
+    """One stacked expert matrix ("w1", "w2", "w3") as the kernel takes it: codes, scales, zeros or None."""
+    parts = moe.stored(which)
+    return parts["qweight"], parts["scales"], parts.get("zeros")
 
 
 def install_gpu_quant_modules(model: nn.Module, any_device: bool = False) -> list[str]:
