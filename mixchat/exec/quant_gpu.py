@@ -22,12 +22,11 @@ def _usable(x: torch.Tensor, fmt: str) -> bool:
 
 def quant_linear(x: torch.Tensor, stored: dict[str, torch.Tensor]) -> torch.Tensor:
     """x W^T by the kernel, W given by its stored parts ([N, K(/2)] codes and their scales)."""
-    lead = x.shape[:-1]
-    q = stored["qweight"]
+    q, scales, zeros = as_stored(stored)
     K = q.shape[1] * (2 if q.dtype == torch.uint8 else 1)
-    zeros = stored["zeros"][None] if "zeros" in stored else None
-    y = quant_grouped_mm(x.reshape(-1, K), q[None], stored["scales"][None], zeros, None)
-    return y.reshape(*lead, q.shape[0])
+    z = None if zeros is None else zeros[None]
+    y = quant_grouped_mm(x.reshape(-1, K), q[None], scales[None], z, None)
+    return y.reshape(*x.shape[:-1], q.shape[0])
 
 
 class TritonQuantLinear(QuantLinear):
@@ -49,10 +48,14 @@ class TritonQuantMoe(QuantMoe):
         return grouped_moe_forward(self, x, router_out, quant_mm=mm)
 
 
-def expert_parts(moe: QuantMoe, which: str) -> Stored:
-    """One stacked expert matrix ("w1", "w2", "w3") as the kernel takes it: codes, scales, zeros or None."""
-    parts = moe.stored(which)
+def as_stored(parts: dict[str, torch.Tensor]) -> Stored:
+    """A matrix's stored parts as the kernel takes them: codes, scales, zeros (int4) or None."""
     return parts["qweight"], parts["scales"], parts.get("zeros")
+
+
+def expert_parts(moe: QuantMoe, which: str) -> Stored:
+    """One stacked expert matrix ("w1", "w2", "w3") as the kernel takes it."""
+    return as_stored(moe.stored(which))
 
 
 def install_gpu_quant_modules(model: nn.Module, any_device: bool = False) -> list[str]:
